@@ -1,0 +1,185 @@
+"""Commit one batch of ingested messages to the store in a single transaction.
+
+Events, catalog updates, flow counters, dead letters and the consumer offsets that
+cover them are written together, so a crash before the commit loses nothing (the
+messages are read again) and a crash after it counts nothing twice (the offsets moved).
+Offsets are fenced: a worker whose partition moved to another worker fails with
+:class:`OffsetConflict` instead of writing the same messages again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, Engine, and_, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from store.models import consumer_offsets, dead_letters, event_ids, events, ingest_stats, items
+
+TopicPartition = tuple[str, int]
+
+
+class OffsetConflict(RuntimeError):
+    """The stored offset is not where this worker expected it: another worker owns the partition."""
+
+
+@dataclass
+class IngestBatch:
+    """Validated messages from one poll, ready to commit.
+
+    Each entry of ``events`` holds the normalised ``event`` and its source (``topic``,
+    ``partition``, ``offset``, ``key``, ``payload``), kept for a dead letter if it is a duplicate.
+    ``offsets`` maps each partition to (offset the worker expects in the store, or None
+    if it has never been stored; the next offset to read after this batch).
+    """
+
+    received_at: int
+    events: list[dict] = field(default_factory=list)
+    items: list[dict] = field(default_factory=list)
+    rejections: list[dict] = field(default_factory=list)
+    offsets: dict[TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
+
+
+@dataclass
+class WriteResult:
+    accepted: int
+    duplicates: int
+    dead_letters: int
+
+
+def upsert(conn: Connection, table):
+    """The dialect's INSERT that supports ON CONFLICT."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def minute_of(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 60_000 * 60, tz=timezone.utc)
+
+
+class IngestWriter:
+    """Transactional sink of the ingest path for one consumer group."""
+
+    def __init__(self, engine: Engine, group_id: str, dedupe_horizon_s: int):
+        self.engine = engine
+        self.group_id = group_id
+        self.dedupe_horizon_ms = dedupe_horizon_s * 1000
+
+    def load_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Stored next offsets of ``partitions`` (absent when never stored)."""
+        wanted = set(partitions)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(consumer_offsets.c.topic, consumer_offsets.c.partition,
+                                       consumer_offsets.c.next_offset)
+                                .where(consumer_offsets.c.group_id == self.group_id)).all()
+        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+    def write(self, batch: IngestBatch) -> WriteResult:
+        """Commit ``batch``; raises OffsetConflict (and writes nothing) if fenced off."""
+        with self.engine.begin() as conn:
+            self._advance_offsets(conn, batch.offsets)
+            fresh, duplicates = self._split_duplicates(conn, batch.events, batch.received_at)
+            rejections = batch.rejections + [
+                dup | {"reason": "duplicate_event_id", "storefront": dup["event"]["storefront"],
+                       "event_type": dup["event"]["type"],
+                       "detail": f"event_id {dup['event']['event_id']!r} was already accepted"}
+                for dup in duplicates]
+            if fresh:
+                conn.execute(events.insert(), [{**e["event"], "source_partition": e["partition"],
+                                                "source_offset": e["offset"],
+                                                "ingested_at": batch.received_at} for e in fresh])
+            self._upsert_items(conn, batch.items, batch.received_at)
+            if rejections:
+                conn.execute(dead_letters.insert(), [
+                    {k: r[k] for k in ("topic", "partition", "offset", "key", "payload", "reason", "detail")}
+                    | {"received_at": batch.received_at, "published": False} for r in rejections])
+            self._count(conn, batch, fresh, rejections)
+        return WriteResult(len(fresh), len(duplicates), len(rejections))
+
+    def _advance_offsets(self, conn: Connection, offsets) -> None:
+        for (topic, partition), (expected, new) in sorted(offsets.items()):
+            key = {"group_id": self.group_id, "topic": topic, "partition": partition}
+            if expected is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(consumer_offsets.insert(), [key | {"next_offset": new}])
+                except IntegrityError:
+                    raise OffsetConflict(f"{topic}[{partition}] was stored by another worker") from None
+                continue
+            moved = conn.execute(update(consumer_offsets).where(and_(
+                consumer_offsets.c.group_id == self.group_id, consumer_offsets.c.topic == topic,
+                consumer_offsets.c.partition == partition, consumer_offsets.c.next_offset == expected,
+            )).values(next_offset=new)).rowcount
+            if moved != 1:
+                raise OffsetConflict(f"{topic}[{partition}] is no longer at offset {expected}")
+
+    def _split_duplicates(self, conn: Connection, batch_events: list[dict], now_ms: int):
+        """(first sightings, repeats) of the batch's event ids within the dedupe horizon."""
+        if not batch_events:
+            return [], []
+        ids = list({e["event"]["event_id"] for e in batch_events})
+        recent = set(conn.execute(select(event_ids.c.event_id).where(
+            event_ids.c.event_id.in_(ids), event_ids.c.first_seen_ms >= now_ms - self.dedupe_horizon_ms,
+        )).scalars())
+        fresh, duplicates, seen = [], [], set(recent)
+        for e in batch_events:
+            event_id = e["event"]["event_id"]
+            (duplicates if event_id in seen else fresh).append(e)
+            seen.add(event_id)
+        if fresh:
+            stmt = upsert(conn, event_ids)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["event_id"],
+                                                    set_={"first_seen_ms": stmt.excluded.first_seen_ms}),
+                         [{"event_id": e["event"]["event_id"], "first_seen_ms": now_ms} for e in fresh])
+        return fresh, duplicates
+
+    def _upsert_items(self, conn: Connection, batch_items: list[dict], now_ms: int) -> None:
+        latest: dict[tuple[str, str], dict] = {}
+        for item in batch_items:  # one row per key: the newest update wins
+            key = (item["storefront"], item["item_id"])
+            if key not in latest or item["ts"] >= latest[key]["ts"]:
+                latest[key] = item
+        if not latest:
+            return
+        stmt = upsert(conn, items)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["storefront", "item_id"],
+            set_={c: stmt.excluded[c] for c in ("title", "description", "category", "ts", "updated_at")},
+            where=items.c.ts <= stmt.excluded.ts)
+        conn.execute(stmt, [item | {"updated_at": now_ms} for item in latest.values()])
+
+    def _count(self, conn: Connection, batch: IngestBatch, fresh: list[dict], rejections: list[dict]) -> None:
+        counts: Counter = Counter()
+        for e in fresh:
+            counts[(e["event"]["storefront"], e["event"]["type"], "accepted")] += 1
+        for item in batch.items:
+            counts[(item["storefront"], "catalog", "accepted")] += 1
+        for r in rejections:
+            counts[(r["storefront"], r["event_type"], r["reason"])] += 1
+        if not counts:
+            return
+        minute = minute_of(batch.received_at)
+        stmt = upsert(conn, ingest_stats)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["minute", "storefront", "event_type", "outcome"],
+            set_={"count": ingest_stats.c.count + stmt.excluded["count"]}),
+            [{"minute": minute, "storefront": s, "event_type": t, "outcome": o, "count": n}
+             for (s, t, o), n in counts.items()])
+
+    def unpublished_dead_letters(self, limit: int = 1000) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(dead_letters).where(dead_letters.c.published.is_(False))
+                                .order_by(dead_letters.c.id).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def mark_published(self, ids: list[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(dead_letters).where(dead_letters.c.id.in_(ids)).values(published=True))
+
+    def prune_dedupe(self, now_ms: int) -> int:
+        """Forget event ids older than the dedupe horizon; returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(event_ids).where(
+                event_ids.c.first_seen_ms < now_ms - self.dedupe_horizon_ms)).rowcount

