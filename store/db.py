@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -40,9 +43,28 @@ def alembic_config(engine_url: str) -> AlembicConfig:
     return cfg
 
 
+_migrate_lock = threading.Lock()  # Alembic keeps module-level state: one migration per process at a time
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine):
+    """Serialise migrations of one SQLite file across processes."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision``; safe to call from several workers at once."""
-    with engine.begin() as conn:
+    file_lock = _sqlite_file_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    with _migrate_lock, file_lock, engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         cfg = alembic_config(engine.url.render_as_string(hide_password=False))

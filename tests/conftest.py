@@ -1,0 +1,60 @@
+"""Real parts for tests: the bundled Kafka-compatible broker and a fresh database per test.
+
+``STREAMREC_TEST_POSTGRES`` (default ``postgresql+psycopg2://postgres@127.0.0.1:5432/postgres``)
+names the server on which a throwaway database is created for each test that asks for one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from streamrec.processes import free_port, start_broker, stop
+
+POSTGRES_ADMIN_URL = os.environ.get("STREAMREC_TEST_POSTGRES",
+                                    "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """Bootstrap address of a fresh in-memory broker on a free loopback port."""
+    port = free_port()
+    proc = start_broker(port, log=tmp_path_factory.mktemp("broker") / "broker.log")
+    yield f"127.0.0.1:{port}"
+    stop(proc)
+
+
+def _fresh_postgres_database() -> tuple[str, callable]:
+    name = f"streamrec_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_url(request, tmp_path):
+    """A URL of an empty database: a fresh Postgres database, or a SQLite file."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'streamrec.db'}"
+        return
+    url, drop = _fresh_postgres_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def topic_prefix():
+    """Unique topic names per test, so tests sharing a broker never see each other's messages."""
+    return f"t{uuid.uuid4().hex[:10]}"
