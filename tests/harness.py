@@ -1,0 +1,66 @@
+"""Run real worker processes against the test broker and database."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from streamrec.config import Config
+from streamrec.processes import free_port, start_worker, stop
+
+
+class Worker:
+    """One ``faust -A streams.app worker`` subprocess with its own web port and log."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env = {**env, "STREAMREC_WEB_PORT": str(free_port())}
+        self.config = Config.from_env(self.env)
+        self.log = log
+        self.proc = start_worker(self.env, log=log)
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.config.web_port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            health = self.health()
+            if health and health["status"] == "ok":
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def worker_env(broker: str, database_url: str, topic_prefix: str, **extra: str) -> dict[str, str]:
+    """Settings for a test worker: fresh app id (consumer groups) and topics, short timeouts."""
+    return {"STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_DATABASE_URL": database_url,
+            "STREAMREC_APP_ID": f"app-{uuid.uuid4().hex[:8]}", "STREAMREC_TOPIC_PREFIX": topic_prefix,
+            "STREAMREC_SESSION_TIMEOUT_S": "6", "STREAMREC_TOPIC_PARTITIONS": "4", **extra}
+
+
+def wait_until(predicate, timeout_s: float, message: str, interval_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s: {message}")
