@@ -120,19 +120,21 @@ class IngestWriter:
         if not batch_events:
             return [], []
         ids = list({e["event"]["event_id"] for e in batch_events})
-        recent = set(conn.execute(select(event_ids.c.event_id).where(
-            event_ids.c.event_id.in_(ids), event_ids.c.first_seen_ms >= now_ms - self.dedupe_horizon_ms,
-        )).scalars())
-        fresh, duplicates, seen = [], [], set(recent)
+        cutoff = now_ms - self.dedupe_horizon_ms
+        known = conn.execute(select(event_ids.c.event_id, event_ids.c.first_seen_ms)
+                             .where(event_ids.c.event_id.in_(ids))).all()
+        seen = {event_id for event_id, first_seen in known if first_seen >= cutoff}
+        expired = [event_id for event_id, first_seen in known if first_seen < cutoff]
+        fresh, duplicates = [], []
         for e in batch_events:
             event_id = e["event"]["event_id"]
             (duplicates if event_id in seen else fresh).append(e)
             seen.add(event_id)
+        if expired:  # seen before the horizon and not pruned yet: remember anew
+            conn.execute(delete(event_ids).where(event_ids.c.event_id.in_(expired)))
         if fresh:
-            stmt = upsert(conn, event_ids)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["event_id"],
-                                                    set_={"first_seen_ms": stmt.excluded.first_seen_ms}),
-                         [{"event_id": e["event"]["event_id"], "first_seen_ms": now_ms} for e in fresh])
+            conn.execute(event_ids.insert(), [{"event_id": e["event"]["event_id"], "first_seen_ms": now_ms}
+                                              for e in fresh])
         return fresh, duplicates
 
     def _upsert_items(self, conn: Connection, batch_items: list[dict], now_ms: int) -> None:

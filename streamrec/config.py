@@ -22,6 +22,8 @@ class Setting:
     help: str
 
 
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # Faust's names
+
 SETTINGS: dict[str, Setting] = {
     "kafka_url": Setting("STREAMREC_KAFKA_URL", "kafka://127.0.0.1:9092",
                          "Kafka bootstrap servers, `kafka://host:port[;host:port]`."),
@@ -46,7 +48,7 @@ SETTINGS: dict[str, Setting] = {
     "window_max_seconds": Setting("STREAMREC_WINDOW_MAX_SECONDS", "120", "...or after this many seconds."),
     "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
                                  "Kafka group session timeout: how long a dead worker keeps its partitions."),
-    "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level."),
+    "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug."),
 }
 
 
@@ -86,6 +88,8 @@ class Config:
             values[f.name] = raw
         if not values["kafka_url"].startswith("kafka://"):
             raise ConfigError(f"STREAMREC_KAFKA_URL={values['kafka_url']!r} must start with kafka://")
+        if values["log_level"] not in LOG_LEVELS:
+            raise ConfigError(f"STREAMREC_LOG_LEVEL={values['log_level']!r} must be one of {', '.join(LOG_LEVELS)}")
         return cls(**values)
 
     @property

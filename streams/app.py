@@ -23,7 +23,8 @@ from streams.schema import DeadLetter
 from streams.topics import ensure_topics
 
 config = Config.from_env()
-logging.getLogger("streams").setLevel(config.log_level.upper())
+logging.getLogger("streams").setLevel({"crit": "CRITICAL", "warn": "WARNING"}.get(
+    config.log_level, config.log_level.upper()))
 
 app = faust.App(
     config.app_id,

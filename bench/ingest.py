@@ -1,0 +1,160 @@
+"""Ingestion benchmark: the worker's validation path next to a raw aiokafka consumer.
+
+    python -m bench.ingest [--events 300000] [--database-url URL] [--faust-agent]
+
+Starts the bundled broker, fills one topic with valid MovieLens-shaped events, then reads
+the same topic three ways on the same broker in the same run and prints a table:
+
+* raw aiokafka: a consumer that only parses JSON (the ceiling);
+* streamrec worker: ``faust -A streams.app worker`` validating and committing every event to
+  the store (SQLite by default), timed from its first stored batch to the last;
+* plain Faust agent (``--faust-agent``): ``stream.take()`` with the same validation, for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from sqlalchemy import func, select
+
+from store.db import make_engine
+from store.models import ingest_stats
+from streamrec.config import Config
+from streamrec.processes import free_port, spawn, start_broker, start_worker, stop
+
+PARTITIONS = 4
+
+
+def fill_topic(bootstrap: str, topic: str, n: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=512 * 1024)
+    now = time.time_ns() // 1_000_000
+    for i in range(n):
+        user = f"u{i % 943}"
+        producer.send(topic, key=user.encode(), value=orjson.dumps({
+            "event_id": f"bench-{i}", "type": "purchase" if i % 5 == 0 else "click", "user_id": user,
+            "item_id": f"m{i % 1682}", "ts": now - n + i, "storefront": "movielens",
+            "session_id": f"{user}-d1"}))
+    producer.flush()
+    producer.close()
+
+
+async def raw_consumer(bootstrap: str, topic: str, n: int) -> float:
+    """Seconds for a raw aiokafka group consumer to read and parse n messages (from the first)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    seen, first = 0, None
+    try:
+        while seen < n:
+            for messages in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
+                first = first or time.perf_counter()
+                for m in messages:
+                    orjson.loads(m.value)
+                seen += len(messages)
+        return time.perf_counter() - first
+    finally:
+        await consumer.stop()
+
+
+def accepted(engine) -> int:
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.sum(ingest_stats.c.count), 0))
+                                    .where(ingest_stats.c.outcome == "accepted")).scalar_one())
+    except Exception:  # not migrated yet
+        return 0
+
+
+def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, log: Path) -> tuple[int, float]:
+    """(events timed, seconds) for the real worker, from its first stored batch to the last."""
+    env = {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_DATABASE_URL": database_url,
+           "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+           "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_SESSION_TIMEOUT_S": "6",
+           "STREAMREC_LOG_LEVEL": "warn", "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS)}
+    worker = start_worker(env, log=log)
+    engine = make_engine(database_url)
+    try:
+        first_count = 0
+        while first_count == 0:
+            if worker.poll() is not None:
+                sys.exit(f"worker exited; see {log}")
+            time.sleep(0.02)
+            first_count = accepted(engine)
+        t0 = time.perf_counter()
+        while (count := accepted(engine)) < n:
+            time.sleep(0.02)
+        return n - first_count, time.perf_counter() - t0
+    finally:
+        stop(worker)
+        engine.dispose()
+
+
+def faust_agent(bootstrap: str, topic: str, n: int, log: Path) -> float:
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "BENCH_TOPIC": topic,
+           "BENCH_EVENTS": str(n), "BENCH_APP_ID": f"agent-{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1"}
+    proc = spawn([sys.executable, "-m", "faust", "-A", "bench.faust_agent_app", "worker", "-l", "warn"],
+                 env=env, log=log)
+    try:
+        while True:
+            match = re.search(r"BENCH done \d+ ([\d.]+)", log.read_text(errors="replace"))
+            if match:
+                return float(match.group(1))
+            if proc.poll() is not None:
+                sys.exit(f"faust agent exited; see {log}")
+            time.sleep(0.2)
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--database-url", default=None, help="store for the worker (default: a fresh SQLite file)")
+    parser.add_argument("--faust-agent", action="store_true", help="also time a plain per-message Faust agent")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    port = free_port()
+    broker = start_broker(port, log=tmp / "broker.log")
+    bootstrap = f"127.0.0.1:{port}"
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    topic = Config.from_env({"STREAMREC_TOPIC_PREFIX": prefix}).events_topic
+    try:
+        print(f"Producing {args.events:,} events to {topic} ({PARTITIONS} partitions)...", file=sys.stderr)
+        fill_topic(bootstrap, topic, args.events)
+        rows = []
+        raw_s = asyncio.run(raw_consumer(bootstrap, topic, args.events))
+        rows.append(("raw aiokafka consumer (parse only)", args.events, raw_s))
+        timed, worker_s = streamrec_worker(bootstrap, prefix, args.events, database_url, tmp / "worker.log")
+        store = database_url.split(":", 1)[0]
+        rows.append((f"streamrec worker (validate + commit to {store})", timed, worker_s))
+        if args.faust_agent:
+            rows.append(("plain Faust agent, stream.take() (validate only)", args.events,
+                         faust_agent(bootstrap, topic, args.events, tmp / "agent.log")))
+    finally:
+        stop(broker)
+    raw_rate = args.events / raw_s
+    print(f"\n| path | events | seconds | events/s | ratio to raw |\n|---|---:|---:|---:|---:|")
+    for name, n, seconds in rows:
+        print(f"| {name} | {n:,} | {seconds:.2f} | {n / seconds:,.0f} | {n / seconds / raw_rate:.2f} |")
+    print(f"\n{os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()
