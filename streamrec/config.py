@@ -43,9 +43,6 @@ SETTINGS: dict[str, Setting] = {
                             "Events stamped further than this into the future are rejected."),
     "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "5000",
                                 "Most messages validated and committed to the store in one transaction."),
-    "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "20000",
-                                 "A replay window closes after this many accepted events..."),
-    "window_max_seconds": Setting("STREAMREC_WINDOW_MAX_SECONDS", "120", "...or after this many seconds."),
     "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
                                  "Kafka group session timeout: how long a dead worker keeps its partitions."),
     "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug."),
@@ -64,8 +61,6 @@ class Config:
     max_payload_bytes: int
     max_future_s: int
     ingest_batch_max: int
-    window_max_events: int
-    window_max_seconds: int
     session_timeout_s: int
     log_level: str
 

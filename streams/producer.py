@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import faust
 import orjson
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from streamrec.config import Config
 from streams.validation import Invalid, Validator
@@ -82,8 +83,14 @@ class StorefrontProducer:
             except Invalid as exc:
                 report.failed.append((index, exc.reason, exc.detail))
                 continue
-            pending.append((index, self.kafka.send(topic, key=key_of(clean).encode(), value=value)))
-        self.kafka.flush(timeout=timeout_s)
+            try:
+                pending.append((index, self.kafka.send(topic, key=key_of(clean).encode(), value=value)))
+            except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
+                report.failed.append((index, "send_failed", f"{type(exc).__name__}: {exc}"))
+        try:
+            self.kafka.flush(timeout=timeout_s)
+        except KafkaError:
+            pass  # each unsent message's future carries its own error, reported below
         for index, future in pending:
             try:
                 future.get(timeout=timeout_s)

@@ -1,0 +1,59 @@
+"""Command line, configuration and the README's promises about them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamrec.cli import main
+from streamrec.config import SETTINGS, Config, ConfigError
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in main.commands:
+        sub = runner.invoke(main, [name, "--help"])
+        assert sub.exit_code == 0 and "Usage:" in sub.output, name
+
+
+def test_defaults_and_derived_names():
+    config = Config.from_env({})
+    assert config.kafka_url == "kafka://127.0.0.1:9092"
+    assert config.database_url.startswith("sqlite:///var/")
+    assert (config.events_topic, config.catalog_topic, config.dead_letter_topic) == (
+        "streamrec-events", "streamrec-catalog", "streamrec-dead-letters")
+    custom = Config.from_env({"STREAMREC_TOPIC_PREFIX": "shop", "STREAMREC_KAFKA_URL": "kafka://a:1;b:2"})
+    assert custom.events_topic == "shop-events" and custom.bootstrap_servers == "a:1,b:2"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"STREAMREC_WEB_PORT": "http"}, "STREAMREC_WEB_PORT='http' is not a whole number"),
+    ({"STREAMREC_TOPIC_PARTITIONS": "0"}, "must be positive"),
+    ({"STREAMREC_KAFKA_URL": "127.0.0.1:9092"}, "must start with kafka://"),
+    ({"STREAMREC_LOG_LEVEL": "loud"}, "must be one of"),
+])
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(env)
+
+
+def test_cli_reports_bad_settings_without_a_traceback(monkeypatch):
+    monkeypatch.setenv("STREAMREC_WEB_PORT", "http")
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 1 and "STREAMREC_WEB_PORT='http'" in result.output
+
+
+def test_readme_documents_every_setting():
+    for setting in SETTINGS.values():
+        assert f"| `{setting.env}` | `{setting.default}` |" in README, setting.env
+
+
+def test_readme_starts_with_the_run_and_test_commands():
+    first_block = README.split("```bash", 1)[1].split("```", 1)[0]
+    assert "./dev run" in first_block and "./dev test" in first_block

@@ -1,0 +1,135 @@
+"""Crash recovery: SIGKILL the worker while events flow; nothing accepted is lost or stored twice.
+
+Events, counters and partition offsets are committed in one transaction and a worker resumes
+from the offsets in the store, so a worker killed at any moment (mid-batch, mid-commit) and
+replaced by a fresh one must leave exactly one row per produced event and exact counters.
+Runs against a fresh Postgres database and against SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from store.db import make_engine
+from store.models import events, ingest_stats
+from streams.producer import SendReport, StorefrontProducer
+from tests.harness import Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.broker
+
+TOTAL_EVENTS = 30_000
+CHUNK = 1_000
+CHUNK_PAUSE_S = 0.6  # 30 chunks: production spread over roughly 20 s
+USERS = 300
+KILLS = 3
+READY_TIMEOUT_S = 120  # a killed member holds its partitions until its session times out
+
+
+def crash_events(now_ms: int) -> list[dict]:
+    return [{"event_id": f"crash-{i}", "type": "purchase" if i % 11 == 0 else "click",
+             "user_id": f"u{i % USERS}", "item_id": f"sku-{i % 250}", "ts": now_ms - 60_000 + i,
+             "storefront": "shop-a" if i % 4 else "shop-b", "price": 4.5 if i % 11 == 0 else None}
+            for i in range(TOTAL_EVENTS)]
+
+
+class BackgroundProducer(threading.Thread):
+    """Sends the events in chunks with pauses; sums the chunks' reports into ``report``."""
+
+    def __init__(self, config, to_send: list[dict]):
+        super().__init__(name="crash-producer", daemon=True)
+        self.config, self.to_send = config, to_send
+        self.report = SendReport()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with StorefrontProducer.from_config(self.config) as producer:
+                for start in range(0, len(self.to_send), CHUNK):
+                    chunk = producer.send_events(self.to_send[start:start + CHUNK])
+                    self.report.sent += chunk.sent
+                    self.report.failed += [(start + i, reason, detail) for i, reason, detail in chunk.failed]
+                    time.sleep(CHUNK_PAUSE_S)
+        except BaseException as exc:  # reported by the test thread
+            self.error = exc
+
+
+def stored_count(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(events)).scalar_one()
+
+
+def outcome_totals(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(ingest_stats.c.outcome, func.sum(ingest_stats.c.count))
+                            .where(ingest_stats.c.event_type != "catalog")
+                            .group_by(ingest_stats.c.outcome)).all()
+    return {outcome: int(n) for outcome, n in rows}
+
+
+def wait_for(predicate, timeout_s: float, what: str, worker: Worker):
+    """``wait_until`` whose failure shows the worker's log as it is when the wait gives up."""
+    try:
+        return wait_until(predicate, timeout_s, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.tail()}") from None
+
+
+def kill_and_replace(worker: Worker, env: dict, log) -> Worker:
+    """SIGKILL ``worker`` (no shutdown, no commit) and start a fresh one in its place."""
+    worker.proc.kill()
+    worker.proc.wait()
+    replacement = Worker(env, log)
+    replacement.wait_ready(READY_TIMEOUT_S)
+    return replacement
+
+
+def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topic_prefix, tmp_path):
+    env = worker_env(broker, database_url, topic_prefix)
+    worker = Worker(env, tmp_path / "w0.log")
+    engine = make_engine(database_url)
+    producer = None
+    try:
+        worker.wait_ready()
+        produced = crash_events(time.time_ns() // 1_000_000)
+        producer = BackgroundProducer(worker.config, produced)
+        producer.start()
+
+        kills = []  # (rows stored when killed, producer still sending)
+        for n in range(1, KILLS + 1):
+            previous = kills[-1][0] if kills else 0
+            at_kill = wait_for(lambda: (c := stored_count(engine)) > previous and c, READY_TIMEOUT_S,
+                               f"store grows past {previous} rows before kill {n}", worker)
+            kills.append((at_kill, producer.is_alive()))
+            worker = kill_and_replace(worker, env, tmp_path / f"w{n}.log")
+
+        producer.join(timeout=180)
+        assert not producer.is_alive(), "producer did not finish in 180 s"
+        assert producer.error is None, f"producer raised {producer.error!r}"
+        assert (producer.report.sent, producer.report.failed[:5]) == (TOTAL_EVENTS, [])
+
+        wait_for(lambda: stored_count(engine) >= TOTAL_EVENTS, 180,
+                 f"{TOTAL_EVENTS} events stored (kills at {kills})", worker)
+        time.sleep(2)  # let any extra (duplicate) batch land before counting
+        context = f"kills at (rows, producing) {kills}\n{worker.tail()}"
+        with engine.connect() as conn:
+            rows, distinct = conn.execute(select(func.count(), func.count(events.c.event_id.distinct()))
+                                          .select_from(events)).one()
+            stored_ids = set(conn.execute(select(events.c.event_id)).scalars())
+        assert (rows, distinct) == (TOTAL_EVENTS, TOTAL_EVENTS), context
+        expected_ids = {e["event_id"] for e in produced}
+        assert stored_ids == expected_ids, (
+            f"missing {sorted(expected_ids - stored_ids)[:10]}, unexpected {sorted(stored_ids - expected_ids)[:10]}\n"
+            f"{context}")
+        totals = outcome_totals(engine)
+        assert totals.get("accepted") == TOTAL_EVENTS, f"{totals}\n{context}"
+        assert "duplicate_event_id" not in totals, f"redelivery after a crash counted as duplicates: {totals}\n{context}"
+        assert worker.alive(), worker.tail()
+    finally:
+        worker.stop()
+        engine.dispose()
+        if producer is not None:
+            producer.join(timeout=60)
