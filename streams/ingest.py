@@ -120,7 +120,7 @@ class IngestService(mode.Service):
                 break
             except OffsetConflict as exc:
                 log.warning("Skipping a batch another worker already stored: %s", exc)
-                await self.seek_to_stored(list(records))
+                await self.seek_to_stored([tp for tp in records if tp in self.consumer.assignment()])
                 return
             except DBAPIError as exc:  # store unreachable: keep the batch, retry, never skip
                 log.error("Store write failed (retrying in %.1fs): %s", delay, exc.orig or exc)

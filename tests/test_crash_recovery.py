@@ -23,7 +23,7 @@ pytestmark = pytest.mark.broker
 
 TOTAL_EVENTS = 30_000
 CHUNK = 1_000
-CHUNK_PAUSE_S = 0.6  # 30 chunks: production spread over roughly 20 s
+CHUNK_PAUSE_S = 1.1  # 30 chunks over ~35 s: a restart takes 9-15 s, so all three kills land mid-flow
 USERS = 300
 KILLS = 3
 READY_TIMEOUT_S = 120  # a killed member holds its partitions until its session times out
@@ -44,8 +44,10 @@ class BackgroundProducer(threading.Thread):
         self.config, self.to_send = config, to_send
         self.report = SendReport()
         self.error: BaseException | None = None
+        self.elapsed_s: float | None = None
 
     def run(self) -> None:
+        started = time.monotonic()
         try:
             with StorefrontProducer.from_config(self.config) as producer:
                 for start in range(0, len(self.to_send), CHUNK):
@@ -55,6 +57,8 @@ class BackgroundProducer(threading.Thread):
                     time.sleep(CHUNK_PAUSE_S)
         except BaseException as exc:  # reported by the test thread
             self.error = exc
+        finally:
+            self.elapsed_s = time.monotonic() - started
 
 
 def stored_count(engine) -> int:
@@ -78,8 +82,9 @@ def wait_for(predicate, timeout_s: float, what: str, worker: Worker):
         raise AssertionError(f"{exc}\n{worker.tail()}") from None
 
 
-def kill_and_replace(worker: Worker, env: dict, log) -> Worker:
-    """SIGKILL ``worker`` (no shutdown, no commit) and start a fresh one in its place."""
+def kill_and_replace(worker: Worker, env: dict, log, delay_s: float) -> Worker:
+    """After ``delay_s``, SIGKILL ``worker`` (no shutdown, no commit) and start a fresh one in its place."""
+    time.sleep(delay_s)  # lands anywhere in the poll/validate/commit cycle, not only right after a commit
     worker.proc.kill()
     worker.proc.wait()
     replacement = Worker(env, log)
@@ -104,9 +109,11 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topi
             at_kill = wait_for(lambda: (c := stored_count(engine)) > previous and c, READY_TIMEOUT_S,
                                f"store grows past {previous} rows before kill {n}", worker)
             kills.append((at_kill, producer.is_alive()))
-            worker = kill_and_replace(worker, env, tmp_path / f"w{n}.log")
+            worker = kill_and_replace(worker, env, tmp_path / f"w{n}.log", delay_s=(0.0, 0.35, 0.8)[n % 3])
 
         producer.join(timeout=180)
+        print(f"kills at (rows stored, producer still sending): {kills}; "
+              f"production took {producer.elapsed_s:.1f}s")
         assert not producer.is_alive(), "producer did not finish in 180 s"
         assert producer.error is None, f"producer raised {producer.error!r}"
         assert (producer.report.sent, producer.report.failed[:5]) == (TOTAL_EVENTS, [])
@@ -126,7 +133,8 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topi
             f"{context}")
         totals = outcome_totals(engine)
         assert totals.get("accepted") == TOTAL_EVENTS, f"{totals}\n{context}"
-        assert "duplicate_event_id" not in totals, f"redelivery after a crash counted as duplicates: {totals}\n{context}"
+        assert "duplicate_event_id" not in totals, (
+            f"redelivery after a crash counted as duplicates: {totals}\n{context}")
         assert worker.alive(), worker.tail()
     finally:
         worker.stop()
