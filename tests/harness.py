@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamrec.config import Config
 from streamrec.processes import free_port, start_worker, stop
@@ -64,3 +67,23 @@ def wait_until(predicate, timeout_s: float, message: str, interval_s: float = 0.
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s: {message}")
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+    """Every message of ``topic`` from the beginning (all partitions), once ``expected`` arrived or time ran out."""
+    async def read() -> list:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            out, deadline = [], time.monotonic() + timeout_s
+            while len(out) < expected and time.monotonic() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=250)).values():
+                    out.extend(messages)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

@@ -5,21 +5,19 @@ Runs against a fresh Postgres database and against SQLite.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections import Counter
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
 from store.db import make_engine
 from store.models import events, ingest_stats, items
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, read_topic, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -63,22 +61,6 @@ def outcome_totals(engine) -> Counter:
                                    func.sum(ingest_stats.c.count))
                             .group_by(ingest_stats.c.event_type, ingest_stats.c.outcome)).all()
     return Counter({(t, o): int(n) for t, o, n in rows})
-
-
-async def read_dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[dict]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        letters, deadline = [], time.monotonic() + timeout_s
-        while len(letters) < expected and time.monotonic() < deadline:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                letters.extend(orjson.loads(m.value) for m in messages)
-        return letters
-    finally:
-        await consumer.stop()
 
 
 def test_events_flow_through_the_worker_exactly_once(broker, database_url, topic_prefix, tmp_path):
@@ -134,7 +116,8 @@ def test_events_flow_through_the_worker_exactly_once(broker, database_url, topic
                                 .select_from(events)).one() == (VALID_EVENTS, VALID_EVENTS)
             assert conn.execute(select(items.c.title)).scalars().all() == ["Red running shoes"]
 
-        letters = asyncio.run(read_dead_letters(broker, config.dead_letter_topic, sum(expected.values()) + 1))
+        letters = [orjson.loads(m.value) for m in
+                   read_topic(broker, config.dead_letter_topic, sum(expected.values()) + 1)]
         by_payload = {base64.b64decode(d["payload_b64"]): d for d in letters}
         assert len(letters) == len(by_payload) == sum(expected.values()) + 1
         for payload, reason in bad + [(p, "duplicate_event_id") for p in duplicates]:

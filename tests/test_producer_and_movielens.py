@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from streamrec.processes import free_port, start_broker, stop
 from streams import movielens
 from streams.producer import StorefrontProducer
 from streams.validation import Validator
-
-
-async def read_all(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        out = []
-        for _ in range(40):
-            for messages in (await consumer.getmany(timeout_ms=250)).values():
-                out.extend(messages)
-            if len(out) >= expected:
-                break
-        return out
-    finally:
-        await consumer.stop()
+from tests.harness import read_topic
 
 
 @pytest.mark.broker
@@ -48,7 +28,7 @@ def test_producer_validates_keys_by_user_and_reports_failures(broker, topic_pref
     assert report.sent == 50 and not report.ok
     assert [(i, reason) for i, reason, _ in report.failed] == [(10, "unknown_type")]
 
-    messages = asyncio.run(read_all(broker, topic, 50))
+    messages = read_topic(broker, topic, 50, timeout_s=10)
     assert len(messages) == 50 and b"bad" not in b"".join(m.value for m in messages)
     partitions_of_user: dict[bytes, set] = {}
     for m in messages:
