@@ -1,0 +1,1 @@
+"""Learner stage: continual fine-tuning of the recommender, published behind a quality gate."""
