@@ -1,6 +1,6 @@
 """Commit one batch of ingested messages to the store in a single transaction.
 
-Events, catalog updates, flow counters, dead letters and the consumer offsets that
+Accepted events (as one compact segment of the open replay window), catalog updates, flow counters, dead letters and the consumer offsets that
 cover them are written together, so a crash before the commit loses nothing (the
 messages are read again) and a crash after it counts nothing twice (the offsets moved).
 Offsets are fenced: a worker whose partition moved to another worker fails with
@@ -17,7 +17,8 @@ from sqlalchemy import Connection, Engine, and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from store.models import consumer_offsets, dead_letters, event_ids, events, ingest_stats, items
+from replay import codec
+from store.models import consumer_offsets, dead_letters, event_ids, ingest_stats, items, open_segments
 
 TopicPartition = tuple[str, int]
 
@@ -87,9 +88,9 @@ class IngestWriter:
                        "detail": f"event_id {dup['event']['event_id']!r} was already accepted"}
                 for dup in duplicates]
             if fresh:
-                conn.execute(events.insert(), [{**e["event"], "source_partition": e["partition"],
-                                                "source_offset": e["offset"],
-                                                "ingested_at": batch.received_at} for e in fresh])
+                conn.execute(open_segments.insert().values(
+                    n_events=len(fresh), first_ingested_at=batch.received_at,
+                    data=codec.encode([e["event"] for e in fresh])))
             self._upsert_items(conn, batch.items, batch.received_at)
             if rejections:
                 conn.execute(dead_letters.insert(), [
@@ -116,26 +117,26 @@ class IngestWriter:
                 raise OffsetConflict(f"{topic}[{partition}] is no longer at offset {expected}")
 
     def _split_duplicates(self, conn: Connection, batch_events: list[dict], now_ms: int):
-        """(first sightings, repeats) of the batch's event ids within the dedupe horizon."""
-        if not batch_events:
+        """(first sightings, repeats) of the batch's event ids within the dedupe horizon.
+
+        One statement: insert each new id, re-arm ids seen before the horizon, and return
+        both; an id that comes back from neither was accepted within the horizon.
+        """
+        first: dict[str, dict] = {}
+        for e in batch_events:
+            first.setdefault(e["event"]["event_id"], e)
+        if not first:
             return [], []
-        ids = list({e["event"]["event_id"] for e in batch_events})
-        cutoff = now_ms - self.dedupe_horizon_ms
-        known = conn.execute(select(event_ids.c.event_id, event_ids.c.first_seen_ms)
-                             .where(event_ids.c.event_id.in_(ids))).all()
-        seen = {event_id for event_id, first_seen in known if first_seen >= cutoff}
-        expired = [event_id for event_id, first_seen in known if first_seen < cutoff]
-        fresh, duplicates = [], []
+        stmt = upsert(conn, event_ids)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["event_id"], set_={"first_seen_ms": stmt.excluded.first_seen_ms},
+            where=event_ids.c.first_seen_ms < now_ms - self.dedupe_horizon_ms).returning(event_ids.c.event_id)
+        accepted = set(conn.execute(stmt, [{"event_id": i, "first_seen_ms": now_ms} for i in first]).scalars())
+        fresh, repeats = [], []
         for e in batch_events:
             event_id = e["event"]["event_id"]
-            (duplicates if event_id in seen else fresh).append(e)
-            seen.add(event_id)
-        if expired:  # seen before the horizon and not pruned yet: remember anew
-            conn.execute(delete(event_ids).where(event_ids.c.event_id.in_(expired)))
-        if fresh:
-            conn.execute(event_ids.insert(), [{"event_id": e["event"]["event_id"], "first_seen_ms": now_ms}
-                                              for e in fresh])
-        return fresh, duplicates
+            (fresh if event_id in accepted and first[event_id] is e else repeats).append(e)
+        return fresh, repeats
 
     def _upsert_items(self, conn: Connection, batch_items: list[dict], now_ms: int) -> None:
         latest: dict[tuple[str, str], dict] = {}

@@ -2,30 +2,59 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary,
-                        MetaData, String, Table, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text)
 
 metadata = MetaData()
 
 ID = String(256)
 
-# Accepted interaction events, in ingest order (``seq``); the open replay window reads from here.
-events = Table(
-    "events", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("event_id", ID, nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("user_id", ID, nullable=False),
-    Column("item_id", ID, nullable=False),
-    Column("storefront", ID, nullable=False),
-    Column("ts", BigInteger, nullable=False, comment="event time, epoch ms UTC"),
-    Column("session_id", ID),
-    Column("price", Float),
-    Column("quantity", Integer),
-    Column("source_partition", Integer, nullable=False),
-    Column("source_offset", BigInteger, nullable=False),
-    Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
-    Index("ix_events_event_id", "event_id"),
+# The open replay window: accepted events of one committed ingest batch per row, in the
+# compact form of :mod:`replay.codec`, until the sealer moves them into a window.
+open_segments = Table(
+    "open_segments", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("n_events", Integer, nullable=False),
+    Column("first_ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Sealed replay windows: what the learner trains on, one row per window.
+windows = Table(
+    "windows", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("opened_at", BigInteger, nullable=False, comment="first event ingested, epoch ms UTC"),
+    Column("sealed_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("seal_reason", String(8), nullable=False, comment="'size' or 'age'"),
+    Column("n_events", Integer, nullable=False),
+    Column("ts_min", BigInteger, nullable=False, comment="oldest event time, epoch ms UTC"),
+    Column("ts_max", BigInteger, nullable=False, comment="newest event time, epoch ms UTC"),
+    Column("counts", JSON, nullable=False, comment="{storefront: {event type: n}}"),
+    Column("data", LargeBinary, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("notice_published", Boolean, nullable=False, default=False),
+    Column("trigger_claimed_by", String(255), comment="worker that took the training trigger"),
+    Column("trigger_claimed_at", BigInteger, comment="epoch ms UTC"),
+    Index("ix_windows_unpublished", "notice_published", "id"),
+)
+
+# The rehearsal memory of each storage policy, rewritten after every sealed window.
+rehearsal_memory = Table(
+    "rehearsal_memory", metadata,
+    Column("policy", String(32), primary_key=True),
+    Column("capacity", Integer, nullable=False),
+    Column("through_window", BigInteger, nullable=False, comment="newest window taken into account"),
+    Column("n_events", Integer, nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("updated_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+)
+
+# One row; sealers update it first, which serialises them across workers on every database.
+replay_lock = Table(
+    "replay_lock", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seals", BigInteger, nullable=False),
 )
 
 # Dedupe memory: event ids accepted within STREAMREC_DEDUPE_HORIZON_S.

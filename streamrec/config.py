@@ -23,6 +23,7 @@ class Setting:
 
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # Faust's names
+REHEARSAL_POLICIES = ("reservoir", "frequency", "recency")  # replay.memory.POLICIES
 
 SETTINGS: dict[str, Setting] = {
     "kafka_url": Setting("STREAMREC_KAFKA_URL", "kafka://127.0.0.1:9092",
@@ -32,7 +33,7 @@ SETTINGS: dict[str, Setting] = {
     "app_id": Setting("STREAMREC_APP_ID", "streamrec",
                       "Faust application id; also names the ingest consumer group (`<app_id>-ingest`)."),
     "topic_prefix": Setting("STREAMREC_TOPIC_PREFIX", "streamrec",
-                            "Prefix of every topic: `<prefix>-events`, `<prefix>-catalog`, `<prefix>-dead-letters`."),
+                            "Prefix of every topic: `<prefix>-events`, `<prefix>-catalog`, `<prefix>-dead-letters`, `<prefix>-windows`."),
     "topic_partitions": Setting("STREAMREC_TOPIC_PARTITIONS", "4",
                                 "Partitions of topics the worker creates (the upper bound on useful workers)."),
     "web_port": Setting("STREAMREC_WEB_PORT", "6066", "HTTP port of the worker (`/health`, `/stats`)."),
@@ -43,6 +44,18 @@ SETTINGS: dict[str, Setting] = {
                             "Events stamped further than this into the future are rejected."),
     "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "5000",
                                 "Most messages validated and committed to the store in one transaction."),
+    "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "10000",
+                                 "A replay window seals once it holds this many events..."),
+    "window_max_age_s": Setting("STREAMREC_WINDOW_MAX_AGE_S", "60",
+                                "... or once its oldest event was ingested this many seconds ago."),
+    "rehearsal_policy": Setting("STREAMREC_REHEARSAL_POLICY", "reservoir",
+                                "What the rehearsal memory keeps: reservoir, frequency or recency."),
+    "rehearsal_capacity": Setting("STREAMREC_REHEARSAL_CAPACITY", "20000", "Most events the rehearsal memory keeps."),
+    "rehearsal_ratio": Setting("STREAMREC_REHEARSAL_RATIO", "1.0",
+                               "Rehearsal events drawn into a fine-tune per new window event."),
+    "rehearsal_half_life_s": Setting("STREAMREC_REHEARSAL_HALF_LIFE_S", "604800",
+                                     "Recency policy: an event's weight doubles every this many seconds of event time."),
+    "seed": Setting("STREAMREC_SEED", "1", "Seed of every random choice (rehearsal sampling, training)."),
     "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
                                  "Kafka group session timeout: how long a dead worker keeps its partitions."),
     "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug."),
@@ -61,6 +74,13 @@ class Config:
     max_payload_bytes: int
     max_future_s: int
     ingest_batch_max: int
+    window_max_events: int
+    window_max_age_s: float
+    rehearsal_policy: str
+    rehearsal_capacity: int
+    rehearsal_ratio: float
+    rehearsal_half_life_s: float
+    seed: int
     session_timeout_s: int
     log_level: str
 
@@ -72,17 +92,21 @@ class Config:
         for f in fields(cls):
             setting = SETTINGS[f.name]
             raw = env.get(setting.env, "").strip() or setting.default
-            if f.type == "int":
+            if f.type in ("int", "float"):
+                kind = int if f.type == "int" else float
                 try:
-                    value = int(raw)
+                    value = kind(raw)
                 except ValueError:
-                    raise ConfigError(f"{setting.env}={raw!r} is not a whole number") from None
-                if value <= 0:
+                    raise ConfigError(f"{setting.env}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+                if not value > 0 and not (f.name == "rehearsal_ratio" and value == 0):
                     raise ConfigError(f"{setting.env}={raw!r} must be positive")
                 raw = value
             values[f.name] = raw
         if not values["kafka_url"].startswith("kafka://"):
             raise ConfigError(f"STREAMREC_KAFKA_URL={values['kafka_url']!r} must start with kafka://")
+        if values["rehearsal_policy"] not in REHEARSAL_POLICIES:
+            raise ConfigError(f"STREAMREC_REHEARSAL_POLICY={values['rehearsal_policy']!r} must be one of "
+                              f"{', '.join(REHEARSAL_POLICIES)}")
         if values["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"STREAMREC_LOG_LEVEL={values['log_level']!r} must be one of {', '.join(LOG_LEVELS)}")
         return cls(**values)
@@ -103,6 +127,11 @@ class Config:
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}-dead-letters"
+
+    @property
+    def windows_topic(self) -> str:
+        """Single-partition control topic: one notice per sealed window, read by one worker."""
+        return f"{self.topic_prefix}-windows"
 
     @property
     def ingest_group(self) -> str:
