@@ -40,11 +40,23 @@ WINDOW_COLUMNS = [c for c in windows.c if c.name != "data"]
 class ReplayStore:
     """Seals due windows, keeps the rehearsal memory, and reads both back."""
 
-    def __init__(self, engine: Engine, policy: WindowPolicy, new_memory):
-        """``new_memory()`` returns an empty :class:`RehearsalMemory` of the configured policy."""
+    def __init__(self, engine: Engine, policy: WindowPolicy | None = None, new_memory=None):
+        """``new_memory()`` returns an empty :class:`RehearsalMemory` of the configured policy;
+        both it and ``policy`` are needed to seal, not to read."""
         self.engine = engine
         self.policy = policy
         self.new_memory = new_memory
+
+    def stored_events(self) -> int:
+        """Accepted events in the store: sealed windows plus the open window."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.sum(windows.c.n_events), 0))).scalar_one()
+                       + conn.execute(select(func.coalesce(func.sum(open_segments.c.n_events), 0))).scalar_one())
+
+    def all_event_ids(self) -> list[str]:
+        """Every stored event id, window after window and then the open window (repeats included)."""
+        ids = [i for w in reversed(self.list_windows()) for i in self.load_window(w["id"]).column("event_id").to_pylist()]
+        return ids + self.load_open().column("event_id").to_pylist()
 
     def open_window(self) -> tuple[int, int | None]:
         """(events in the open window, when its oldest event was ingested)."""
@@ -121,6 +133,14 @@ class ReplayStore:
         """The configured policy's rehearsal memory as last stored (empty before the first window)."""
         with self.engine.connect() as conn:
             return self._memory(conn)
+
+    def memory_rows(self) -> list[dict]:
+        """Each stored policy's memory: policy, capacity, events kept, events seen, last window."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(rehearsal_memory).order_by(rehearsal_memory.c.policy)).mappings().all()
+        return [{"policy": r["policy"], "capacity": r["capacity"], "n_events": r["n_events"],
+                 "n_seen": r["state"]["n_seen"], "through_window": r["through_window"],
+                 "updated_at": r["updated_at"], "events": codec.decode(r["data"])} for r in rows]
 
     def list_windows(self, limit: int | None = None) -> list[dict]:
         """Sealed windows, newest first, without their events."""

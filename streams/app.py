@@ -3,8 +3,13 @@
 Reads like a table of contents of the running system:
 
 * ``ingest``: batched consumer of the events and catalog topics (:mod:`streams.ingest`),
-  committing valid events, catalog rows, flow counters and dead letters to the store;
+  committing valid events (into the open replay window), catalog rows, flow counters and
+  dead letters to the store;
 * ``dead_letter_topic``: rejected messages with their reason and source offset;
+* ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`replay.service`),
+  announcing each sealed window on ``windows_topic`` (one partition);
+* ``training_trigger``: the agent that takes each sealed window's training trigger, once
+  across the cluster;
 * ``/health`` and ``/stats``: what the worker is doing, over HTTP.
 """
 
@@ -18,15 +23,27 @@ from sqlalchemy import func, select
 
 from store.models import ingest_stats
 from streamrec.config import Config
+from replay.service import ReplayService
 from streams.ingest import IngestService
-from streams.schema import DeadLetter
+from streams.schema import DeadLetter, WindowSealed
 from streams.topics import ensure_topics
 
 config = Config.from_env()
 logging.getLogger("streams").setLevel({"crit": "CRITICAL", "warn": "WARNING"}.get(
     config.log_level, config.log_level.upper()))
 
-app = faust.App(
+
+
+class StreamrecApp(faust.App):
+    async def on_first_start(self) -> None:
+        """Create the topics (off the loop) before any consumer subscribes, so none is auto-created."""
+        await super().on_first_start()
+        created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, config)
+        if created:
+            logging.getLogger(__name__).info("Created topics %s", created)
+
+
+app = StreamrecApp(
     config.app_id,
     broker=config.kafka_url,
     store="memory://",
@@ -38,16 +55,23 @@ app = faust.App(
 )
 
 dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
-ingest = IngestService(config, dead_letter_topic)
+windows_topic = app.topic(config.windows_topic, value_type=WindowSealed, partitions=1)
+replay = ReplayService(config, windows_topic)
+ingest = IngestService(config, dead_letter_topic, on_commit=replay.poke)
 
 
 @app.task
-async def start_ingest() -> None:
-    """Create the topics (off the loop), then run the ingest service with the worker."""
-    created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, config)
-    if created:
-        logging.getLogger(__name__).info("Created topics %s", created)
+async def start_services() -> None:
+    """Run the replay and ingest services with the worker."""
+    await app.add_runtime_dependency(replay)
     await app.add_runtime_dependency(ingest)
+
+
+@app.agent(windows_topic)
+async def training_trigger(notices):
+    """Take the training trigger of every sealed window (this worker owns the one partition)."""
+    async for notice in notices:
+        await replay.take_trigger(notice)
 
 
 @app.page("/health")
@@ -55,7 +79,7 @@ async def health(web, request):
     """Liveness and what this worker has ingested since it started."""
     assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in ingest.positions)
     return web.json({"status": "ok" if ingest.ready.is_set() else "starting",
-                     "ingest": ingest.totals, "assigned": assigned})
+                     "ingest": ingest.totals, "replay": replay.totals, "assigned": assigned})
 
 
 @app.page("/stats")

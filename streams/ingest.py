@@ -4,7 +4,7 @@ Faust's per-message stream machinery costs far more than validation itself, so t
 worker hosts this batched consumer as a service instead of a per-message agent. It
 reads up to ``STREAMREC_INGEST_BATCH_MAX`` messages per poll, validates them in the
 event loop (microseconds each), and hands the batch to one writer thread, which
-commits events, catalog rows, counters, dead letters and the partition offsets in one
+commits the accepted events (one segment of the open replay window), catalog rows, counters, dead letters and the partition offsets in one
 transaction (see :mod:`store.ingest`). Offsets live in the store, so every accepted
 event is stored exactly once across crashes and rebalances. Dead letters are then
 published from the store's outbox to the dead-letter topic (at least once).
@@ -50,9 +50,11 @@ def _label(obj: dict | None, name: str, allowed=None) -> str:
 class IngestService(mode.Service):
     """Batched, exactly-once-into-the-store consumer of the events and catalog topics."""
 
-    def __init__(self, config: Config, dead_letter_topic, **kwargs):
+    def __init__(self, config: Config, dead_letter_topic, on_commit=None, **kwargs):
+        """``on_commit()`` is called after each batch that stored new events."""
         super().__init__(**kwargs)
         self.config = config
+        self.on_commit = on_commit
         self.dead_letter_topic = dead_letter_topic
         self.validator = Validator(config.max_payload_bytes, config.max_future_s)
         self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-store")
@@ -131,6 +133,8 @@ class IngestService(mode.Service):
         self.totals["accepted"] += result.accepted
         self.totals["rejected"] += result.dead_letters
         self.totals["batches"] += 1
+        if result.accepted and self.on_commit is not None:
+            self.on_commit()
         try:  # mirrors the stored offsets for standard lag tooling; the store stays the truth
             await self.consumer.commit({TopicPartition(*tp): new for tp, (_, new) in batch.offsets.items()})
         except (CommitFailedError, KafkaError) as exc:

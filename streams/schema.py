@@ -54,3 +54,12 @@ class DeadLetter(faust.Record, serializer="json", include_metadata=False):
     key: Optional[str]
     payload_b64: str
     received_at: int
+
+
+class WindowSealed(faust.Record, serializer="json", include_metadata=False):
+    """A replay window was sealed in the store; its training trigger is still to be taken."""
+
+    window_id: int
+    n_events: int
+    seal_reason: str
+    sealed_at: int

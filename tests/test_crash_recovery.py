@@ -1,8 +1,9 @@
-"""Crash recovery: SIGKILL the worker while events flow; nothing accepted is lost or stored twice.
+"""Crash recovery: SIGKILL the worker mid-window while events flow; nothing accepted is lost or stored twice.
 
-Events, counters and partition offsets are committed in one transaction and a worker resumes
-from the offsets in the store, so a worker killed at any moment (mid-batch, mid-commit) and
-replaced by a fresh one must leave exactly one row per produced event and exact counters.
+Events (into the open replay window), counters and partition offsets are committed in one
+transaction, windows seal in another, and a worker resumes from the offsets in the store, so a
+worker killed at any moment (mid-batch, mid-commit, mid-window) and replaced by a fresh one must
+leave every produced event in exactly one sealed window, and exact counters.
 Runs against a fresh Postgres database and against SQLite.
 """
 
@@ -15,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from store.db import make_engine
-from store.models import events, ingest_stats
+from store.models import ingest_stats
+from store.replay import ReplayStore
 from streams.producer import SendReport, StorefrontProducer
 from tests.harness import Worker, wait_until, worker_env
 
@@ -61,9 +63,12 @@ class BackgroundProducer(threading.Thread):
             self.elapsed_s = time.monotonic() - started
 
 
+WINDOW_EVENTS = 4_000  # ~7 windows; the kills land inside open windows
+WINDOW_AGE_S = 4
+
+
 def stored_count(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(events)).scalar_one()
+    return ReplayStore(engine).stored_events()
 
 
 def outcome_totals(engine) -> dict[str, int]:
@@ -93,7 +98,8 @@ def kill_and_replace(worker: Worker, env: dict, log, delay_s: float) -> Worker:
 
 
 def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topic_prefix, tmp_path):
-    env = worker_env(broker, database_url, topic_prefix)
+    env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS=str(WINDOW_EVENTS),
+                     STREAMREC_WINDOW_MAX_AGE_S=str(WINDOW_AGE_S), STREAMREC_REHEARSAL_CAPACITY="5000")
     worker = Worker(env, tmp_path / "w0.log")
     engine = make_engine(database_url)
     producer = None
@@ -118,15 +124,19 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topi
         assert producer.error is None, f"producer raised {producer.error!r}"
         assert (producer.report.sent, producer.report.failed[:5]) == (TOTAL_EVENTS, [])
 
-        wait_for(lambda: stored_count(engine) >= TOTAL_EVENTS, 180,
-                 f"{TOTAL_EVENTS} events stored (kills at {kills})", worker)
+        replay = ReplayStore(engine)
+        wait_for(lambda: stored_count(engine) >= TOTAL_EVENTS and replay.open_window()[0] == 0, 180,
+                 f"{TOTAL_EVENTS} events stored and sealed (kills at {kills})", worker)
         time.sleep(2)  # let any extra (duplicate) batch land before counting
         context = f"kills at (rows, producing) {kills}\n{worker.tail()}"
-        with engine.connect() as conn:
-            rows, distinct = conn.execute(select(func.count(), func.count(events.c.event_id.distinct()))
-                                          .select_from(events)).one()
-            stored_ids = set(conn.execute(select(events.c.event_id)).scalars())
-        assert (rows, distinct) == (TOTAL_EVENTS, TOTAL_EVENTS), context
+        ids = replay.all_event_ids()
+        stored_ids = set(ids)
+        assert (len(ids), len(stored_ids)) == (TOTAL_EVENTS, TOTAL_EVENTS), context
+        assert replay.open_window()[0] == 0, context
+        windows = replay.list_windows()
+        assert sum(w["n_events"] for w in windows) == TOTAL_EVENTS
+        assert all(w["n_events"] == WINDOW_EVENTS for w in windows if w["seal_reason"] == "size"), windows
+        assert [m["n_seen"] for m in replay.memory_rows()] == [TOTAL_EVENTS]
         expected_ids = {e["event_id"] for e in produced}
         assert stored_ids == expected_ids, (
             f"missing {sorted(expected_ids - stored_ids)[:10]}, unexpected {sorted(stored_ids - expected_ids)[:10]}\n"

@@ -1,0 +1,117 @@
+"""The worker's replay stage: seal due windows and announce each on the control topic.
+
+Sealing runs on its own store thread, woken after every ingest commit (a window may be
+full) and every second (a window may be old enough). Each sealed window's notice goes
+to the single-partition ``<prefix>-windows`` topic from an outbox in the store, so a
+crash between sealing and sending only delays the notice. The one worker that owns that
+partition takes each window's training trigger; the store lets exactly one claim win, so
+a notice delivered twice still triggers one training job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import mode
+from sqlalchemy.exc import DBAPIError
+
+from replay.memory import make_memory
+from replay.windows import WindowPolicy
+from store.db import make_engine, migrate
+from store.replay import ReplayStore
+from streamrec.config import Config
+from streams.schema import WindowSealed
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ReplayService(mode.Service):
+    """Seals replay windows, publishes their notices and takes training triggers."""
+
+    def __init__(self, config: Config, windows_topic,
+                 on_trigger: Callable[[int], Awaitable[None]] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.windows_topic = windows_topic
+        self.on_trigger = on_trigger
+        self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-replay")
+        self.totals = {"sealed": 0, "triggers": 0}
+        self.engine = None
+        self.store: ReplayStore | None = None
+        self._poked = asyncio.Event()
+
+    async def in_db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)
+
+    def new_memory(self):
+        c = self.config
+        return make_memory(c.rehearsal_policy, c.rehearsal_capacity, c.seed, c.rehearsal_half_life_s)
+
+    async def on_start(self) -> None:
+        self.engine = make_engine(self.config.database_url)
+        await self.in_db(migrate, self.engine)
+        self.store = ReplayStore(self.engine, WindowPolicy(self.config.window_max_events,
+                                                           self.config.window_max_age_s), self.new_memory)
+
+    async def on_stop(self) -> None:
+        self.db_thread.shutdown(wait=True)
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def poke(self) -> None:
+        """New events were committed: check soon whether the open window is full."""
+        self._poked.set()
+
+    @mode.Service.task
+    async def _seal_loop(self) -> None:
+        while not self.should_stop:
+            try:
+                await asyncio.wait_for(self._poked.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._poked.clear()
+            try:
+                sealed = await self.in_db(self.store.seal_due, now_ms())
+                for window in sealed:
+                    log.info("Sealed window %d: %d events (%s)", window.id, window.n_events, window.seal_reason)
+                self.totals["sealed"] += len(sealed)
+                await self._publish_notices()
+            except DBAPIError as exc:  # store unreachable: the open window waits, nothing is lost
+                log.error("Sealing failed, retrying: %s", exc.orig or exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # never let one bad seal stop the worker; the window stays open
+                log.exception("Sealing failed, retrying")
+                await asyncio.sleep(1.0)
+
+    async def _publish_notices(self) -> None:
+        pending = await self.in_db(self.store.unpublished_notices)
+        if not pending:
+            return
+        sent = [await self.windows_topic.send(key=str(w.id).encode(), value=WindowSealed(
+            window_id=w.id, n_events=w.n_events, seal_reason=w.seal_reason, sealed_at=w.sealed_at))
+            for w in pending]
+        await asyncio.gather(*sent)
+        await self.in_db(self.store.mark_notices_published, [w.id for w in pending])
+
+    async def take_trigger(self, notice: WindowSealed) -> bool:
+        """Claim the training trigger of a sealed window; hand it on if this worker won it."""
+        if not await self.in_db(self.store.claim_trigger, notice.window_id, WORKER_NAME, now_ms()):
+            log.info("Window %d: training trigger already taken", notice.window_id)
+            return False
+        self.totals["triggers"] += 1
+        log.info("Window %d: training triggered (%d events)", notice.window_id, notice.n_events)
+        if self.on_trigger is not None:
+            await self.on_trigger(notice.window_id)
+        return True
