@@ -148,5 +148,50 @@ def dead_letters(limit: int, reason: str | None) -> None:
                 ["id", "source", "reason", "detail", "payload"])
 
 
+def ms_to_iso(ms: int | None) -> str:
+    from datetime import datetime, timezone
+
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def replay_store():
+    from store.db import make_engine
+    from store.replay import ReplayStore
+
+    return ReplayStore(make_engine(load_config().database_url))
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many of the newest windows.")
+def windows(limit: int) -> None:
+    """Sealed replay windows, newest first, and the open window."""
+    store = replay_store()
+    open_events, oldest = store.open_window()
+    click.echo(f"open window: {open_events:,} events, first ingested {ms_to_iso(oldest)}")
+    print_table([{"id": w["id"], "sealed": ms_to_iso(w["sealed_at"]), "reason": w["seal_reason"],
+                  "events": w["n_events"], "from": ms_to_iso(w["ts_min"]), "to": ms_to_iso(w["ts_max"]),
+                  "per storefront": " ".join(f"{s}:{sum(c.values())}" for s, c in w["counts"].items()),
+                  "trigger": w["trigger_claimed_by"] or "pending"}
+                 for w in store.list_windows(limit)],
+                ["id", "sealed", "reason", "events", "from", "to", "per storefront", "trigger"])
+
+
+@main.command()
+@click.option("--top", default=5, show_default=True, help="Show the most kept items of each policy.")
+def memory(top: int) -> None:
+    """The rehearsal memory: per policy, how much is kept and of what."""
+    from collections import Counter
+
+    rows = replay_store().memory_rows()
+    print_table([{"policy": r["policy"], "kept": f"{r['n_events']:,}/{r['capacity']:,}",
+                  "seen": f"{r['n_seen']:,}", "through window": r["through_window"],
+                  "updated": ms_to_iso(r["updated_at"]),
+                  "oldest event": ms_to_iso(min(r["events"].column("ts").to_pylist(), default=None)),
+                  "top items": ", ".join(f"{i}:{n}" for i, n in
+                                         Counter(r["events"].column("item_id").to_pylist()).most_common(top))}
+                 for r in rows],
+                ["policy", "kept", "seen", "through window", "updated", "oldest event", "top items"])
+
+
 if __name__ == "__main__":
     main()

@@ -26,8 +26,9 @@ def test_defaults_and_derived_names():
     config = Config.from_env({})
     assert config.kafka_url == "kafka://127.0.0.1:9092"
     assert config.database_url.startswith("sqlite:///var/")
-    assert (config.events_topic, config.catalog_topic, config.dead_letter_topic) == (
-        "streamrec-events", "streamrec-catalog", "streamrec-dead-letters")
+    assert (config.events_topic, config.catalog_topic, config.dead_letter_topic, config.windows_topic) == (
+        "streamrec-events", "streamrec-catalog", "streamrec-dead-letters", "streamrec-windows")
+    assert Config.from_env({"STREAMREC_REHEARSAL_RATIO": "0"}).rehearsal_ratio == 0.0  # rehearsal off
     custom = Config.from_env({"STREAMREC_TOPIC_PREFIX": "shop", "STREAMREC_KAFKA_URL": "kafka://a:1;b:2"})
     assert custom.events_topic == "shop-events" and custom.bootstrap_servers == "a:1,b:2"
 
@@ -37,6 +38,9 @@ def test_defaults_and_derived_names():
     ({"STREAMREC_TOPIC_PARTITIONS": "0"}, "must be positive"),
     ({"STREAMREC_KAFKA_URL": "127.0.0.1:9092"}, "must start with kafka://"),
     ({"STREAMREC_LOG_LEVEL": "loud"}, "must be one of"),
+    ({"STREAMREC_REHEARSAL_POLICY": "fifo"}, "must be one of reservoir, frequency, recency"),
+    ({"STREAMREC_WINDOW_MAX_AGE_S": "soon"}, "STREAMREC_WINDOW_MAX_AGE_S='soon' is not a number"),
+    ({"STREAMREC_REHEARSAL_RATIO": "-1"}, "must be positive"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):

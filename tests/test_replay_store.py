@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import update
 
 from replay.memory import Reservoir
@@ -13,6 +14,7 @@ from store.db import make_engine, migrate
 from store.ingest import IngestBatch, IngestWriter
 from store.models import windows
 from store.replay import CorruptWindow, ReplayStore
+from streamrec.cli import main
 
 T0 = 1_763_000_000_000
 TOPIC = "streamrec-events"
@@ -116,3 +118,20 @@ def test_a_corrupted_window_is_refused(engine):
         store.load_window(window.id)
     with pytest.raises(KeyError):
         store.load_window(window.id + 1)
+
+
+def test_cli_lists_windows_and_memory(engine, database_url, monkeypatch):
+    store = replay_store(engine, max_events=100, capacity=30)
+    ingest(engine, 0, 230)
+    store.seal_due(T0 + 1000)
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", database_url)
+    result = CliRunner().invoke(main, ["windows"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("open window: 30 events")
+    assert lines[1].split() == ["id", "sealed", "reason", "events", "from", "to", "per", "storefront", "trigger"]
+    assert [line.split()[0] for line in lines[2:]] == ["2", "1"]
+    assert "a:50 b:50" in lines[2] and "pending" in lines[2]
+    result = CliRunner().invoke(main, ["memory", "--top", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].split()[:4] == ["reservoir", "30/30", "200", "2"]
