@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
@@ -40,8 +40,8 @@ def now_ms() -> int:
 class ReplayService(mode.Service):
     """Seals replay windows, publishes their notices and takes training triggers."""
 
-    def __init__(self, config: Config, windows_topic,
-                 on_trigger: Callable[[int], Awaitable[None]] | None = None, **kwargs):
+    def __init__(self, config: Config, windows_topic, on_trigger: Callable[[int], None] | None = None, **kwargs):
+        """``on_trigger(window_id)`` hands a won training trigger on; it must not block."""
         super().__init__(**kwargs)
         self.config = config
         self.windows_topic = windows_topic
@@ -113,5 +113,5 @@ class ReplayService(mode.Service):
         self.totals["triggers"] += 1
         log.info("Window %d: training triggered (%d events)", notice.window_id, notice.n_events)
         if self.on_trigger is not None:
-            await self.on_trigger(notice.window_id)
+            self.on_trigger(notice.window_id)
         return True

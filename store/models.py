@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary,
+                        MetaData, String, Table, Text)
 
 metadata = MetaData()
 
@@ -110,4 +110,47 @@ consumer_offsets = Table(
     Column("topic", String(249), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
+)
+
+# Every trained model version with its lineage; weights are safetensors bytes, checked by sha256.
+model_versions = Table(
+    "model_versions", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("parent_id", BigInteger, comment="version this one was fine-tuned from"),
+    Column("status", String(16), nullable=False, comment="'promoted', 'rejected' or 'rolled_back'"),
+    Column("reason", Text, nullable=False, comment="why the gate promoted or rejected it"),
+    Column("windows", JSON, nullable=False, comment="ids of the windows this version was trained on"),
+    Column("rehearsal_size", Integer, nullable=False),
+    Column("metrics", JSON, nullable=False, comment="candidate and baseline metrics on the held-out slice"),
+    Column("duration_s", Float, nullable=False),
+    Column("device", String(32), nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("n_users", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("promoted_at", BigInteger, comment="epoch ms UTC; the newest promoted version serves"),
+    Column("weights", LargeBinary, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Index("ix_model_versions_serving", "status", "promoted_at"),
+)
+
+# Every training run, failed ones too.
+training_runs = Table(
+    "training_runs", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("window_id", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False, comment="'running', 'succeeded' or 'failed'"),
+    Column("version_id", BigInteger, comment="the version it produced (promoted or rejected)"),
+    Column("worker", String(255), nullable=False),
+    Column("started_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("finished_at", BigInteger, comment="epoch ms UTC"),
+    Column("error", Text),
+    Column("log", JSON, comment="per-epoch training log"),
+    Index("ix_training_runs_window", "window_id"),
+)
+
+# Frozen text-encoder embeddings, computed once per distinct item text.
+text_embeddings = Table(
+    "text_embeddings", metadata,
+    Column("key", String(64), primary_key=True, comment="sha256 of the item text"),
+    Column("vector", LargeBinary, nullable=False, comment="float32 little-endian"),
 )

@@ -193,5 +193,58 @@ def memory(top: int) -> None:
                 ["policy", "kept", "seen", "through window", "updated", "oldest event", "top items"])
 
 
+def store_engine():
+    from store.db import make_engine, migrate as run_migrations
+
+    engine = make_engine(load_config().database_url)
+    run_migrations(engine)
+    return engine
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many of the newest versions.")
+def models(limit: int) -> None:
+    """Model versions, newest first: status, lineage, gate metrics; * marks the serving one."""
+    from store.registry import list_versions, serving_version
+
+    engine = store_engine()
+    serving = serving_version(engine)
+    print_table([{"": "*" if serving and v["id"] == serving["id"] else "", "version": v["id"],
+                  "parent": v["parent_id"] or "-", "status": v["status"], "windows": ",".join(map(str, v["windows"])),
+                  "recall@20": f"{v['metrics']['candidate']['recall@20']:.4f}",
+                  "ndcg@20": f"{v['metrics']['candidate']['ndcg@20']:.4f}",
+                  "baseline": f"{v['metrics']['baseline']['recall@20']:.4f} ({v['metrics']['baseline_name']})",
+                  "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
+                  "device": v["device"], "created": ms_to_iso(v["created_at"])}
+                 for v in list_versions(engine, limit)],
+                ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "baseline", "rehearsal",
+                 "items", "seconds", "device", "created"])
+
+
+@main.command()
+@click.argument("version", type=int)
+def promote(version: int) -> None:
+    """Serve VERSION from now on, whatever the gate said of it."""
+    from store.registry import RegistryError, promote as promote_version
+
+    try:
+        promote_version(store_engine(), version)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Version {version} serves now.")
+
+
+@main.command()
+def rollback() -> None:
+    """Retire the serving version; the one promoted before it serves again."""
+    from store.registry import RegistryError, rollback as roll_back
+
+    try:
+        retired, serving = roll_back(store_engine())
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Version {retired} rolled back; version {serving} serves now.")
+
+
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ class Setting:
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # Faust's names
 REHEARSAL_POLICIES = ("reservoir", "frequency", "recency")  # replay.memory.POLICIES
+ZERO_ALLOWED = {"rehearsal_ratio", "distill_weight", "gate_tolerance"}  # 0 switches these off
 
 SETTINGS: dict[str, Setting] = {
     "kafka_url": Setting("STREAMREC_KAFKA_URL", "kafka://127.0.0.1:9092",
@@ -55,6 +56,20 @@ SETTINGS: dict[str, Setting] = {
                                "Rehearsal events drawn into a fine-tune per new window event."),
     "rehearsal_half_life_s": Setting("STREAMREC_REHEARSAL_HALF_LIFE_S", "604800",
                                      "Recency policy: an event's weight doubles every this many seconds of event time."),
+    "history_windows": Setting("STREAMREC_HISTORY_WINDOWS", "20",
+                               "Sealed windows before the new one read as users' history when training."),
+    "model_dim": Setting("STREAMREC_MODEL_DIM", "64", "Width of item and user vectors (new models only)."),
+    "max_history": Setting("STREAMREC_MAX_HISTORY", "50", "Most recent interactions per user the model reads."),
+    "train_epochs": Setting("STREAMREC_TRAIN_EPOCHS", "10", "Most epochs per fine-tune (early stopping may end sooner)."),
+    "train_batch_size": Setting("STREAMREC_TRAIN_BATCH_SIZE", "128", "Sequences per training step."),
+    "learning_rate": Setting("STREAMREC_LEARNING_RATE", "0.001", "Adam learning rate."),
+    "purchase_weight": Setting("STREAMREC_PURCHASE_WEIGHT", "2.0", "Loss weight of a purchase; a click weighs 1."),
+    "distill_weight": Setting("STREAMREC_DISTILL_WEIGHT", "1.0",
+                              "Weight of distillation from the serving version (0: off)."),
+    "gate_holdout": Setting("STREAMREC_GATE_HOLDOUT", "0.1",
+                            "Newest share of each window held out of training to judge the candidate."),
+    "gate_tolerance": Setting("STREAMREC_GATE_TOLERANCE", "0.05",
+                              "A candidate is promoted unless its Recall@20 is this share below the serving one."),
     "seed": Setting("STREAMREC_SEED", "1", "Seed of every random choice (rehearsal sampling, training)."),
     "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
                                  "Kafka group session timeout: how long a dead worker keeps its partitions."),
@@ -80,6 +95,16 @@ class Config:
     rehearsal_capacity: int
     rehearsal_ratio: float
     rehearsal_half_life_s: float
+    history_windows: int
+    model_dim: int
+    max_history: int
+    train_epochs: int
+    train_batch_size: int
+    learning_rate: float
+    purchase_weight: float
+    distill_weight: float
+    gate_holdout: float
+    gate_tolerance: float
     seed: int
     session_timeout_s: int
     log_level: str
@@ -98,7 +123,7 @@ class Config:
                     value = kind(raw)
                 except ValueError:
                     raise ConfigError(f"{setting.env}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-                if not value > 0 and not (f.name == "rehearsal_ratio" and value == 0):
+                if not value > 0 and not (f.name in ZERO_ALLOWED and value == 0):
                     raise ConfigError(f"{setting.env}={raw!r} must be positive")
                 raw = value
             values[f.name] = raw
@@ -107,6 +132,8 @@ class Config:
         if values["rehearsal_policy"] not in REHEARSAL_POLICIES:
             raise ConfigError(f"STREAMREC_REHEARSAL_POLICY={values['rehearsal_policy']!r} must be one of "
                               f"{', '.join(REHEARSAL_POLICIES)}")
+        if not values["gate_holdout"] < 1:
+            raise ConfigError(f"STREAMREC_GATE_HOLDOUT={values['gate_holdout']!r} must be below 1")
         if values["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"STREAMREC_LOG_LEVEL={values['log_level']!r} must be one of {', '.join(LOG_LEVELS)}")
         return cls(**values)

@@ -9,7 +9,8 @@ Reads like a table of contents of the running system:
 * ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`replay.service`),
   announcing each sealed window on ``windows_topic`` (one partition);
 * ``training_trigger``: the agent that takes each sealed window's training trigger, once
-  across the cluster;
+  across the cluster, and queues it on ``training`` (:mod:`learner.service`), which fine-tunes,
+  gates and publishes a model version per window in a separate process;
 * ``/health`` and ``/stats``: what the worker is doing, over HTTP.
 """
 
@@ -23,7 +24,8 @@ from sqlalchemy import func, select
 
 from store.models import ingest_stats
 from streamrec.config import Config
-from replay.service import ReplayService
+from learner.service import TrainingService
+from replay.service import WORKER_NAME, ReplayService
 from streams.ingest import IngestService
 from streams.schema import DeadLetter, WindowSealed
 from streams.topics import ensure_topics
@@ -56,13 +58,15 @@ app = StreamrecApp(
 
 dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
 windows_topic = app.topic(config.windows_topic, value_type=WindowSealed, partitions=1)
-replay = ReplayService(config, windows_topic)
+training = TrainingService(config, WORKER_NAME)
+replay = ReplayService(config, windows_topic, on_trigger=training.submit)
 ingest = IngestService(config, dead_letter_topic, on_commit=replay.poke)
 
 
 @app.task
 async def start_services() -> None:
-    """Run the replay and ingest services with the worker."""
+    """Run the training, replay and ingest services with the worker."""
+    await app.add_runtime_dependency(training)
     await app.add_runtime_dependency(replay)
     await app.add_runtime_dependency(ingest)
 
@@ -79,7 +83,8 @@ async def health(web, request):
     """Liveness and what this worker has ingested since it started."""
     assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in ingest.positions)
     return web.json({"status": "ok" if ingest.ready.is_set() else "starting",
-                     "ingest": ingest.totals, "replay": replay.totals, "assigned": assigned})
+                     "ingest": ingest.totals, "replay": replay.totals, "training": training.describe(),
+                     "assigned": assigned})
 
 
 @app.page("/stats")

@@ -1,0 +1,54 @@
+"""One continual-learning step: extend a bundle for a sealed window and fine-tune a copy of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from learner.bundle import ModelBundle
+from learner.device import Device
+from learner.plugins import Distillation, EarlyStopping, Rehearsal
+from learner.sequences import events_frame
+from learner.text import TextEmbeddingCache, TextEncoder
+from learner.trainer import Plugin, TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The loop settings plus the plugins' (each plugin is off when its setting is 0)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rehearsal_ratio: float = 0.5
+    distillation_weight: float = 1.0
+    distillation_temperature: float = 1.0
+    holdout: float = 0.1
+    patience: int = 2
+
+
+def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
+              rehearsal: pd.DataFrame | None = None, previous: ModelBundle | None = None,
+              catalog: pd.DataFrame | None = None, encoder: TextEncoder | None = None,
+              cache: TextEmbeddingCache | None = None, config: FineTuneConfig | None = None,
+              device: Device | None = None) -> tuple[ModelBundle, list[dict]]:
+    """Train a copy of ``bundle`` on ``window``; ``bundle`` itself is left unchanged.
+
+    The copy is first extended with the ids of ``catalog``, ``window`` and ``rehearsal``
+    (``encoder``/``cache`` embed new item texts). ``history`` is context only; ``rehearsal``
+    events are mixed in as extra targets; ``previous`` (usually ``bundle``) is distilled from.
+    Returns the trained bundle and the per-epoch log.
+    """
+    config = config or FineTuneConfig()
+    student = bundle.copy()
+    rehearsal = events_frame(rehearsal)
+    student.extend(catalog=catalog, events=pd.concat([events_frame(window), rehearsal], ignore_index=True),
+                   encoder=encoder, cache=cache)
+    plugins: list[Plugin] = []
+    if config.holdout:
+        plugins.append(EarlyStopping(config.holdout, config.patience))
+    if config.rehearsal_ratio and len(rehearsal):
+        plugins.append(Rehearsal(rehearsal, config.rehearsal_ratio, seed=config.train.seed))
+    if config.distillation_weight and previous is not None:
+        plugins.append(Distillation(previous, config.distillation_weight, config.distillation_temperature))
+    epoch_log = Trainer(student, config.train, plugins, device).fit(window, history)
+    return student, epoch_log

@@ -1,0 +1,194 @@
+"""One training job: fine-tune the serving version on a sealed window, gate it, publish it.
+
+Runs in the training process (:mod:`learner.process`), never in the worker's event loop.
+The steps, each reading from or writing to the store:
+
+1. the window's events, the ``STREAMREC_HISTORY_WINDOWS`` windows before it (users' history,
+   context only), the rehearsal memory (minus the window's own events) and the catalog;
+2. the newest ``STREAMREC_GATE_HOLDOUT`` share of the window is held out for the gate;
+3. the serving version (checksum verified), or a fresh model when there is none, is
+   extended with new ids and fine-tuned with rehearsal, distillation and early stopping;
+4. the gate: candidate and baseline (the serving version, or popularity for the first model)
+   are ranked on the held-out events with full ranking; the candidate is promoted unless its
+   Recall@20 is more than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
+5. the version (safetensors weights, sha256, lineage, metrics) and the run's outcome are
+   written in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from learner.bundle import ModelBundle
+from learner.checkpoint import dump_bundle
+from learner.device import pick_device
+from learner.evaluate import BundleScorer, PopularityScorer, evaluate
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.model import ModelConfig
+from learner.serving import load_newest, load_serving
+from learner.text import TextEncoder
+from learner.trainer import TrainConfig
+from replay import codec
+from replay.memory import make_memory
+from store.models import items
+from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
+from store.replay import ReplayStore
+from streamrec.config import Config
+
+log = logging.getLogger(__name__)
+
+GATE_METRIC = "recall@20"
+_encoder: TextEncoder | None = None  # loaded once per training process
+
+
+def text_encoder() -> TextEncoder:
+    global _encoder
+    if _encoder is None:
+        _encoder = TextEncoder(pick_device())
+    return _encoder
+
+
+def load_catalog(engine: Engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        rows = conn.execute(select(items.c.storefront, items.c.item_id, items.c.title,
+                                   items.c.description, items.c.category)).all()
+    return pd.DataFrame(rows, columns=["storefront", "item_id", "title", "description", "category"])
+
+
+def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(older part to train on, newest ``share`` of the events in time to judge on)."""
+    ordered = window.sort_values(["ts", "event_id"], kind="stable")
+    cut = len(ordered) - max(1, round(share * len(ordered)))
+    return ordered.iloc[:cut], ordered.iloc[cut:]
+
+
+def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str) -> tuple[bool, str]:
+    """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's."""
+    c, b = candidate[GATE_METRIC], baseline[GATE_METRIC]
+    if math.isnan(c):
+        return False, "no held-out events to judge the candidate on"
+    floor = b * (1 - tolerance)
+    verdict = c >= floor
+    return verdict, (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "
+                     f"({baseline_name} {b:.4f}, tolerance {tolerance:.0%})")
+
+
+def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
+    model = ModelConfig(dim=config.model_dim, max_len=config.max_history)
+    train = TrainConfig(epochs=config.train_epochs, batch_size=config.train_batch_size, lr=config.learning_rate,
+                        purchase_weight=config.purchase_weight, seed=config.seed)
+    return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
+                                 distillation_weight=config.distill_weight)
+
+
+@dataclass
+class WindowData:
+    """What a training job reads from the store for one window."""
+
+    window_id: int
+    train_part: pd.DataFrame
+    held_out: pd.DataFrame
+    history: pd.DataFrame
+    rehearsal: pd.DataFrame
+    catalog: pd.DataFrame
+    serving: tuple[dict, ModelBundle] | None
+    base: tuple[dict, ModelBundle] | None  # the serving version, else the newest one trained
+
+    @property
+    def judged_with(self) -> pd.DataFrame:
+        """History the held-out events are ranked with: earlier windows and the trained part."""
+        return pd.concat([self.history, self.train_part], ignore_index=True)
+
+
+def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
+    replay = ReplayStore(engine, new_memory=lambda: make_memory(
+        config.rehearsal_policy, config.rehearsal_capacity, config.seed, config.rehearsal_half_life_s))
+    window = codec.to_frame(replay.load_window(window_id))
+    earlier = sorted(w["id"] for w in replay.list_windows() if w["id"] < window_id)[-config.history_windows:]
+    memory = codec.to_frame(replay.memory().events)
+    train_part, held_out = split_holdout(window, config.gate_holdout)
+    serving = load_serving(engine)
+    return WindowData(
+        window_id, train_part, held_out,
+        history=codec.to_frame(codec.concat([replay.load_window(w) for w in earlier])),
+        rehearsal=memory[~memory["event_id"].isin(set(window["event_id"]))],
+        catalog=load_catalog(engine), serving=serving, base=serving or load_newest(engine))
+
+
+def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> tuple[bool, str, dict]:
+    """The gate's verdict on ``candidate`` for the held-out events of ``data``: (promote, reason, metrics)."""
+    candidate_metrics = evaluate(BundleScorer(candidate, device), data.held_out, data.judged_with)
+    if data.serving is not None:
+        baseline_name = f"version {data.serving[0]['id']}"
+        baseline_metrics = evaluate(BundleScorer(data.serving[1], device), data.held_out, data.judged_with)
+    else:
+        baseline_name = "popularity"
+        baseline_metrics = evaluate(PopularityScorer(candidate.vocab, data.judged_with, candidate.model.config.max_len),
+                                    data.held_out, data.judged_with)
+    promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name)
+    return promoted, reason, {"candidate": candidate_metrics, "baseline": baseline_metrics,
+                              "baseline_name": baseline_name, "held_out_events": len(data.held_out),
+                              "trained_events": len(data.train_part)}
+
+
+def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, str, dict], started: float,
+                device) -> dict:
+    """The ``model_versions`` row of a judged candidate, weights included."""
+    promoted, reason, metrics = verdict
+    weights, checksum = dump_bundle(candidate)
+    created = now_ms()
+    return {
+        "parent_id": data.base[0]["id"] if data.base else None, "status": "promoted" if promoted else "rejected",
+        "reason": reason, "windows": [data.window_id], "rehearsal_size": len(data.rehearsal), "metrics": metrics,
+        "duration_s": round(time.perf_counter() - started, 3), "device": str(device.torch_device),
+        "n_items": len(candidate.vocab.items), "n_users": len(candidate.vocab.users),
+        "created_at": created, "promoted_at": created if promoted else None,
+        "weights": weights, "sha256": checksum,
+    }
+
+
+def train_window(engine: Engine, config: Config, window_id: int) -> tuple[dict, list[dict]]:
+    """Fine-tune, judge and describe a candidate for ``window_id``: (model_versions row, epoch log)."""
+    started = time.perf_counter()
+    device = pick_device()
+    data = read_window(engine, config, window_id)
+    model_config, finetune_config = config_for(config)
+    cache = StoredTextEmbeddings(engine)
+    base = data.base[1] if data.base else ModelBundle.build(
+        model_config, catalog=data.catalog, events=data.train_part, encoder=text_encoder(), cache=cache,
+        seed=config.seed)
+    candidate, epoch_log = fine_tune(
+        base, data.train_part, history=data.history, rehearsal=data.rehearsal,
+        previous=data.serving[1] if data.serving else None, catalog=data.catalog, encoder=text_encoder(),
+        cache=cache, config=finetune_config, device=device)
+    cache.save()
+    verdict = judge(data, candidate, config, device)
+    log.info("window %d: %s %s", window_id, "promoted" if verdict[0] else "rejected", verdict[1])
+    return version_row(data, candidate, verdict, started, device), epoch_log
+
+
+def run_training_job(database_url: str, env: dict[str, str], window_id: int, worker: str) -> dict:
+    """The training process's entry point: one run, recorded in ``training_runs`` whatever happens."""
+    from store.db import make_engine
+
+    config = Config.from_env(env)
+    engine = make_engine(database_url)
+    run_id = start_run(engine, window_id, f"{worker}/train:{os.getpid()}")
+    try:
+        version, epoch_log = train_window(engine, config, window_id)
+    except Exception as exc:
+        log.exception("training on window %d failed", window_id)
+        finish_run(engine, run_id, error=f"{type(exc).__name__}: {exc}")
+        engine.dispose()
+        raise
+    version_id = finish_run(engine, run_id, version, epoch_log)
+    engine.dispose()
+    return {"run_id": run_id, "version_id": version_id, "status": version["status"], "reason": version["reason"],
+            "duration_s": version["duration_s"]}

@@ -1,0 +1,166 @@
+"""SASRec-style sequential recommender whose item vectors mix learned ids and frozen text."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from learner.idmap import PAD, UNKNOWN
+from learner.sequences import SequenceBatch
+from learner.text import TEXT_DIM
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a ``SASRec``.
+
+    ``use_text=False`` is the id-only baseline (no text tower). ``user_embeddings`` adds a
+    learned per-user vector to the sequence state. ``id_dropout`` is the share of item id
+    vectors dropped (zeroed) per training step so the text projection learns to stand alone,
+    which is what ranks new, never-interacted items sensibly.
+    """
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    use_text: bool = True
+    user_embeddings: bool = False
+    id_dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        return cls(**values)
+
+
+class SASRec(nn.Module):
+    """Causal transformer over a user's recent events; scores are dot products with item vectors.
+
+    Item vector = id embedding + bias-free projection of the item's frozen MiniLM embedding
+    (``item_text``, a buffer; zero for items without text). Padding and unknown rows score
+    ``-inf`` in ``logits``. Each input position embeds item, event type, storefront and position.
+
+    Examples
+    --------
+    >>> model = SASRec(ModelConfig(dim=8, heads=1, max_len=4), n_items=6, n_users=3, n_storefronts=3)
+    >>> items, types = torch.tensor([[0, 0, 4, 5]]), torch.tensor([[0, 0, 1, 2]])
+    >>> batch = SequenceBatch(items, types, storefronts=torch.tensor([[0, 0, 2, 2]]), users=torch.tensor([2]))
+    >>> model.eval().user_vectors(batch).shape, model.item_vectors().shape
+    (torch.Size([1, 8]), torch.Size([6, 8]))
+    """
+
+    def __init__(self, config: ModelConfig, n_items: int, n_users: int, n_storefronts: int):
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_ids = nn.Embedding(n_items, d, padding_idx=PAD)
+        if config.use_text:
+            self.text_projection = nn.Linear(TEXT_DIM, d, bias=False)
+            self.register_buffer("item_text", torch.zeros(n_items, TEXT_DIM))
+        if config.user_embeddings:
+            self.users = nn.Embedding(n_users, d)
+            nn.init.zeros_(self.users.weight)
+        self.event_types = nn.Embedding(3, d, padding_idx=PAD)
+        self.storefronts = nn.Embedding(n_storefronts, d, padding_idx=PAD)
+        self.positions = nn.Embedding(config.max_len, d)
+        layer = nn.TransformerEncoderLayer(d, config.heads, dim_feedforward=d * 4, dropout=config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.input_dropout = nn.Dropout(config.dropout)
+        for table in (self.item_ids, self.event_types, self.storefronts, self.positions):
+            nn.init.normal_(table.weight, std=0.02)
+            if table.padding_idx is not None:
+                table.weight.data[table.padding_idx].zero_()
+
+    @property
+    def n_items(self) -> int:
+        return self.item_ids.num_embeddings
+
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items, dim] vectors of every item row (padding row is zero).
+
+        In training mode a random ``id_dropout`` share of id vectors is zeroed.
+        """
+        ids = self.item_ids.weight
+        if self.training and self.config.id_dropout and self.config.use_text:
+            keep = torch.rand(len(ids), 1, device=ids.device) >= self.config.id_dropout
+            ids = ids * keep
+        if not self.config.use_text:
+            return ids
+        return ids + self.text_projection(self.item_text)
+
+    def forward(self, batch: SequenceBatch, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Sequence states [B, L, dim]; position t summarises events up to t."""
+        vectors = self.item_vectors() if item_vectors is None else item_vectors
+        items = batch.items
+        length = items.shape[1]
+        x = (vectors[items] + self.event_types(batch.types) + self.storefronts(batch.storefronts)
+             + self.positions.weight[-length:])
+        x = self.input_dropout(x * (items != PAD).unsqueeze(-1))
+        future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
+        blocked = future | (items == PAD).unsqueeze(1)  # [B, L, L]: no future, no padding keys ...
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=items.device)  # ... but always itself
+        mask = blocked.repeat_interleave(self.config.heads, dim=0)
+        h = self.norm(self.encoder(x, mask=mask))
+        if self.config.user_embeddings:
+            h = h + self.users(batch.users).unsqueeze(1)
+        return h
+
+    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
+        """[B, dim] user states: the sequence state at the newest (last) position."""
+        return self(batch)[:, -1]
+
+    def logits(self, states: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Scores [N, n_items] of ``states`` [N, dim]; padding and unknown rows are ``-inf``."""
+        scores = states.float() @ item_vectors.float().T
+        scores[:, [PAD, UNKNOWN]] = float("-inf")
+        return scores
+
+    @torch.no_grad()
+    def grow(self, n_items: int, n_users: int, n_storefronts: int) -> None:
+        """Enlarge the id tables to the given sizes; old rows are kept, new rows start at zero
+        (so a new item's vector is its text projection, or zero without text)."""
+        self.item_ids = _grown(self.item_ids, n_items)
+        self.storefronts = _grown(self.storefronts, n_storefronts)
+        if self.config.user_embeddings:
+            self.users = _grown(self.users, n_users)
+        if self.config.use_text and n_items > len(self.item_text):
+            extra = self.item_text.new_zeros(n_items - len(self.item_text), TEXT_DIM)
+            self.item_text = torch.cat([self.item_text, extra])
+
+
+    @torch.no_grad()
+    def init_from_text_neighbours(self, rows: torch.Tensor, k: int = 10, temperature: float = 0.02) -> None:
+        """Start untrained items with text (``rows``) among their look-alikes: set their id rows
+        so that each item's vector equals a weighted mean of the vectors of its ``k`` nearest
+        other items by text cosine (softmax of cosine / ``temperature``). Rows are left as
+        they are when no other item has text."""
+        has_text = self.item_text.abs().sum(1) > 0
+        has_text[rows] = False
+        candidates = has_text.nonzero().squeeze(1)
+        if not len(candidates) or not len(rows):
+            return
+        vectors = self.item_vectors()
+        projected = self.text_projection(self.item_text)
+        for chunk in rows.split(1024):
+            top, index = (self.item_text[chunk] @ self.item_text[candidates].T).topk(min(k, len(candidates)), dim=1)
+            weights = torch.softmax(top / temperature, dim=1).unsqueeze(-1)
+            self.item_ids.weight[chunk] = (weights * vectors[candidates[index]]).sum(1) - projected[chunk]
+
+
+def _grown(table: nn.Embedding, rows: int) -> nn.Embedding:
+    if rows <= table.num_embeddings:
+        return table
+    grown = nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx,
+                         device=table.weight.device, dtype=table.weight.dtype)
+    grown.weight.zero_()
+    grown.weight[:table.num_embeddings] = table.weight
+    return grown

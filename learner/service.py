@@ -1,0 +1,120 @@
+"""The worker's learner stage: one training job per triggered window, in a child process.
+
+Training never runs on the worker's event loop: jobs queue here and run one at a time in a
+spawned process (:func:`learner.job.run_training_job`), which dies with the worker. If that
+process dies mid-job, the run is marked failed, no version was written (a version is
+written in the transaction that closes its run), and the next window trains normally in a
+fresh process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import mode
+from learner.job import run_training_job
+from store.db import make_engine, migrate
+from store.registry import fail_running, list_runs
+from streamrec.config import SETTINGS, Config
+
+log = logging.getLogger(__name__)
+
+
+def _init_training_process() -> None:
+    """In the training process: die with the worker, log like it."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+
+
+class TrainingService(mode.Service):
+    """Queues training triggers and runs them, one at a time, in a training process."""
+
+    def __init__(self, config: Config, worker_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.worker_name = worker_name
+        self.env = {s.env: str(getattr(config, name)) for name, s in SETTINGS.items()}
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        self.totals = {"runs": 0, "promoted": 0, "rejected": 0, "failed": 0}
+        self.running_window: int | None = None
+        self.last: dict | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, window_id: int) -> None:
+        self.queue.put_nowait(window_id)
+
+    async def on_start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._recover)
+
+    def _recover(self) -> None:
+        """Runs left 'running' by a training process that died with an earlier worker fail."""
+        engine = make_engine(self.config.database_url)
+        migrate(engine)
+        engine.dispose()
+        self._mark_died()
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _process(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_training_process)
+        return self._pool
+
+    @mode.Service.task
+    async def _run_jobs(self) -> None:
+        while not self.should_stop:
+            window_id = await self.queue.get()
+            await self.train(window_id)
+
+    async def train(self, window_id: int) -> dict | None:
+        """Run one job; returns its outcome, or None if it failed."""
+        self.running_window = window_id
+        self.totals["runs"] += 1
+        try:
+            outcome = await asyncio.wrap_future(self._process().submit(
+                run_training_job, self.config.database_url, self.env, window_id, self.worker_name))
+        except BrokenProcessPool:
+            log.error("Window %d: the training process died; the run is marked failed", window_id)
+            self._pool = None
+            await asyncio.get_running_loop().run_in_executor(None, self._mark_died, window_id)
+            outcome = None
+        except Exception as exc:  # recorded in training_runs by the job itself
+            log.error("Window %d: training failed: %s", window_id, exc)
+            outcome = None
+        finally:
+            self.running_window = None
+        if outcome is None:
+            self.totals["failed"] += 1
+        else:
+            self.totals[outcome["status"]] += 1
+            log.info("Window %d: version %d %s in %.1fs: %s", window_id, outcome["version_id"], outcome["status"],
+                     outcome["duration_s"], outcome["reason"])
+        self.last = outcome
+        return outcome
+
+    def _mark_died(self, window_id: int | None = None) -> None:
+        """Fail the runs of training processes on this host that are gone (``window_id``: only its)."""
+        engine = make_engine(self.config.database_url)
+        try:
+            host = self.worker_name.split(":")[0]
+            dead = [r["id"] for r in list_runs(engine) if r["status"] == "running"
+                    and r["worker"].startswith(f"{host}:") and (window_id is None or r["window_id"] == window_id)
+                    and not os.path.exists(f"/proc/{r['worker'].rsplit(':', 1)[-1]}")]
+            if dead:
+                fail_running(engine, dead, "the training process died before finishing")
+        finally:
+            engine.dispose()
+
+    def describe(self) -> dict:
+        return {**self.totals, "queued": self.queue.qsize(), "running_window": self.running_window,
+                "last": self.last, "pid": os.getpid()}

@@ -1,0 +1,133 @@
+"""The model registry: training runs, model versions with lineage, promotion and rollback.
+
+The serving version is the ``promoted`` version promoted most recently. A version row,
+weights included, is written in the same transaction that closes its training run, so a
+run killed at any point leaves no half-written version, only a run still marked running.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sqlalchemy import Engine, insert, select, update
+
+from store.models import model_versions, text_embeddings, training_runs
+
+VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done, with the reason."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def start_run(engine: Engine, window_id: int, worker: str) -> int:
+    with engine.begin() as conn:
+        return conn.execute(insert(training_runs).values(
+            window_id=window_id, status="running", worker=worker, started_at=now_ms())
+            .returning(training_runs.c.id)).scalar_one()
+
+
+def finish_run(engine: Engine, run_id: int, version: dict | None = None, log: list | None = None,
+               error: str | None = None) -> int | None:
+    """Close a run as succeeded (storing ``version``, a ``model_versions`` row) or failed; returns the version id."""
+    with engine.begin() as conn:
+        version_id = None
+        if version is not None:
+            version_id = conn.execute(insert(model_versions).values(**version)
+                                      .returning(model_versions.c.id)).scalar_one()
+        conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
+            status="failed" if error else "succeeded", version_id=version_id, finished_at=now_ms(),
+            error=error, log=log))
+    return version_id
+
+
+def fail_running(engine: Engine, run_ids: list[int], error: str) -> int:
+    """Mark runs that are still 'running' as failed with ``error`` (their process died)."""
+    with engine.begin() as conn:
+        return conn.execute(update(training_runs).where(
+            training_runs.c.id.in_(run_ids), training_runs.c.status == "running").values(
+            status="failed", finished_at=now_ms(), error=error)).rowcount
+
+
+def serving_version(engine: Engine) -> dict | None:
+    """The version that serves (newest promotion), without its weights."""
+    with engine.connect() as conn:
+        row = conn.execute(select(*VERSION_COLUMNS).where(model_versions.c.status == "promoted")
+                           .order_by(model_versions.c.promoted_at.desc(), model_versions.c.id.desc())
+                           .limit(1)).mappings().one_or_none()
+    return dict(row) if row else None
+
+
+def version_weights(engine: Engine, version_id: int) -> tuple[bytes, str]:
+    """(safetensors bytes, their expected sha256) of a version."""
+    with engine.connect() as conn:
+        row = conn.execute(select(model_versions.c.weights, model_versions.c.sha256)
+                           .where(model_versions.c.id == version_id)).one_or_none()
+    if row is None:
+        raise RegistryError(f"no model version {version_id}")
+    return row.weights, row.sha256
+
+
+def list_versions(engine: Engine, limit: int | None = None) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(*VERSION_COLUMNS).order_by(model_versions.c.id.desc()).limit(limit)).mappings()
+        return [dict(r) for r in rows]
+
+
+def list_runs(engine: Engine, limit: int | None = None) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(training_runs).order_by(training_runs.c.id.desc()).limit(limit)).mappings()
+        return [dict(r) for r in rows]
+
+
+def promote(engine: Engine, version_id: int) -> None:
+    """Make ``version_id`` the serving version, whatever the gate said of it."""
+    with engine.begin() as conn:
+        if conn.execute(update(model_versions).where(model_versions.c.id == version_id)
+                        .values(status="promoted", promoted_at=now_ms())).rowcount != 1:
+            raise RegistryError(f"no model version {version_id}")
+
+
+def rollback(engine: Engine) -> tuple[int, int]:
+    """Retire the serving version; the one promoted before it serves again. Returns (from, to)."""
+    with engine.begin() as conn:
+        promoted = conn.execute(select(model_versions.c.id).where(model_versions.c.status == "promoted")
+                                .order_by(model_versions.c.promoted_at.desc(), model_versions.c.id.desc())
+                                .limit(2)).scalars().all()
+        if len(promoted) < 2:
+            raise RegistryError("nothing to roll back to: fewer than two promoted versions")
+        conn.execute(update(model_versions).where(model_versions.c.id == promoted[0]).values(status="rolled_back"))
+    return promoted[0], promoted[1]
+
+
+class StoredTextEmbeddings(dict):
+    """Text embeddings cached in the store, loaded at once; new ones are saved with :meth:`save`."""
+
+    def __init__(self, engine: Engine):
+        with engine.connect() as conn:
+            rows = conn.execute(select(text_embeddings.c.key, text_embeddings.c.vector)).all()
+        super().__init__((key, np.frombuffer(vector, dtype="<f4")) for key, vector in rows)
+        self.engine = engine
+        self.added: set[str] = set()
+
+    def __setitem__(self, key: str, vector) -> None:
+        super().__setitem__(key, vector)
+        self.added.add(key)
+
+    def save(self) -> int:
+        """Store the embeddings computed since loading; returns how many."""
+        if self.added:
+            with self.engine.begin() as conn:
+                known = set(conn.execute(select(text_embeddings.c.key)
+                                         .where(text_embeddings.c.key.in_(self.added))).scalars())
+                rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f4").tobytes()}
+                        for k in self.added - known]
+                if rows:
+                    conn.execute(insert(text_embeddings), rows)
+        saved, self.added = len(self.added), set()
+        return saved

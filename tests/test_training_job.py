@@ -1,0 +1,105 @@
+"""Training jobs on sealed MovieLens windows in a real store: publish, lineage, gate, rollback, integrity.
+
+Each test store holds three sealed windows of real MovieLens-100k ratings and the real
+catalog; the real MiniLM encoder embeds the item texts (cached in the store once).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from learner.checkpoint import ChecksumMismatch
+from learner.device import pick_device
+from learner.job import judge, read_window, run_training_job, version_row
+from learner.serving import load_serving
+from replay.memory import make_memory
+from replay.windows import WindowPolicy
+from store.db import make_engine, migrate
+from store.ingest import IngestBatch, IngestWriter
+from store.models import model_versions
+from store.registry import RegistryError, finish_run, list_runs, list_versions, promote, rollback, serving_version, \
+    start_run
+from store.replay import ReplayStore
+from streamrec.config import Config
+from streams import movielens
+
+WINDOW_EVENTS = 4_000
+ENV = {"STREAMREC_TRAIN_EPOCHS": "2", "STREAMREC_GATE_TOLERANCE": "0.5", "STREAMREC_REHEARSAL_CAPACITY": "3000"}
+
+
+@pytest.fixture
+def store(database_url):
+    """A store with three sealed MovieLens windows and the catalog."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    now = time.time_ns() // 1_000_000
+    writer = IngestWriter(engine, "g", 10 ** 8)
+    catalog = [c | {"ts": now} for c in movielens.to_catalog(movielens.load_movies())]
+    writer.write(IngestBatch(received_at=now, items=catalog, offsets={("catalog", 0): (None, 1)}))
+    events = movielens.to_events(movielens.load_ratings(), now)[:3 * WINDOW_EVENTS]
+    writer.write(IngestBatch(received_at=now, offsets={("events", 0): (None, len(events))}, events=[
+        {"event": {"session_id": None, "price": None, "quantity": None} | e, "topic": "events", "partition": 0,
+         "offset": i, "key": None, "payload": b""} for i, e in enumerate(events)]))
+    config = Config.from_env({"STREAMREC_DATABASE_URL": database_url, **ENV})
+    replay = ReplayStore(engine, WindowPolicy(WINDOW_EVENTS, 3600), lambda: make_memory(
+        config.rehearsal_policy, config.rehearsal_capacity, config.seed))
+    assert [w.id for w in replay.seal_due(now)] == [1, 2, 3]
+    yield engine, config
+    engine.dispose()
+
+
+def test_versions_are_published_with_lineage_and_gated(store, database_url):
+    engine, config = store
+    first = run_training_job(database_url, ENV, 1, "test-host:1")
+    second = run_training_job(database_url, ENV, 2, "test-host:1")
+    assert (first["status"], second["status"]) == ("promoted", "promoted"), (first, second)
+    v2, v1 = list_versions(engine)
+    assert (v1["parent_id"], v2["parent_id"]) == (None, v1["id"])
+    assert (v1["windows"], v2["windows"]) == ([1], [2])
+    assert v1["metrics"]["baseline_name"] == "popularity" and v2["metrics"]["baseline_name"] == f"version {v1['id']}"
+    assert v2["rehearsal_size"] > 0 and v2["device"] in ("cpu", "cuda")
+    assert v2["metrics"]["candidate"]["recall@20"] > 0
+    runs = list_runs(engine)
+    assert [(r["window_id"], r["status"], r["version_id"]) for r in runs] == [(2, "succeeded", v2["id"]),
+                                                                             (1, "succeeded", v1["id"])]
+    assert all(r["worker"].startswith("test-host:1/train:") and r["log"] for r in runs)
+
+    # a broken candidate (the item vectors scrambled) is rejected; the serving version stays
+    device = pick_device()
+    data = read_window(engine, config, 3)
+    broken = data.serving[1].copy()
+    with torch.no_grad():
+        for name, tensor in broken.model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.flatten()[torch.randperm(tensor.numel())].view_as(tensor))
+    verdict = judge(data, broken, config, device)
+    assert verdict[0] is False and "<" in verdict[1], verdict[1]
+    run_id = start_run(engine, 3, "test-host:1/train:0")
+    finish_run(engine, run_id, version_row(data, broken, verdict, time.perf_counter(), device))
+    assert list_versions(engine, 1)[0]["status"] == "rejected"
+    assert serving_version(engine)["id"] == v2["id"]
+
+    # rollback serves the previous promoted version; promote brings any version back
+    assert rollback(engine) == (v2["id"], v1["id"])
+    assert load_serving(engine)[0]["id"] == v1["id"]
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        rollback(engine)
+    promote(engine, v2["id"])
+    assert serving_version(engine)["id"] == v2["id"]
+    with pytest.raises(RegistryError, match="no model version 999"):
+        promote(engine, 999)
+
+
+def test_tampered_weights_are_refused_before_use(store, database_url):
+    engine, _ = store
+    run_training_job(database_url, ENV, 1, "test-host:1")
+    version = serving_version(engine)
+    with engine.begin() as conn:
+        weights = conn.execute(model_versions.select().where(model_versions.c.id == version["id"])).one().weights
+        tampered = weights[:-1] + bytes([weights[-1] ^ 1])
+        conn.execute(model_versions.update().where(model_versions.c.id == version["id"]).values(weights=tampered))
+    with pytest.raises(ChecksumMismatch):
+        load_serving(engine)
