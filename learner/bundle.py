@@ -77,7 +77,8 @@ class ModelBundle:
             self._set_texts(catalog_texts(catalog), encoder, cache)
             new_items = torch.arange(before[0], len(self.vocab.items))
             self.model.init_from_text_neighbours(new_items[self.model.item_text[new_items].abs().sum(1) > 0])
-        added = {name: after - b for name, b, after in zip(("items", "users", "storefronts"), before, self.vocab.sizes())}
+        names = ("items", "users", "storefronts")
+        added = {name: after - b for name, b, after in zip(names, before, self.vocab.sizes())}
         log.info("vocabulary extended by %s to %s", added, self.vocab)
         return added
 

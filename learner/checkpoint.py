@@ -1,5 +1,7 @@
 """``ModelBundle`` to bytes and back: safetensors tensors plus JSON metadata in its header.
 
+The metadata (format, model config, id maps, item text hashes, info) is one JSON string under
+the header's ``__metadata__["streamrec"]``, so the same bundle always gives the same bytes.
 No pickle anywhere. The bytes are checked against their sha256 before anything is parsed.
 """
 
@@ -40,14 +42,14 @@ def dump_bundle(bundle: ModelBundle) -> tuple[bytes, str]:
     tensors = {name: t.detach().cpu().contiguous() for name, t in bundle.model.state_dict().items()}
     metadata = {
         "format": FORMAT,
-        "config": json.dumps(bundle.model.config.to_dict()),
-        "items": bundle.vocab.items.to_json(),
-        "users": bundle.vocab.users.to_json(),
-        "storefronts": bundle.vocab.storefronts.to_json(),
-        "text_hashes": json.dumps(bundle.text_hashes),
-        "info": json.dumps(bundle.info),
+        "config": bundle.model.config.to_dict(),
+        "items": bundle.vocab.items.keys(),
+        "users": bundle.vocab.users.keys(),
+        "storefronts": bundle.vocab.storefronts.keys(),
+        "text_hashes": bundle.text_hashes,
+        "info": bundle.info,
     }
-    data = save_tensors(tensors, metadata=metadata)
+    data = save_tensors(tensors, metadata={"streamrec": json.dumps(metadata, sort_keys=True)})
     return data, sha256(data)
 
 
@@ -62,14 +64,14 @@ def load_bundle(data: bytes, expected_sha256: str) -> ModelBundle:
     metadata = _header_metadata(data)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} bundle (format {metadata.get('format')!r})")
-    vocab = Vocabulary(*(IdMap.from_json(metadata[name]) for name in ("items", "users", "storefronts")))
+    vocab = Vocabulary(*(IdMap(metadata[name]) for name in ("items", "users", "storefronts")))
     with torch.device("meta"):
-        model = SASRec(ModelConfig.from_dict(json.loads(metadata["config"])), *vocab.sizes())
+        model = SASRec(ModelConfig.from_dict(metadata["config"]), *vocab.sizes())
     model.load_state_dict(load_tensors(data), strict=True, assign=True)
-    return ModelBundle(model, vocab, json.loads(metadata["text_hashes"]), json.loads(metadata["info"]))
+    return ModelBundle(model, vocab, metadata["text_hashes"], metadata["info"])
 
 
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
+def _header_metadata(data: bytes) -> dict:
+    """Our JSON from the ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
     length = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + length]).get("__metadata__", {})
+    return json.loads(json.loads(data[8:8 + length]).get("__metadata__", {}).get("streamrec", "{}"))

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from learner.idmap import PAD, UNKNOWN
@@ -102,7 +103,7 @@ class SASRec(nn.Module):
         vectors = self.item_vectors() if item_vectors is None else item_vectors
         items = batch.items
         length = items.shape[1]
-        x = (vectors[items] + self.event_types(batch.types) + self.storefronts(batch.storefronts)
+        x = (F.embedding(items, vectors) + self.event_types(batch.types) + self.storefronts(batch.storefronts)
              + self.positions.weight[-length:])
         x = self.input_dropout(x * (items != PAD).unsqueeze(-1))
         future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)

@@ -14,6 +14,7 @@ from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
 from learner.sequences import SequenceBatch
 from learner.trainer import Plugin, Step, Trainer
+from replay.sampler import RehearsalSampler
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +23,18 @@ class Rehearsal(Plugin):
     """Mixes replayed events into every epoch's targets.
 
     Each epoch draws ``ratio`` rehearsal events per window target (at most all of
-    ``memory``) uniformly without replacement; their histories come from the trainer's
-    context like any target's.
+    ``memory``) with :class:`replay.sampler.RehearsalSampler`; their histories come from the
+    trainer's context like any target's.
     """
 
     def __init__(self, memory: pd.DataFrame, ratio: float = 0.5, seed: int = 0):
         self.memory = memory
-        self.ratio = ratio
-        self.seed = seed
-
-    def before_training(self, trainer: Trainer) -> None:
-        self.rng = np.random.default_rng(self.seed)
+        self.sampler = RehearsalSampler(ratio, seed)
 
     def before_epoch(self, trainer: Trainer) -> None:
-        n = min(len(self.memory), round(self.ratio * len(trainer.targets)))
-        if n:
-            sample = self.memory.iloc[np.sort(self.rng.choice(len(self.memory), n, replace=False))]
-            trainer.epoch_targets = pd.concat([trainer.epoch_targets, sample], ignore_index=True)
+        rows = self.sampler.indices(len(self.memory), len(trainer.targets), draw_id=trainer.epoch)
+        if len(rows):
+            trainer.epoch_targets = pd.concat([trainer.epoch_targets, self.memory.iloc[rows]], ignore_index=True)
 
 
 class Distillation(Plugin):
@@ -108,7 +104,8 @@ class EarlyStopping(Plugin):
 
     def after_epoch(self, trainer: Trainer) -> None:
         ks = (int(self.metric.split("@")[1]),)
-        value = evaluate(BundleScorer(trainer.bundle, trainer.device), self.validation, self.history, ks=ks)[self.metric]
+        scorer = BundleScorer(trainer.bundle, trainer.device)
+        value = evaluate(scorer, self.validation, self.history, ks=ks)[self.metric]
         trainer.epoch_log[-1][f"validation_{self.metric}"] = value
         log.info("epoch %d validation %s %.4f (best %.4f at epoch %d)", trainer.epoch, self.metric, value,
                  self.best, self.best_epoch)

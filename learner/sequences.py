@@ -95,7 +95,8 @@ class TrainingSequences:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[SequenceBatch, torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int,
+                generator: torch.Generator) -> Iterator[tuple[SequenceBatch, torch.Tensor, torch.Tensor]]:
         """Shuffled ``(inputs, targets, target_types)`` batches."""
         order = torch.randperm(len(self), generator=generator)
         for start in range(0, len(self), batch_size):
@@ -110,21 +111,21 @@ def training_sequences(context: pd.DataFrame | None, targets: pd.DataFrame, voca
     A user's timeline is their ``targets`` and ``context`` events in time order; it is cut from
     the end into chunks of ``max_len + 1`` events (each chunk's inputs are its first ``max_len``
     events, its targets the last ``max_len``), so every target is predicted from up to
-    ``max_len`` earlier events, which may be context. Context events are never targets.
+    ``max_len`` earlier events, which may be context. Context events are never targets, and
+    stretches of context without targets yield no chunk.
     """
     tl = _timelines(events_frame(context), targets, vocab)
     rows: list[tuple[int, int, int]] = []  # (user run start, chunk start, chunk end)
     for start, end in tl.runs():
         target_pos = np.flatnonzero(tl.is_target[start:end]) + start
         target_pos = target_pos[target_pos > start]  # a user's first event has nothing to predict it
-        if not len(target_pos):
-            continue
         while len(target_pos):
             chunk_end = int(target_pos[-1]) + 1
             rows.append((start, max(start, chunk_end - max_len - 1), chunk_end))
             target_pos = target_pos[target_pos < chunk_end - max_len]
     n = len(rows)
-    arrays = {name: np.zeros((n, max_len), np.int64) for name in ("items", "types", "storefronts", "targets", "target_types")}
+    names = ("items", "types", "storefronts", "targets", "target_types")
+    arrays = {name: np.zeros((n, max_len), np.int64) for name in names}
     users = np.zeros(n, np.int64)
     for row, (user_start, lo, hi) in enumerate(rows):
         width = hi - lo - 1

@@ -138,7 +138,8 @@ class Trainer:
         log.info("epoch %d done: loss %.4f, %d targets in %.1fs (%.0f/s)", self.epoch, summary["loss"], seen,
                  elapsed, summary["targets_per_s"])
 
-    def _train_step(self, inputs: SequenceBatch, targets: torch.Tensor, target_types: torch.Tensor) -> tuple[float, int]:
+    def _train_step(self, inputs: SequenceBatch, targets: torch.Tensor,
+                    target_types: torch.Tensor) -> tuple[float, int]:
         inputs = inputs.to(self.device)
         targets, target_types = self.device.put(targets), self.device.put(target_types)
         mask = targets > 0

@@ -24,8 +24,12 @@ class RehearsalSampler:
         self.ratio = ratio
         self.seed = seed
 
+    def indices(self, n_memory: int, n_new: int, draw_id: int = 0) -> np.ndarray:
+        """Sorted row numbers of the draw; ``draw_id`` (e.g. the epoch) makes each draw differ, reproducibly."""
+        want = min(n_memory, round(self.ratio * n_new))
+        rng = np.random.default_rng([self.seed, draw_id])
+        return np.sort(rng.choice(n_memory, size=want, replace=False))
+
     def draw(self, memory: pa.Table, n_new: int, draw_id: int = 0) -> pa.Table:
         """``round(ratio * n_new)`` events of ``memory`` (all of it if it holds fewer)."""
-        want = min(memory.num_rows, round(self.ratio * n_new))
-        rng = np.random.default_rng([self.seed, draw_id])
-        return memory.take(np.sort(rng.choice(memory.num_rows, size=want, replace=False)))
+        return memory.take(self.indices(memory.num_rows, n_new, draw_id))

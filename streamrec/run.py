@@ -12,7 +12,7 @@ import click
 from sqlalchemy import func, select
 
 from store.db import make_engine
-from store.models import ingest_stats
+from store.models import ingest_stats, model_versions, windows
 from streamrec.config import Config
 from streamrec.processes import free_port, start_broker, start_worker, stop, wait_for_port
 from streams import movielens
@@ -20,15 +20,19 @@ from streams.producer import StorefrontProducer
 
 
 def totals(engine) -> dict[str, int]:
-    """Accepted and rejected counts so far, from ``ingest_stats``."""
+    """Accepted and rejected events, sealed windows and model versions per status so far."""
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(ingest_stats.c.outcome, func.sum(ingest_stats.c.count))
                                 .group_by(ingest_stats.c.outcome)).all()
+            sealed = conn.execute(select(func.count()).select_from(windows)).scalar_one()
+            versions = dict(conn.execute(select(model_versions.c.status, func.count())
+                                         .group_by(model_versions.c.status)).all())
     except Exception:  # tables not migrated yet
-        return {"accepted": 0, "rejected": 0}
+        return {"accepted": 0, "rejected": 0, "windows": 0, "promoted": 0, "gate_rejected": 0}
     accepted = sum(int(n) for o, n in rows if o == "accepted")
-    return {"accepted": accepted, "rejected": sum(int(n) for _, n in rows) - accepted}
+    return {"accepted": accepted, "rejected": sum(int(n) for _, n in rows) - accepted, "windows": sealed,
+            "promoted": versions.get("promoted", 0), "gate_rejected": versions.get("rejected", 0)}
 
 
 def run_demo(rate: float, limit: int | None, var: Path = Path("var")) -> None:
@@ -65,7 +69,9 @@ def run_demo(rate: float, limit: int | None, var: Path = Path("var")) -> None:
                 rate_now = (now["accepted"] - before["accepted"]) / (time.monotonic() - t0)
                 before, t0 = now, time.monotonic()
                 click.echo(f"  accepted {now['accepted']:>7,}  rejected {now['rejected']:>5,}  "
-                           f"({rate_now:,.0f} events/s){'  feed done' if not feed.is_alive() else ''}")
+                           f"({rate_now:,.0f} events/s)  windows {now['windows']}  "
+                           f"models promoted {now['promoted']}, rejected {now['gate_rejected']}"
+                           f"{'  feed done' if not feed.is_alive() else ''}")
             if worker.poll() is not None:
                 raise click.ClickException(f"the worker exited with code {worker.returncode}; see var/worker.log")
     except KeyboardInterrupt:

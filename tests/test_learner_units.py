@@ -1,0 +1,168 @@
+"""Learner building blocks on small inputs: metrics by hand, id maps, sequences, checkpoints,
+determinism and catalog growth (real MovieLens slices, id-only model, no text encoder)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from learner.bundle import ModelBundle
+from learner.checkpoint import ChecksumMismatch, dump_bundle, load_bundle
+from learner.evaluate import BundleScorer, PopularityScorer, evaluate, metrics_at, ranks
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.idmap import IdMap, Vocabulary
+from learner.model import ModelConfig
+from learner.sequences import history_batch, next_item_examples, training_sequences
+from learner.trainer import TrainConfig, Trainer
+from streams import movielens
+
+SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20, use_text=False)
+
+
+def frame(rows: list[tuple[str, str, int, str]], prefix: str = "e") -> pd.DataFrame:
+    """Events from (user, item, ts, type) tuples, with event ids ``<prefix><row>``."""
+    return pd.DataFrame({"event_id": [f"{prefix}{i}" for i in range(len(rows))], "type": [r[3] for r in rows],
+                         "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "storefront": "shop",
+                         "ts": [r[2] for r in rows], "session_id": None})
+
+
+@pytest.fixture(scope="module")
+def ml_events() -> pd.DataFrame:
+    events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), now_ms=1_763_000_000_000))
+    return events.sample(frac=1.0, random_state=0)  # rows are not guaranteed sorted
+
+
+def test_ranks_and_metrics_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3],    # target 2: one item above -> rank 1
+                           [0.2, 0.2, 0.2, 0.8],    # target 0: tied with 1 and 2, below 3 -> rank 3
+                           [0.1, 0.4, 0.3, 0.2]])   # target 1: top -> rank 0
+    r = ranks(scores, torch.tensor([2, 0, 1]))
+    assert r.tolist() == [1, 3, 0]
+    m = metrics_at(r, (1, 2))
+    assert m["recall@1"].tolist() == [0.0, 0.0, 1.0]
+    assert m["recall@2"].tolist() == [1.0, 0.0, 1.0]
+    assert m["ndcg@2"].tolist() == pytest.approx([1 / math.log2(3), 0.0, 1.0])
+
+
+def test_evaluate_excludes_seen_items_but_not_the_target():
+    vocab = Vocabulary(IdMap(["a", "b", "c", "d"]))
+    history = frame([("u", "a", 1, "click"), ("u", "b", 2, "click")], prefix="h")
+    events = frame([("u", "b", 3, "purchase"), ("u", "c", 4, "click"), ("v", "d", 5, "click")])
+    popularity = PopularityScorer(vocab, frame([("x", "a", 0, "click")] * 5 + [("x", "b", 0, "click")] * 4
+                                               + [("x", "c", 0, "click")] * 3 + [("x", "d", 0, "click")] * 2))
+    result = evaluate(popularity, events, history, ks=(1, 2))
+    # u->b: a is seen, b (the target, seen before too) ranks 0. u->c: a, b seen -> c ranks 0.
+    # v->d: nothing seen; a, b, c score higher -> rank 3.
+    assert result["examples"] == 3
+    assert result["recall@1"] == pytest.approx(2 / 3)
+    assert result["recall@2"] == pytest.approx(2 / 3)
+    assert result["ndcg@2"] == pytest.approx(2 / 3)
+
+
+def test_unknown_target_is_a_miss():
+    vocab = Vocabulary(IdMap(["a"]))
+    result = evaluate(PopularityScorer(vocab, frame([])), frame([("u", "zzz", 1, "click")]), ks=(5,))
+    assert result["recall@5"] == 0.0
+
+
+def test_id_map_is_append_only_and_round_trips_as_json():
+    ids = IdMap(["m1", "m2"])
+    assert ids.index(["m2", "m1", "new"]).tolist() == [3, 2, 1]
+    older = IdMap.from_json(ids.to_json())
+    assert ids.add(["m3", "m1"]) == ["m3"] and older.is_prefix_of(ids) and not ids.is_prefix_of(older)
+    assert ids.index(["m3"]).tolist() == [4]
+
+
+def test_training_sequences_predict_every_target_once_with_context_as_input():
+    vocab = Vocabulary()
+    history = frame([("u", f"h{i}", i, "click") for i in range(30)], prefix="h")
+    window = frame([("u", f"w{i}", 100 + i, "purchase" if i % 2 else "click") for i in range(45)]
+                   + [("v", "solo", 5, "click")], prefix="w")
+    vocab.add_events(pd.concat([history, window])["user_id"], pd.concat([history, window])["item_id"], ["shop"])
+    data = training_sequences(history, window, vocab, max_len=20)
+    targets = data.targets[data.targets > 0]
+    assert sorted(targets.tolist()) == sorted(vocab.items.index([f"w{i}" for i in range(45)]).tolist())
+    first = (data.targets == vocab.items.index(["w0"])[0]).nonzero()[0]
+    row, col = first.tolist()
+    # the first window event is predicted from the last history event
+    assert data.inputs.items[row, col] == vocab.items.index(["h29"])[0]
+    assert set(data.target_types[data.targets > 0].tolist()) == {1, 2}
+
+
+def test_next_item_examples_use_only_earlier_events():
+    vocab = Vocabulary(IdMap(["a", "b", "c"]), IdMap(["u"]), IdMap(["shop"]))
+    examples = next_item_examples(frame([("u", "a", 1, "click")], prefix="h"),
+                                  frame([("u", "c", 3, "click"), ("u", "b", 2, "click")]), vocab, max_len=3)
+    assert examples.inputs.items.tolist() == [[0, 0, 2], [0, 2, 3]]
+    assert examples.targets.tolist() == [3, 4]
+    assert examples.seen_items.tolist() == [2, 2, 3]
+
+
+def test_model_is_causal():
+    bundle = ModelBundle.build(SMALL, events=frame([("u", f"i{i}", i, "click") for i in range(10)]))
+    model = bundle.model.eval()
+    _, batch = history_batch(
+        frame([("u", f"i{i}", i, "click") for i in range(8)]), bundle.vocab, SMALL.max_len)
+    before = model(batch)
+    batch.items[0, -1] = bundle.vocab.items.index(["i9"])[0]
+    after = model(batch)
+    assert torch.equal(before[:, :-1], after[:, :-1]) and not torch.equal(before[:, -1], after[:, -1])
+
+
+def _train(events: pd.DataFrame, seed: int) -> ModelBundle:
+    bundle = ModelBundle.build(SMALL, events=events, seed=seed)
+    Trainer(bundle, TrainConfig(epochs=2, batch_size=64, seed=seed)).fit(events)
+    return bundle
+
+
+def test_same_seed_same_weights_and_exact_checkpoint_round_trip(ml_events):
+    events = ml_events.sort_values("ts").iloc[:3000]
+    first, second = _train(events, seed=7), _train(events, seed=7)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    other = _train(events, seed=8)
+    assert not torch.equal(first.model.item_ids.weight, other.model.item_ids.weight)
+
+    first.info = {"window": 1}
+    data, checksum = dump_bundle(first)
+    loaded = load_bundle(data, checksum)
+    assert loaded.vocab == first.vocab and loaded.info == {"window": 1}
+    assert loaded.model.config == first.model.config
+    original = first.model.state_dict()
+    assert loaded.model.state_dict().keys() == original.keys()
+    for name, tensor in loaded.model.state_dict().items():
+        assert tensor.dtype == original[name].dtype and torch.equal(tensor, original[name]), name
+    assert dump_bundle(loaded) == (data, checksum)
+
+    with pytest.raises(ChecksumMismatch):
+        load_bundle(data, "0" * 64)
+    tampered = bytearray(data)
+    tampered[-1] ^= 1
+    with pytest.raises(ChecksumMismatch):
+        load_bundle(bytes(tampered), checksum)
+
+
+def test_catalog_growth_keeps_old_scores_and_ranks_new_ids(ml_events):
+    ordered = ml_events.sort_values("ts")
+    window, later = ordered.iloc[:3000], ordered.iloc[3000:4000]
+    bundle = _train(window, seed=0)
+    users, before = bundle.user_vectors(window)
+    old_items = bundle.item_vectors()
+    old_scores = before @ old_items.T
+
+    added = bundle.extend(events=later)
+    assert added["items"] > 0 and added["users"] > 0
+    users_after, after = bundle.user_vectors(window)
+    assert users_after == users
+    assert torch.equal((after @ bundle.item_vectors()[:len(old_items)].T), old_scores)
+    new_rows = bundle.item_vectors()[len(old_items):]
+    assert torch.count_nonzero(new_rows) == 0  # no text, no interactions: the neutral zero vector
+
+    grown, _ = fine_tune(bundle, later, history=window, previous=bundle,
+                         config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=64)))
+    assert grown.vocab == bundle.vocab and torch.count_nonzero(grown.item_vectors()[len(old_items):]) > 0
+    assert torch.equal(bundle.item_vectors()[len(old_items):], new_rows)  # fine_tune trained a copy
+    assert 0.0 <= evaluate(BundleScorer(grown), ordered.iloc[4000:4500], ordered.iloc[:4000])["recall@20"] <= 1.0
