@@ -97,7 +97,7 @@ def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, log
             time.sleep(0.02)
             first_count = accepted(engine)
         t0 = time.perf_counter()
-        while (count := accepted(engine)) < n:
+        while accepted(engine) < n:
             time.sleep(0.02)
         return n - first_count, time.perf_counter() - t0
     finally:
@@ -150,7 +150,7 @@ def main() -> None:
     finally:
         stop(broker)
     raw_rate = args.events / raw_s
-    print(f"\n| path | events | seconds | events/s | ratio to raw |\n|---|---:|---:|---:|---:|")
+    print("\n| path | events | seconds | events/s | ratio to raw |\n|---|---:|---:|---:|---:|")
     for name, n, seconds in rows:
         print(f"| {name} | {n:,} | {seconds:.2f} | {n / seconds:,.0f} | {n / seconds / raw_rate:.2f} |")
     print(f"\n{os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}")

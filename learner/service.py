@@ -107,8 +107,8 @@ class TrainingService(mode.Service):
         engine = make_engine(self.config.database_url)
         try:
             host = self.worker_name.split(":")[0]
-            dead = [r["id"] for r in list_runs(engine) if r["status"] == "running"
-                    and r["worker"].startswith(f"{host}:") and (window_id is None or r["window_id"] == window_id)
+            dead = [r["id"] for r in list_runs(engine, status="running")
+                    if r["worker"].startswith(f"{host}:") and window_id in (None, r["window_id"])
                     and not os.path.exists(f"/proc/{r['worker'].rsplit(':', 1)[-1]}")]
             if dead:
                 fail_running(engine, dead, "the training process died before finishing")

@@ -79,10 +79,13 @@ def list_versions(engine: Engine, limit: int | None = None) -> list[dict]:
         return [dict(r) for r in rows]
 
 
-def list_runs(engine: Engine, limit: int | None = None) -> list[dict]:
+def list_runs(engine: Engine, limit: int | None = None, status: str | None = None) -> list[dict]:
+    """Training runs, newest first (only those with ``status`` if given)."""
+    query = select(training_runs).order_by(training_runs.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(training_runs.c.status == status)
     with engine.connect() as conn:
-        rows = conn.execute(select(training_runs).order_by(training_runs.c.id.desc()).limit(limit)).mappings()
-        return [dict(r) for r in rows]
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def promote(engine: Engine, version_id: int) -> None:

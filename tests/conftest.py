@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from store.db import make_engine, migrate
 from streamrec.processes import free_port, start_broker, stop
 
 POSTGRES_ADMIN_URL = os.environ.get("STREAMREC_TEST_POSTGRES",
@@ -58,3 +59,12 @@ def database_url(request, tmp_path):
 def topic_prefix():
     """Unique topic names per test, so tests sharing a broker never see each other's messages."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def engine(database_url):
+    """An engine on a fresh, migrated database (Postgres and SQLite)."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()

@@ -20,14 +20,6 @@ T0 = 1_763_000_000_000
 TOPIC = "streamrec-events"
 
 
-@pytest.fixture
-def engine(database_url):
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
 def ingest(engine, first: int, n: int, received_at: int = T0, partition: int = 0) -> None:
     """Commit events ``first .. first+n-1`` as one ingest batch on ``partition``."""
     writer = IngestWriter(engine, "g", 3600)

@@ -17,14 +17,6 @@ T0 = 1_763_000_000_000
 TOPIC = "streamrec-events"
 
 
-@pytest.fixture
-def engine(database_url):
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
 def entry(event_id: str, offset: int, user: str = "u1", storefront: str = "shop") -> dict:
     event = {"event_id": event_id, "type": "click", "user_id": user, "item_id": "i1", "ts": T0,
              "storefront": storefront, "session_id": None, "price": None, "quantity": None}
