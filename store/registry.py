@@ -12,6 +12,7 @@ import time
 import numpy as np
 from sqlalchemy import Engine, insert, select, update
 
+from store.ingest import upsert
 from store.models import model_versions, text_embeddings, training_runs
 
 VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]
@@ -123,14 +124,10 @@ class StoredTextEmbeddings(dict):
         self.added.add(key)
 
     def save(self) -> int:
-        """Store the embeddings computed since loading; returns how many."""
+        """Store the embeddings computed since loading (others may store the same ones); returns how many."""
         if self.added:
+            rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f4").tobytes()} for k in sorted(self.added)]
             with self.engine.begin() as conn:
-                known = set(conn.execute(select(text_embeddings.c.key)
-                                         .where(text_embeddings.c.key.in_(self.added))).scalars())
-                rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f4").tobytes()}
-                        for k in self.added - known]
-                if rows:
-                    conn.execute(insert(text_embeddings), rows)
+                conn.execute(upsert(conn, text_embeddings).on_conflict_do_nothing(index_elements=["key"]), rows)
         saved, self.added = len(self.added), set()
         return saved

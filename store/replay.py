@@ -159,6 +159,24 @@ class ReplayStore:
             raise CorruptWindow(f"window {window_id}: stored events do not match their sha256")
         return codec.decode(row.data)
 
+    def windows_after(self, window_id: int) -> list[tuple[int, pa.Table]]:
+        """(id, events) of the sealed windows newer than ``window_id``, oldest first, checksums verified."""
+        with self.engine.connect() as conn:
+            ids = conn.execute(select(windows.c.id).where(windows.c.id > window_id)
+                               .order_by(windows.c.id)).scalars().all()
+        return [(i, self.load_window(i)) for i in ids]
+
+    def new_segments(self, known: set[tuple[int, int]]) -> tuple[set[tuple[int, int]], list[pa.Table]]:
+        """The open segments now stored, as ``(id, first_ingested_at)`` keys, and the events of those
+        not in ``known``. Keys, not ids alone, identify a segment: SQLite may reuse a sealed one's id."""
+        with self.engine.connect() as conn:
+            keys = {tuple(k) for k in conn.execute(select(open_segments.c.id, open_segments.c.first_ingested_at))}
+            fresh = [k for k in keys - known]
+            rows = conn.execute(select(open_segments.c.id, open_segments.c.first_ingested_at, open_segments.c.data)
+                                .where(open_segments.c.id.in_([k[0] for k in fresh]))
+                                .order_by(open_segments.c.id)).all() if fresh else []
+        return keys, [codec.decode(r.data) for r in rows if (r.id, r.first_ingested_at) in keys - known]
+
     def load_open(self) -> pa.Table:
         """The events of the open window, oldest segment first."""
         with self.engine.connect() as conn:

@@ -85,7 +85,7 @@ def topics() -> None:
 def show_config() -> None:
     """Print every setting, its environment variable and current value."""
     config = load_config()
-    print_table([{"variable": s.env, "value": getattr(config, name), "meaning": s.help}
+    print_table([{"variable": s.env, "value": config.shown(name), "meaning": s.help}
                  for name, s in SETTINGS.items()], ["variable", "value", "meaning"])
 
 
@@ -244,6 +244,91 @@ def rollback() -> None:
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Version {retired} rolled back; version {serving} serves now.")
+
+
+BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only")  # learner.backtest
+
+
+@main.command()
+@click.option("--events", "events_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="EVENTS.csv: user_id,item_id,type,ts[,storefront,session_id].")
+@click.option("--items", "items_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ITEMS.csv: item_id,title[,category,description,storefront] (without it, items have no text).")
+@click.option("--windows", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Windows the stream is split into, in time order.")
+@click.option("--strategy", type=click.Choice(BACKTEST_STRATEGIES), default="rehearsal", show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True, help="Cutoff of Recall@K and NDCG@K.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write RESULT.json here (default: stdout).")
+@click.option("--split", type=click.Choice(["events", "time"]), default="events", show_default=True,
+              help="Equal event counts per window, or equal spans of time.")
+@click.option("--eval-sample", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Events per earlier window re-ranked after each training step (forgetting, BWT).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs per fine-tune "
+              "[default: STREAMREC_TRAIN_EPOCHS]; likewise --batch-size, --lr, --dim, --rehearsal-*, "
+              "--distill-weight, --seed.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--dim", type=click.IntRange(min=2), default=None, help="Model width (a multiple of its 2 heads).")
+@click.option("--rehearsal-ratio", type=click.FloatRange(min=0), default=None)
+@click.option("--rehearsal-capacity", type=click.IntRange(min=1), default=None)
+@click.option("--rehearsal-policy", type=click.Choice(["reservoir", "frequency", "recency"]), default=None)
+@click.option("--distill-weight", type=click.FloatRange(min=0), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--popularity-windows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="popularity: count the events of this many most recent windows.")
+@click.option("--text-cache", type=click.Path(dir_okay=False), default=None,
+              help="Keep item text embeddings in this safetensors file between runs.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: CUDA when present, else CPU].")
+def backtest(events_path: str, items_path: str | None, windows: int, strategy: str, k: int, out: str | None,
+             split: str, eval_sample: int, text_cache: str | None, device: str | None, popularity_windows: int,
+             **overrides) -> None:
+    """Replay an event log window by window: rank each window with the current model, then train on it.
+
+    Writes Recall@K, NDCG@K and cold-item Recall@K per window, forgetting, backward transfer
+    and training times as JSON (protocol in learner/backtest.py and the README).
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from learner.backtest import BacktestError, BacktestSettings, FileTextCache, run_backtest
+    from learner.device import pick_device
+    from learner.eventlog import EventLogError, load_events, load_items
+
+    names = {"epochs": "train_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
+             "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
+             "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy"}
+    config = dataclasses.replace(load_config(), **{names[n]: v for n, v in overrides.items() if v is not None})
+    try:
+        events = load_events(events_path)
+        catalog = load_items(items_path) if items_path else None
+    except EventLogError as exc:
+        raise click.ClickException(str(exc)) from None
+    if catalog is not None:
+        missing = set(events["item_id"]) - set(catalog["item_id"])
+        if missing:
+            click.echo(f"{len(missing):,} items of {Path(events_path).name} are not in {Path(items_path).name}; "
+                       "they have no text", err=True)
+    settings = BacktestSettings.from_config(config, windows=windows, k=k, split=split, eval_sample=eval_sample,
+                                            popularity_windows=popularity_windows)
+    cache = FileTextCache(text_cache) if text_cache else {}
+    try:
+        result = run_backtest(events, catalog, strategy, settings, cache=cache, device=pick_device(device),
+                              progress=lambda line: click.echo(line, err=True))
+    except BacktestError as exc:
+        raise click.ClickException(str(exc)) from None
+    if text_cache:
+        cache.save()
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    else:
+        click.echo(text)
+    mean = result["mean"]
+    click.echo(f"{strategy}: mean recall@{k} {mean[f'recall@{k}'] or 0:.4f}, ndcg@{k} {mean[f'ndcg@{k}'] or 0:.4f}, "
+               f"forgetting {result['forgetting'] or 0:.4f}, bwt {result['bwt'] or 0:.4f}, "
+               f"trained {result['total_train_seconds']:.1f}s on {result['device']}", err=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class Setting:
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # Faust's names
 REHEARSAL_POLICIES = ("reservoir", "frequency", "recency")  # replay.memory.POLICIES
+SECRETS = {"api_token"}  # never printed or logged
 ZERO_ALLOWED = {"rehearsal_ratio", "distill_weight", "gate_tolerance"}  # 0 switches these off
 
 SETTINGS: dict[str, Setting] = {
@@ -37,7 +38,7 @@ SETTINGS: dict[str, Setting] = {
                             "Prefix of every topic: `<prefix>-events`, `<prefix>-catalog`, `<prefix>-dead-letters`, `<prefix>-windows`."),
     "topic_partitions": Setting("STREAMREC_TOPIC_PARTITIONS", "4",
                                 "Partitions of topics the worker creates (the upper bound on useful workers)."),
-    "web_port": Setting("STREAMREC_WEB_PORT", "6066", "HTTP port of the worker (`/health`, `/stats`)."),
+    "web_port": Setting("STREAMREC_WEB_PORT", "6066", "HTTP port of the worker (recommendations, `/health`, `/stats`)."),
     "dedupe_horizon_s": Setting("STREAMREC_DEDUPE_HORIZON_S", "604800",
                                 "An `event_id` seen again within this many seconds is rejected as a duplicate."),
     "max_payload_bytes": Setting("STREAMREC_MAX_PAYLOAD_BYTES", "65536", "Larger messages are rejected."),
@@ -71,6 +72,13 @@ SETTINGS: dict[str, Setting] = {
     "gate_tolerance": Setting("STREAMREC_GATE_TOLERANCE", "0.05",
                               "A candidate is promoted unless its Recall@20 is this share below the serving one."),
     "seed": Setting("STREAMREC_SEED", "1", "Seed of every random choice (rehearsal sampling, training)."),
+    "serving_poll_s": Setting("STREAMREC_SERVING_POLL_S", "1.0",
+                              "How often a worker checks for a newly promoted version, new events and catalog items."),
+    "trending_half_life_s": Setting("STREAMREC_TRENDING_HALF_LIFE_S", "3600",
+                                    "Trending items: an event's weight halves every this many seconds of event time."),
+    "post_max_events": Setting("STREAMREC_POST_MAX_EVENTS", "1000", "Most events in one `POST /events` request."),
+    "api_token": Setting("STREAMREC_API_TOKEN", "",
+                         "Bearer token required by state-changing HTTP endpoints; they are refused while it is unset."),
     "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
                                  "Kafka group session timeout: how long a dead worker keeps its partitions."),
     "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug."),
@@ -106,6 +114,10 @@ class Config:
     gate_holdout: float
     gate_tolerance: float
     seed: int
+    serving_poll_s: float
+    trending_half_life_s: float
+    post_max_events: int
+    api_token: str
     session_timeout_s: int
     log_level: str
 
@@ -137,6 +149,16 @@ class Config:
         if values["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"STREAMREC_LOG_LEVEL={values['log_level']!r} must be one of {', '.join(LOG_LEVELS)}")
         return cls(**values)
+
+    def shown(self, name: str) -> str:
+        """A setting's value for display: secrets as ``(set)`` or ``(unset)``."""
+        value = getattr(self, name)
+        if name in SECRETS:
+            return "(set)" if value else "(unset)"
+        return str(value)
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{f.name}={self.shown(f.name)}' for f in fields(self))})"
 
     @property
     def bootstrap_servers(self) -> str:

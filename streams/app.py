@@ -11,6 +11,9 @@ Reads like a table of contents of the running system:
 * ``training_trigger``: the agent that takes each sealed window's training trigger, once
   across the cluster, and queues it on ``training`` (:mod:`learner.service`), which fine-tunes,
   gates and publishes a model version per window in a separate process;
+* ``serving``: the newest promoted model, user histories and trending items, refreshed from
+  the store and hot-swapped (:mod:`streams.serving`), answering the HTTP API of
+  :mod:`streams.web` (``/recommend``, ``/similar``, ``/search``, ``POST /events``, ``/models``);
 * ``/health`` and ``/stats``: what the worker is doing, over HTTP.
 """
 
@@ -28,7 +31,9 @@ from learner.service import TrainingService
 from replay.service import WORKER_NAME, ReplayService
 from streams.ingest import IngestService
 from streams.schema import DeadLetter, WindowSealed
+from streams.serving import ServingService
 from streams.topics import ensure_topics
+from streams.web import add_views
 
 config = Config.from_env()
 logging.getLogger("streams").setLevel({"crit": "CRITICAL", "warn": "WARNING"}.get(
@@ -58,17 +63,22 @@ app = StreamrecApp(
 
 dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
 windows_topic = app.topic(config.windows_topic, value_type=WindowSealed, partitions=1)
+events_topic = app.topic(config.events_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+catalog_topic = app.topic(config.catalog_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 training = TrainingService(config, WORKER_NAME)
 replay = ReplayService(config, windows_topic, on_trigger=training.submit)
 ingest = IngestService(config, dead_letter_topic, on_commit=replay.poke)
+serving = ServingService(config)
+add_views(app, config, serving, events_topic, catalog_topic)
 
 
 @app.task
 async def start_services() -> None:
-    """Run the training, replay and ingest services with the worker."""
+    """Run the training, replay, ingest and serving services with the worker."""
     await app.add_runtime_dependency(training)
     await app.add_runtime_dependency(replay)
     await app.add_runtime_dependency(ingest)
+    await app.add_runtime_dependency(serving)
 
 
 @app.agent(windows_topic)
@@ -84,7 +94,7 @@ async def health(web, request):
     assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in ingest.positions)
     return web.json({"status": "ok" if ingest.ready.is_set() else "starting",
                      "ingest": ingest.totals, "replay": replay.totals, "training": training.describe(),
-                     "assigned": assigned})
+                     "serving": serving.describe(), "assigned": assigned})
 
 
 @app.page("/stats")

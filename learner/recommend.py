@@ -1,0 +1,171 @@
+"""Answering with one model version: recommendations, similar items and semantic search.
+
+A :class:`Recommender` is an immutable snapshot: one version's bundle, extended with every
+catalog item known when it was built (items newer than the version start among their
+MiniLM look-alikes, as in training), its item vectors, and the catalog's text embeddings.
+The worker builds a new snapshot off the event loop and swaps the reference, so a request
+always sees exactly one version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from learner.bundle import ModelBundle
+from learner.device import Device, pick_device
+from learner.idmap import PAD, UNKNOWN
+from learner.sequences import CLICK, PURCHASE, SequenceBatch
+from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
+
+PERSONALISATION_WEIGHT = 0.05
+"""Search: added to text cosine per standard deviation of the user's model score among the candidates."""
+SEARCH_CANDIDATES = 100
+"""Search: how many text matches are re-ranked for a user."""
+
+
+class UnknownItem(KeyError):
+    """An item id neither the model nor the catalog knows."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+    because: tuple[str, float] | None = None  # (history item, cosine similarity) explaining it
+
+
+class Recommender:
+    """One model version ready to answer; built once, then read-only.
+
+    Parameters
+    ----------
+    version
+        The ``model_versions`` row (without weights) the bundle was loaded from.
+    bundle
+        The version's bundle; it is copied, never changed.
+    catalog
+        Catalog rows (``storefront, item_id, title, description, category``).
+    storefront_items
+        Items seen in each storefront's events, besides its catalog.
+    """
+
+    def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
+                 storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
+                 cache: TextEmbeddingCache | None = None, device: Device | None = None):
+        self.version = version
+        self.device = device or pick_device()
+        bundle = bundle.copy()
+        if len(catalog):
+            bundle.extend(catalog=catalog, encoder=encoder, cache=cache)
+        self.vocab = bundle.vocab
+        self.max_len = bundle.model.config.max_len
+        self.model = bundle.model.to(self.device.torch_device).eval()
+        with torch.inference_mode(), self.device.autocast():
+            self.item_vectors = self.model.item_vectors().float()
+        self.unit_vectors = F.normalize(self.item_vectors, dim=1)
+        self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
+        self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
+        self._storefront_masks = self._masks(catalog, storefront_items or {})
+        texts = catalog_texts(catalog)
+        self.search_rows = torch.from_numpy(self.vocab.items.index(texts))
+        self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), encoder, cache)).to(
+            self.device.torch_device)
+
+    def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, torch.Tensor]:
+        """Per storefront, which item rows belong to it (its catalog or its events)."""
+        members: dict[str, set[str]] = {s: set(items) for s, items in seen.items()}
+        for storefront, item in zip(catalog["storefront"], catalog["item_id"].astype(str)):
+            members.setdefault(storefront, set()).add(item)
+        masks = {}
+        for storefront, ids in members.items():
+            mask = torch.zeros(len(self.vocab.items), dtype=torch.bool)
+            mask[torch.from_numpy(self.vocab.items.index(ids))] = True
+            mask[[PAD, UNKNOWN]] = False
+            masks[storefront] = mask.to(self.device.torch_device)
+        return masks
+
+    @property
+    def storefronts(self) -> list[str]:
+        return sorted(self._storefront_masks)
+
+    def knows_storefront(self, storefront: str) -> bool:
+        return storefront in self._storefront_masks
+
+    def _row(self, item_id: str) -> int:
+        row = int(self.vocab.items.index([item_id])[0])
+        if row == UNKNOWN:
+            raise UnknownItem(item_id)
+        return row
+
+    @torch.inference_mode()
+    def user_vector(self, history: Sequence) -> torch.Tensor:
+        """The model's state [dim] after a user's events (oldest first; ``item_id``, ``type``,
+        ``storefront`` attributes), of which the last ``max_len`` are read."""
+        recent = history[-self.max_len:]
+        pad = self.max_len - len(recent)
+        items = [PAD] * pad + self.vocab.items.index(e.item_id for e in recent).tolist()
+        types = [PAD] * pad + [PURCHASE if e.type == "purchase" else CLICK for e in recent]
+        shops = [PAD] * pad + self.vocab.storefronts.index(e.storefront for e in recent).tolist()
+        batch = SequenceBatch(*(torch.tensor([row]) for row in (items, types, shops)), users=torch.tensor([UNKNOWN]))
+        with self.device.autocast():
+            return self.model.user_vectors(batch.to(self.device))[0].float()
+
+    @torch.inference_mode()
+    def recommend(self, history: Sequence, k: int, storefront: str | None = None,
+                  exclude: set[str] = frozenset()) -> list[Scored]:
+        """Top ``k`` items after ``history`` (non-empty), within ``storefront`` if given, without
+        ``exclude``; each explained by the history item most similar to it."""
+        scores = self.item_vectors @ self.user_vector(history)
+        scores[[PAD, UNKNOWN]] = float("-inf")
+        if storefront is not None:
+            scores = scores.masked_fill(~self._storefront_masks[storefront], float("-inf"))
+        if exclude:
+            scores[torch.from_numpy(self.vocab.items.index(exclude))] = float("-inf")
+        top = self._top(scores, k)
+        seen = torch.from_numpy(np.unique(self.vocab.items.index(e.item_id for e in history)))
+        seen = seen[seen > UNKNOWN]
+        if not len(top) or not len(seen):
+            return [Scored(self.item_ids[row], score) for row, score in top]
+        rows = torch.tensor([row for row, _ in top])
+        similarity = self.unit_vectors[rows] @ self.unit_vectors[seen.to(rows.device)].T
+        best, at = similarity.clamp(-1.0, 1.0).max(dim=1)
+        return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
+                for (row, score), a, b in zip(top, at.tolist(), best.tolist())]
+
+    @torch.inference_mode()
+    def similar(self, item_id: str, k: int) -> list[Scored]:
+        """The ``k`` items whose vectors are nearest (cosine) to ``item_id``'s; :class:`UnknownItem` otherwise."""
+        row = self._row(item_id)
+        scores = self.unit_vectors @ self.unit_vectors[row]
+        scores[[PAD, UNKNOWN, row]] = float("-inf")
+        return [Scored(self.item_ids[r], s) for r, s in self._top(scores, k)]
+
+    @torch.inference_mode()
+    def search(self, query: np.ndarray, k: int, history: Sequence = ()) -> list[Scored]:
+        """Catalog items whose text is nearest to ``query`` (a unit MiniLM vector).
+
+        With a ``history``, the best :data:`SEARCH_CANDIDATES` text matches are re-ranked by
+        ``cosine + PERSONALISATION_WEIGHT * z``, where z is the user's model score of the item
+        standardised over those candidates.
+        """
+        if not len(self.search_rows):
+            return []
+        cosine = self.search_vectors @ torch.from_numpy(query).to(self.search_vectors)
+        top = cosine.topk(min(len(cosine), max(k, SEARCH_CANDIDATES) if len(history) else k))
+        scores, rows = top.values, self.search_rows[top.indices.cpu()]
+        if len(history) and len(rows) > 1:
+            affinity = self.item_vectors[rows.to(self.item_vectors.device)] @ self.user_vector(history)
+            scores = scores + PERSONALISATION_WEIGHT * (affinity - affinity.mean()) / affinity.std().clamp(min=1e-6)
+        order = scores.argsort(descending=True)[:k]
+        return [Scored(self.item_ids[int(rows[i])], float(scores[i])) for i in order.tolist()]
+
+    @staticmethod
+    def _top(scores: torch.Tensor, k: int) -> list[tuple[int, float]]:
+        values, rows = scores.topk(min(k, len(scores)))
+        return [(r, v) for r, v in zip(rows.tolist(), values.float().tolist()) if v != float("-inf")]

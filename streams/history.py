@@ -1,0 +1,135 @@
+"""What the worker remembers of shoppers for serving: recent histories and trending items.
+
+Both are fed Arrow tables of accepted events (:mod:`replay.codec`) read back from the store,
+so every worker knows every user, whichever partitions it consumes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from typing import NamedTuple
+
+import pyarrow as pa
+
+
+class Interaction(NamedTuple):
+    ts: int
+    event_id: str
+    item_id: str
+    type: str
+    storefront: str
+
+
+class UserHistories:
+    """The newest ``max_events`` distinct events of each user, and every item each user bought.
+
+    Adding is idempotent and order-free: an event already kept, or older than all kept events
+    of a full history, changes nothing. So the same events may arrive twice (from an open
+    segment and later from its sealed window) without harm.
+
+    Examples
+    --------
+    >>> from replay.codec import to_table
+    >>> events = [{"event_id": f"e{i}", "type": t, "user_id": "u1", "item_id": f"m{i}",
+    ...            "storefront": "shop", "ts": i} for i, t in enumerate(["click", "purchase", "click"])]
+    >>> histories = UserHistories(max_events=2)
+    >>> histories.add(to_table(events)), histories.add(to_table(events))
+    (3, 0)
+    >>> [e.item_id for e in histories.recent("u1")], histories.purchased("u1")
+    (['m1', 'm2'], {'m1'})
+    """
+
+    def __init__(self, max_events: int):
+        self.max_events = max_events
+        self._events: dict[str, list[Interaction]] = {}
+        self._purchased: dict[str, set[str]] = {}
+
+    def add(self, events: pa.Table) -> int:
+        """Take in a table of events; returns how many changed a history."""
+        changed = 0
+        columns = [events.column(name).to_pylist() for name in ("user_id", "ts", "event_id", "item_id", "type",
+                                                                "storefront")]
+        for user, ts, event_id, item, kind, storefront in zip(*columns):
+            if kind == "purchase":
+                self._purchased.setdefault(user, set()).add(item)
+            kept = self._events.setdefault(user, [])
+            event = Interaction(ts, event_id, item, kind, storefront)
+            at = bisect.bisect_left(kept, event)
+            if at < len(kept) and kept[at] == event or (len(kept) >= self.max_events and at == 0):
+                continue
+            kept.insert(at, event)
+            if len(kept) > self.max_events:
+                del kept[0]
+            changed += 1
+        return changed
+
+    def recent(self, user_id: str) -> list[Interaction]:
+        """The user's kept events, oldest first (empty for an unknown user)."""
+        return list(self._events.get(user_id, ()))
+
+    def purchased(self, user_id: str) -> set[str]:
+        return set(self._purchased.get(user_id, ()))
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._events
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
+class Trending:
+    """Exponentially decayed event counts per storefront, in event time.
+
+    An event at time ``ts`` adds ``2 ** ((ts - t0) / half_life)``, so older events count less
+    and the ranking never needs a rescan; weights are rescaled before they overflow. Feed
+    each event once (the worker feeds sealed windows only, which hold every event once).
+
+    Examples
+    --------
+    >>> from replay.codec import to_table
+    >>> hour = 3_600_000
+    >>> events = [{"event_id": str(i), "type": "click", "user_id": "u", "item_id": item,
+    ...            "storefront": "shop", "ts": ts} for i, (item, ts) in enumerate(
+    ...            [("old", 0), ("old", 0), ("new", 2 * hour)])]
+    >>> trending = Trending(half_life_s=3600)
+    >>> trending.add(to_table(events))
+    >>> [(item, round(w, 2)) for item, w in trending.top("shop", 2)]
+    [('new', 1.0), ('old', 0.5)]
+    """
+
+    def __init__(self, half_life_s: float):
+        self.half_life_ms = half_life_s * 1000
+        self._weights: dict[str, dict[str, float]] = {}
+        self._t0: dict[str, float] = {}
+        self._newest: dict[str, float] = {}
+        self._ranked: dict[str, list[tuple[str, float]]] = {}
+
+    def add(self, events: pa.Table) -> None:
+        for storefront, item, ts in zip(*(events.column(name).to_pylist()
+                                          for name in ("storefront", "item_id", "ts"))):
+            weights = self._weights.setdefault(storefront, {})
+            t0 = self._t0.setdefault(storefront, ts)
+            exponent = (ts - t0) / self.half_life_ms
+            if exponent > 500:  # rescale to the new reference time before 2**x overflows
+                for key in weights:
+                    weights[key] *= 2.0 ** -exponent
+                self._t0[storefront] = t0 = ts
+                exponent = 0.0
+            weights[item] = weights.get(item, 0.0) + 2.0 ** exponent
+            self._newest[storefront] = max(ts, self._newest.get(storefront, ts))
+            self._ranked.pop(storefront, None)
+
+    def top(self, storefront: str, k: int, exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
+        """The ``k`` hottest items of ``storefront`` not in ``exclude``, with weights relative to the
+        newest event (an event now weighs 1)."""
+        ranked = self._ranked.get(storefront)
+        if ranked is None:
+            weights = self._weights.get(storefront, {}).copy()  # atomic: the serving thread may be adding
+            scale = 2.0 ** ((self._t0.get(storefront, 0) - self._newest.get(storefront, 0)) / self.half_life_ms)
+            ranked = self._ranked[storefront] = [
+                (item, w * scale) for item, w in heapq.nlargest(1000, weights.items(), key=lambda kv: kv[1])]
+        return [(item, w) for item, w in ranked if item not in exclude][:k]
+
+    def storefronts(self) -> list[str]:
+        return sorted(self._weights)

@@ -1,0 +1,159 @@
+"""The worker's serving stage: keep the newest promoted model, user histories and trends ready.
+
+Every ``STREAMREC_SERVING_POLL_S`` a store thread
+
+* reads events accepted since the last look (new open segments, newly sealed windows) into
+  :class:`~streams.history.UserHistories` and, from sealed windows, into
+  :class:`~streams.history.Trending`;
+* checks which version serves (promotion or rollback) and whether the catalog changed; if
+  either did, it builds a new :class:`~learner.recommend.Recommender` (weights checksum
+  verified) and swaps it in with one assignment: requests keep the snapshot they started with.
+
+Reading history back from the store, not from this worker's partitions, lets every worker
+answer for every user. At start it reads the last ``STREAMREC_HISTORY_WINDOWS`` windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import mode
+import numpy as np
+import pyarrow as pa
+from sqlalchemy.exc import DBAPIError
+
+from learner.checkpoint import ChecksumMismatch
+from learner.device import pick_device
+from learner.recommend import Recommender
+from learner.serving import load_serving
+from learner.text import TextEncoder
+from store.catalog import catalog_mark, load_catalog
+from store.db import make_engine, migrate
+from store.registry import StoredTextEmbeddings, serving_version
+from store.replay import ReplayStore
+from streamrec.config import Config
+from streams.history import Trending, UserHistories
+
+log = logging.getLogger(__name__)
+
+
+class ServingService(mode.Service):
+    """Holds what requests are answered from, and refreshes it off the event loop."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.device = pick_device()
+        self.recommender: Recommender | None = None
+        self.histories = UserHistories(config.max_history)
+        self.trending = Trending(config.trending_half_life_s)
+        self.storefront_items: dict[str, set[str]] = {}
+        self.loaded_at: int | None = None
+        self.load_error: str | None = None
+        self.ready = asyncio.Event()
+        self.engine = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-serving")
+        self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-query")
+        self._catalog_encoder = TextEncoder(self.device)
+        self._query_encoder = TextEncoder(self.device)
+        self._window_cursor = 0
+        self._segment_keys: set[tuple[int, int]] = set()
+        self._built_from: tuple | None = None
+
+    async def on_start(self) -> None:
+        self.engine = make_engine(self.config.database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, migrate, self.engine)
+        newest = await loop.run_in_executor(self._thread, self._newest_window)
+        self._window_cursor = max(0, newest - self.config.history_windows)
+
+    async def on_stop(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._query_thread.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def _newest_window(self) -> int:
+        windows = ReplayStore(self.engine).list_windows(limit=1)
+        return windows[0]["id"] if windows else 0
+
+    @mode.Service.task
+    async def _refresh_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            started = time.monotonic()
+            try:
+                await loop.run_in_executor(self._thread, self.refresh)
+            except DBAPIError as exc:
+                log.error("Serving refresh failed (store unreachable), retrying: %s", exc.orig or exc)
+            except Exception:
+                log.exception("Serving refresh failed, retrying")
+            self.ready.set()
+            await self.sleep(max(0.0, self.config.serving_poll_s - (time.monotonic() - started)))
+
+    def refresh(self) -> None:
+        """One look at the store (runs on the serving thread)."""
+        store = ReplayStore(self.engine)
+        for window_id, events in store.windows_after(self._window_cursor):
+            self._take(events)
+            self.trending.add(events)
+            self._window_cursor = window_id
+        self._segment_keys, fresh = store.new_segments(self._segment_keys)
+        for events in fresh:
+            self._take(events)
+        self._swap_if_changed()
+
+    def _take(self, events: pa.Table) -> None:
+        self.histories.add(events)
+        shops, item_ids = (events.column(name).to_pylist() for name in ("storefront", "item_id"))
+        for storefront, item in zip(shops, item_ids):
+            self.storefront_items.setdefault(storefront, set()).add(item)
+
+    def _swap_if_changed(self) -> None:
+        version = serving_version(self.engine)
+        mark = (None if version is None else (version["id"], version["promoted_at"]), catalog_mark(self.engine))
+        if mark == self._built_from:
+            return
+        if version is None:
+            self.recommender, self._built_from = None, mark
+            return
+        started = time.perf_counter()
+        try:
+            loaded = load_serving(self.engine)
+        except ChecksumMismatch as exc:
+            self.load_error = f"version {version['id']} not loaded: {exc}"
+            log.error(self.load_error)
+            self._built_from = mark
+            return
+        if loaded is None:  # rolled back between the two reads; the next look sees the new state
+            return
+        version, bundle = loaded
+        cache = StoredTextEmbeddings(self.engine)
+        recommender = Recommender(version, bundle, load_catalog(self.engine),
+                                  {s: set(items) for s, items in self.storefront_items.items()},
+                                  self._catalog_encoder, cache, self.device)
+        cache.save()
+        previous = self.recommender
+        self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
+        self.loaded_at, self.load_error = time.time_ns() // 1_000_000, None
+        log.info("Serving version %d (%d items) after %.2fs%s", version["id"], len(recommender.vocab.items) - 2,
+                 time.perf_counter() - started,
+                 "" if previous is None else f", replacing version {previous.version['id']}")
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        """The unit MiniLM vector of a search query (on the query thread)."""
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(self._query_thread, self._query_encoder.encode, [text]))[0]
+
+    def storefronts(self) -> set[str]:
+        known = set(self.trending.storefronts()) | set(self.storefront_items)
+        return known | set(self.recommender.storefronts if self.recommender else ())
+
+    def describe(self) -> dict:
+        r = self.recommender
+        return {"version": r.version["id"] if r else None, "loaded_at": self.loaded_at,
+                "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
+                "load_error": self.load_error}

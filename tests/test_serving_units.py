@@ -1,0 +1,151 @@
+"""Serving pieces without the worker: user histories, trending items, and a Recommender on a
+model trained on real MovieLens-100k events with the real MiniLM encoder."""
+
+from __future__ import annotations
+
+import doctest
+import random
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learner.bundle import ModelBundle
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.model import ModelConfig
+from learner.recommend import Recommender, UnknownItem
+from learner.text import TextEncoder
+from learner.trainer import TrainConfig
+from replay.codec import to_table
+from streams import history as history_module
+from streams import movielens
+from streams.history import Trending, UserHistories
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(history_module).failed == 0
+
+
+events_strategy = st.lists(st.tuples(st.sampled_from(["u1", "u2"]), st.integers(0, 40), st.sampled_from(
+    ["click", "purchase"])), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy, st.randoms(use_true_random=False))
+def test_histories_keep_the_newest_distinct_events_whatever_the_order_and_repeats(raw, rnd):
+    events = [{"event_id": f"e{ts}-{user}", "type": kind, "user_id": user, "item_id": f"m{ts % 7}",
+               "storefront": "shop", "ts": ts} for user, ts, kind in raw]
+    events = list({e["event_id"]: e for e in events}.values())  # an event id names one event
+    replayed = events + rnd.sample(events, len(events) // 2)  # some arrive twice
+    rnd.shuffle(replayed)
+    histories = UserHistories(max_events=5)
+    for start in range(0, len(replayed), 7):
+        histories.add(to_table(replayed[start:start + 7]))
+    for user in ("u1", "u2"):
+        mine = sorted((e["ts"], e["event_id"]) for e in events if e["user_id"] == user)
+        assert [(e.ts, e.event_id) for e in histories.recent(user)] == mine[-5:]
+        assert histories.purchased(user) == {e["item_id"] for e in events
+                                             if e["user_id"] == user and e["type"] == "purchase"}
+
+
+def test_trending_prefers_recent_events_and_keeps_storefronts_apart():
+    hour = 3_600_000
+    events = ([{"event_id": f"a{i}", "type": "click", "user_id": "u", "item_id": "old-hit", "storefront": "A",
+                "ts": 0} for i in range(6)]
+              + [{"event_id": f"b{i}", "type": "click", "user_id": "u", "item_id": "new-hit", "storefront": "A",
+                  "ts": 3 * hour} for i in range(1)]
+              + [{"event_id": f"c{i}", "type": "click", "user_id": "u", "item_id": "b-only", "storefront": "B",
+                  "ts": 0} for i in range(2)])
+    trending = Trending(half_life_s=3600)
+    trending.add(to_table(events))
+    top = trending.top("A", 5)
+    assert [item for item, _ in top] == ["new-hit", "old-hit"]  # 6 events 3 half-lives ago weigh 0.75
+    assert top[1][1] == pytest.approx(6 / 8)
+    assert trending.top("A", 5, exclude={"new-hit"}) == [("old-hit", pytest.approx(0.75))]
+    assert [item for item, _ in trending.top("B", 5)] == ["b-only"]
+    assert trending.top("nowhere", 5) == []
+    # far later events rescale the weights instead of overflowing
+    trending.add(to_table([{"event_id": "late", "type": "click", "user_id": "u", "item_id": "late",
+                            "storefront": "A", "ts": 2000 * hour}]))
+    assert trending.top("A", 1) == [("late", pytest.approx(1.0))]
+
+
+@pytest.fixture(scope="module")
+def movielens_data():
+    events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), now_ms=1_763_000_000_000))
+    events = events.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+    catalog = pd.DataFrame(movielens.to_catalog(movielens.load_movies()))
+    return events, catalog
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def recommender(movielens_data, encoder) -> Recommender:
+    """A model trained on the first 20,000 ratings, knowing only the catalog items seen so far;
+    the full catalog is given to the Recommender, so the rest are cold items."""
+    events, catalog = movielens_data
+    train = events.iloc[:20_000]
+    known = catalog[catalog["item_id"].isin(set(train["item_id"]))]
+    cache = {}
+    base = ModelBundle.build(ModelConfig(dim=32), catalog=known, events=train, encoder=encoder, cache=cache, seed=0)
+    bundle, _ = fine_tune(base, train, catalog=known, encoder=encoder, cache=cache,
+                          config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=3e-3, seed=0)))
+    return Recommender({"id": 7}, bundle, catalog, {"default": set(train["item_id"])}, encoder, cache)
+
+
+def test_recommendations_leave_out_purchases_and_explain_themselves(recommender, movielens_data):
+    events, _ = movielens_data
+    user_events = events.iloc[:20_000].groupby("user_id").filter(lambda g: len(g) >= 20)
+    user = user_events["user_id"].iloc[0]
+    rows = user_events[user_events["user_id"] == user]
+    history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
+               for r in rows.itertuples()]
+    bought = {e.item_id for e in history if e.type == "purchase"}
+    assert bought
+    items = recommender.recommend(history, 50, exclude=bought)
+    assert len(items) == 50 and not bought & {s.item_id for s in items}
+    assert [s.score for s in items] == sorted((s.score for s in items), reverse=True)
+    assert all(s.because[0] in {e.item_id for e in history} and -1 <= s.because[1] <= 1 for s in items)
+    with_purchases = {s.item_id for s in recommender.recommend(history, 200)}
+    assert bought & with_purchases  # asked to include them, the model ranks some bought items high
+    assert recommender.recommend(history, 10, storefront="default")
+
+
+def test_similar_items_work_for_cold_catalog_items(recommender, movielens_data):
+    events, catalog = movielens_data
+    seen = set(events.iloc[:20_000]["item_id"])
+    cold = catalog[~catalog["item_id"].isin(seen)]
+    assert len(cold) > 50
+    # a cold item starts among its MiniLM look-alikes, so its nearest items by vector are
+    # often its nearest items by text (by chance the overlap would be about 0.06 of 10)
+    text_vectors = dict(zip(recommender.item_ids[recommender.search_rows.numpy()], recommender.search_vectors.numpy()))
+    overlaps = []
+    for item in cold["item_id"].iloc[:20]:
+        similar = recommender.similar(item, 10)
+        assert len(similar) == 10 and item not in {s.item_id for s in similar}
+        by_text = {s.item_id for s in recommender.search(text_vectors[item], 11)} - {item}
+        overlaps.append(len(by_text & {s.item_id for s in similar}))
+    assert sum(overlaps) / len(overlaps) >= 1, overlaps
+    with pytest.raises(UnknownItem):
+        recommender.similar("no-such-item", 5)
+
+
+def test_search_finds_titles_by_meaning_and_personalises(recommender, encoder, movielens_data):
+    titles = recommender.titles
+    found = recommender.search(encoder.encode(["space opera with starships"])[0], 10)
+    assert any(word in titles[s.item_id] for s in found for word in ("Star", "Space", "Galaxy", "Alien"))
+    query = encoder.encode(["love story"])[0]
+    plain = [s.item_id for s in recommender.search(query, 20)]
+    events, _ = movielens_data
+    rnd = random.Random(0)
+    user_rows = events.iloc[:20_000][events.iloc[:20_000]["user_id"] == rnd.choice(events["user_id"].unique()[:50])]
+    history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
+               for r in user_rows.itertuples()]
+    personal = [s.item_id for s in recommender.search(query, 20, history)]
+    assert len(personal) == 20 and personal != plain  # same candidates, re-ranked for the user
+    assert len(set(personal) & set(plain)) >= 10
