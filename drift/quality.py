@@ -48,9 +48,10 @@ class PopularityModel:
     def __init__(self, vocab: Vocabulary, events: pd.DataFrame, max_len: int = 50):
         self.vocab = vocab
         self.max_len = max_len
-        index = torch.from_numpy(vocab.items.index(events["item_id"]))
-        counts = torch.zeros(len(vocab.items)).index_add_(0, index, torch.ones(len(index)))
-        self.log_counts = torch.log1p(counts)
+        counts = events["item_id"].value_counts()
+        index = torch.from_numpy(vocab.items.index(counts.index))
+        self.log_counts = torch.zeros(len(vocab.items)).index_add_(
+            0, index, torch.log1p(torch.tensor(counts.to_numpy(), dtype=torch.float32)))
         self.log_counts[:UNKNOWN + 1] = float("-inf")
 
     @classmethod
@@ -58,7 +59,7 @@ class PopularityModel:
         """Popularity of ``events``, knowing the ids of ``events`` and ``also`` (e.g. the window to judge)."""
         vocab = Vocabulary()
         for frame in (events, events_frame(also)):
-            vocab.add_events(frame["user_id"], frame["item_id"], frame["storefront"])
+            vocab.add_events(frame["user_id"].unique(), frame["item_id"].unique(), frame["storefront"].unique())
         return cls(vocab, events, max_len)
 
     def scores(self, inputs) -> torch.Tensor:

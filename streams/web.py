@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from pathlib import Path
 
 import faust
@@ -24,6 +25,7 @@ from streamrec.config import Config
 from streams.serving import ServingService
 from streams.validation import Invalid, Validator
 
+log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 MAX_K = 200
 MAX_QUERY_CHARS = 500
@@ -69,7 +71,8 @@ class JSONView(View):
     """A view whose JSON is written by orjson (non-finite floats become null)."""
 
     def json(self, value, *, status: int = 200, headers=None, **kwargs):
-        return self.bytes(orjson.dumps(value), content_type="application/json", status=status, headers=headers)
+        return self.bytes(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), content_type="application/json",
+                          status=status, headers=headers)
 
 
 def add_views(app: faust.App, config: Config, serving: ServingService, events_topic, catalog_topic) -> None:
@@ -250,5 +253,8 @@ def _answering_problems(handler):
         except HTTPProblem as problem:
             headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
             return self.json({"error": problem.message, **problem.extra}, status=problem.status, headers=headers)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return self.json({"error": "internal error; the worker log has the details"}, status=500)
     answer.__doc__ = handler.__doc__
     return answer

@@ -1,0 +1,210 @@
+"""The worker's HTTP API on real parts: a worker subprocess, the bundled broker, Postgres, MiniLM.
+
+A first version is trained here and published; the worker then ingests MovieLens events,
+trains a second version on its first window, and answers requests. Every answer is checked
+against ``docs/openapi.yaml``. A promotion during a burst of requests must switch the
+version within 5 s with no failed request and no answer from a third version.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import yaml
+
+from learner.bundle import ModelBundle
+from learner.checkpoint import dump_bundle
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.model import ModelConfig
+from learner.text import TextEncoder
+from learner.trainer import TrainConfig
+from store.db import make_engine, migrate
+from store.registry import (StoredTextEmbeddings, finish_run, list_runs, list_versions, now_ms, serving_version,
+                            start_run)
+from streams import movielens
+from streams.producer import StorefrontProducer
+from tests.harness import Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.broker
+
+TOKEN = "test-token-5f1c"
+OPENAPI = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml").read_text())
+
+
+def check_shape(body: dict, schema_name: str) -> None:
+    """Validate an answer against a schema of the OpenAPI file (references resolved in it)."""
+    jsonschema.validate(body, {**OPENAPI["components"]["schemas"][schema_name], "components": OPENAPI["components"]})
+
+
+class Client:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self.call("GET", path)
+
+
+def publish(engine, bundle: ModelBundle) -> int:
+    """Store ``bundle`` as a promoted version, as a training job would."""
+    weights, checksum = dump_bundle(bundle)
+    created = now_ms()
+    run_id = start_run(engine, 0, "test")
+    return finish_run(engine, run_id, {
+        "parent_id": None, "status": "promoted", "reason": "published by the test", "windows": [],
+        "rehearsal_size": 0, "metrics": {}, "duration_s": 0.0, "device": "cpu", "n_items": len(bundle.vocab.items),
+        "n_users": len(bundle.vocab.users), "created_at": created, "promoted_at": created,
+        "weights": weights, "sha256": checksum})
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_url, topic_prefix, tmp_path):
+    engine = make_engine(database_url)
+    migrate(engine)
+    events = movielens.to_events(movielens.load_ratings(), now_ms())[:3_000]
+    catalog = movielens.to_catalog(movielens.load_movies())
+    seen_items = {e["item_id"] for e in events}
+    cold_item = next(c["item_id"] for c in catalog if c["item_id"] not in seen_items)
+
+    cache = StoredTextEmbeddings(engine)
+    frame, catalog_frame = pd.DataFrame(events[:1_000]), pd.DataFrame(catalog)
+    base = ModelBundle.build(ModelConfig(dim=32), catalog=catalog_frame, events=frame, encoder=TextEncoder(),
+                             cache=cache, seed=0)
+    first, _ = fine_tune(base, frame, config=FineTuneConfig(train=TrainConfig(epochs=1, batch_size=256)))
+    cache.save()
+    first_version = publish(engine, first)
+
+    env = worker_env(broker, database_url, topic_prefix, STREAMREC_API_TOKEN=TOKEN, STREAMREC_SERVING_POLL_S="0.5",
+                     STREAMREC_WINDOW_MAX_EVENTS="2500", STREAMREC_WINDOW_MAX_AGE_S="3600",
+                     STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9")
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready(120)
+        api = Client(worker.config.web_port)
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_catalog(catalog).ok
+            assert producer.send_events(events).ok
+        # the first window (2,500 events) trains a second version from the first
+        wait_until(lambda: [r for r in list_runs(engine) if r["window_id"] > 0 and r["status"] == "succeeded"],
+                   300, f"the worker trains on its first window\n{worker.tail()}")
+        serving_now = serving_version(engine)["id"]
+        models = wait_until(lambda: (m := api.get("/models")[1])["loaded"]["version"] == serving_now and m, 60,
+                            f"the worker loads the serving version\n{worker.tail()}")
+        check_shape(models, "Models")
+        assert models["serving"]["id"] == serving_now and models["loaded"]["items"] >= len(catalog)
+
+        # a user with history: model recommendations, purchases left out, each explained
+        user_events = [e for e in events if e["user_id"] == events[-1]["user_id"]]
+        user = user_events[0]["user_id"]
+        status, answer = wait_until(lambda: (r := api.get(f"/recommend/{user}?k=15"))[1].get("source") == "model"
+                                    and r, 30, "the user's history reaches the worker")
+        check_shape(answer, "Recommendations")
+        assert status == 200 and len(answer["items"]) == 15 and answer["model_version"] == serving_now
+        bought = {e["item_id"] for e in user_events if e["type"] == "purchase"}
+        assert not bought & {i["item_id"] for i in answer["items"]}
+        assert all(i["because"]["item_id"] in {e["item_id"] for e in user_events} for i in answer["items"])
+        assert all(i["title"] for i in answer["items"])
+        status, answer = api.get(f"/recommend/{user}?k=200&include_purchased=true")
+        assert status == 200 and bought & {i["item_id"] for i in answer["items"]}
+
+        # a user nobody has seen: what is trending in the storefront
+        status, answer = api.get("/recommend/nobody-yet?k=5&storefront=movielens")
+        check_shape(answer, "Recommendations")
+        assert status == 200 and answer["source"] == "trending" and len(answer["items"]) == 5
+        assert all(i["because"] is None for i in answer["items"])
+
+        # similar items, also for a catalog item nobody has interacted with
+        status, answer = api.get(f"/similar/{cold_item}?k=8")
+        check_shape(answer, "Similar")
+        assert status == 200 and len(answer["items"]) == 8 and cold_item not in {i["item_id"] for i in answer["items"]}
+
+        # semantic search, plain and personalised
+        status, answer = api.get("/search?q=star%20wars&k=5")
+        check_shape(answer, "Search")
+        assert status == 200 and any("Star Wars" in i["title"] for i in answer["items"]) and not answer["personalised"]
+        status, answer = api.get(f"/search?q=romantic%20comedy&k=5&user_id={user}")
+        assert status == 200 and answer["personalised"] and len(answer["items"]) == 5
+
+        # errors say what is wrong
+        for path, code, needle in [("/recommend/x?k=0", 400, "k must be"), ("/recommend/x?k=abc", 400, "k must be"),
+                                   ("/recommend/x?storefront=nope", 404, "unknown storefront"),
+                                   ("/recommend/x?include_purchased=maybe", 400, "include_purchased"),
+                                   ("/similar/no-such-item", 404, "unknown item"), ("/search", 400, "q must be"),
+                                   ("/search?q=" + "a" * 501, 400, "q must be")]:
+            status, answer = api.get(path)
+            check_shape(answer, "Error")
+            assert status == code and needle in answer["error"], (path, status, answer)
+
+        # events over HTTP: a token is required; good events are produced, bad ones reported
+        good = [{"event_id": f"http-{i}", "type": "click", "user_id": "http-shopper", "item_id": events[i]["item_id"],
+                 "ts": now_ms(), "storefront": "movielens"} for i in range(5)]
+        bad = [{"event_id": "b1", "type": "view", "user_id": "u", "item_id": "i", "ts": now_ms()},
+               {"event_id": "b2", "type": "click", "user_id": "", "item_id": "i", "ts": now_ms()},
+               "not an object", {"event_id": "b3", "type": "click", "user_id": "u", "item_id": "i", "ts": "yesterday"}]
+        assert api.call("POST", "/events", good)[0] == 401
+        assert api.call("POST", "/events", good, token="wrong")[0] == 401
+        status, answer = api.call("POST", "/events", [good[0], bad[0], *good[1:3], bad[1], bad[2], *good[3:], bad[3]],
+                                  token=TOKEN)
+        check_shape(answer, "Accepted")
+        assert status == 200 and answer["accepted"] == 5
+        assert [(r["index"], r["reason"]) for r in answer["rejected"]] == [
+            (1, "unknown_type"), (4, "empty_field"), (5, "not_an_object"), (8, "invalid_ts")], answer
+        assert api.call("POST", "/events", {"not": "a list"}, token=TOKEN)[0] == 400
+        assert api.call("POST", "/events", [good[0]] * 1001, token=TOKEN)[0] == 413
+        status, answer = wait_until(lambda: (r := api.get("/recommend/http-shopper?k=3"))[1].get("source") == "model"
+                                    and r, 30, "events sent over HTTP reach the user's history")
+        assert answer["items"] and {i["because"]["item_id"] for i in answer["items"]} <= {e["item_id"] for e in good}
+
+        # hot swap during a burst: promote the other version, every answer comes from one of the two
+        assert api.call("POST", f"/models/{first_version}/promote", token=TOKEN) == (200, {"serving": first_version})
+        wait_until(lambda: api.get("/models")[1]["loaded"]["version"] == first_version, 10,
+                   "the worker loads the promoted version")
+        target = next(v["id"] for v in list_versions(engine) if v["id"] != first_version)
+        answers, stop = [], threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                status, answer = api.get(f"/recommend/{user}?k=10")
+                answers.append((time.monotonic(), status, answer.get("model_version")))
+
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(hammer)
+            time.sleep(2)
+            promoted_at = time.monotonic()
+            assert api.call("POST", f"/models/{target}/promote", token=TOKEN) == (200, {"serving": target})
+            time.sleep(7)
+            stop.set()
+        assert all(status == 200 for _, status, _ in answers), [a for a in answers if a[1] != 200][:3]
+        assert {version for _, _, version in answers} == {first_version, target}
+        first_new = min(t for t, _, version in answers if version == target)
+        assert first_new - promoted_at <= 5.0
+        assert all(version == target for t, _, version in answers if t > first_new + 0.5)
+        print(f"\n{len(answers)} requests during the swap, version {target} answered "
+              f"{first_new - promoted_at:.2f}s after its promotion")
+
+        assert worker.alive(), worker.tail()
+    finally:
+        worker.stop()
+        engine.dispose()
+
