@@ -31,16 +31,16 @@ _DEFS = [
     # input drift: what shoppers do
     Metric("popularity_psi_previous", "input", "up",
            "PSI of the event distribution over items, previous window -> this window; items binned as the "
-           "previous window's top 50 items plus one bin for all others"),
+           "previous window's top 100 items plus one bin for all others"),
     Metric("popularity_psi_reference", "input", "up",
-           "PSI of the event distribution over items, reference windows -> this window (reference's top 50 items + other)"),
+           "PSI of the event distribution over items, reference windows -> this window (reference's top 100 items + other)"),
     Metric("popularity_js_previous", "input", "up",
            "Jensen-Shannon divergence (bits) of the item distribution, previous window vs this window (same bins)"),
     Metric("popularity_js_reference", "input", "up",
            "Jensen-Shannon divergence (bits) of the item distribution, reference windows vs this window (same bins)"),
     Metric("category_psi_previous", "input", "up",
            "PSI of the event distribution over catalog categories, previous window -> this window "
-           "(previous window's top 20 categories + other; items without a category count as '(none)')"),
+           "(previous window's top 100 categories + other; items without a category count as '(none)')"),
     Metric("category_psi_reference", "input", "up",
            "PSI of the event distribution over catalog categories, reference windows -> this window"),
     Metric("category_js_previous", "input", "up",

@@ -20,5 +20,6 @@ Map of the package (one job per module):
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
 * ``serving``    -- ``load_serving``: the newest promoted version from the store, checksum verified.
 * ``job``        -- one training job: read a sealed window, fine-tune, gate, publish a version.
+* ``drift``      -- a training job's drift metrics: what :mod:`drift` compares with, read from the store.
 * ``service``    -- the worker's training service: queued jobs in a child process, off the event loop.
 """

@@ -17,8 +17,13 @@ Protocol (``run_backtest``):
    ECCV 2018);
 4. the means are over windows 1..N-1: window 0 is ranked before any training.
 
-Known items are the catalog's plus those of every event so far; a target the strategy does not
-know yet (not in the catalog, first seen in this window) is a miss for every strategy.
+Known items: ``ITEMS.csv`` has no times, so each catalog item joins the catalog at the start of
+the window of its first event (a store learns of a product before anyone clicks it), and
+catalog items that no event names join before window 0. Strategies learn of joining items
+before the window is ranked (the learned models extend their id maps as serving does: a new
+item with text starts among its MiniLM look-alikes), so the candidates of an event are the
+items known at its window. An item missing from the catalog is known from its first
+training window on; until then it is a miss for every strategy.
 
 Strategies (``STRATEGIES``), each a small class with ``fit_window(window, past)`` and
 ``scorer()``:
@@ -152,6 +157,9 @@ class Strategy(ABC):
         self.settings = settings
         self.context = context
 
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Catalog rows of items that just joined the catalog (``context.catalog`` has them too)."""
+
     @abstractmethod
     def fit_window(self, window: pd.DataFrame, past: list[pd.DataFrame]) -> dict:
         """Train on ``window`` (``past``: the earlier windows, oldest first); return extra facts
@@ -192,6 +200,10 @@ class FineTuned(Strategy):
         c = self.context
         return ModelBundle.build(self.model_config, catalog=c.catalog, events=events,
                                  encoder=c.encoder if self.use_text else None, cache=c.cache, seed=self.settings.seed)
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        c = self.context
+        self.bundle.extend(catalog=items, encoder=c.encoder if self.use_text else None, cache=c.cache)
 
     def fit_window(self, window: pd.DataFrame, past: list[pd.DataFrame]) -> dict:
         rehearsal = None
@@ -243,6 +255,9 @@ class _KnownIds(Strategy):
         self.vocab = Vocabulary()
         if context.catalog is not None:
             self.vocab.items.add(context.catalog["item_id"].astype(str))
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        self.vocab.items.add(items["item_id"].astype(str))
 
     def _add(self, window: pd.DataFrame) -> None:
         self.vocab.add_events(window["user_id"], window["item_id"], window["storefront"])
@@ -372,6 +387,8 @@ def split_windows(ts: np.ndarray, n: int, by: str = "events") -> list[tuple[int,
 
     >>> split_windows(np.array([1, 2, 2, 2, 5, 6, 7, 9]), 2)
     [(0, 4), (4, 8)]
+    >>> split_windows(np.array([1, 1, 1, 1, 1, 1, 2, 3, 4, 5]), 2)
+    [(0, 6), (6, 10)]
     >>> split_windows(np.array([1, 2, 2, 2, 5, 6, 7, 9]), 2, by="time")
     [(0, 4), (4, 8)]
     """
@@ -380,13 +397,16 @@ def split_windows(ts: np.ndarray, n: int, by: str = "events") -> list[tuple[int,
     ts = np.asarray(ts)
     if n < 1 or n > len(ts):
         raise BacktestError(f"cannot split {len(ts):,} events into {n} windows")
-    if by == "events":
-        targets = np.round(np.arange(1, n) * len(ts) / n).astype(np.int64)
-        cuts = np.searchsorted(ts, ts[targets], side="left")
+    if by == "events":  # the nearer edge of the run of equal timestamps at each even cut
+        cuts, previous = [], 0
+        for target in np.round(np.arange(1, n) * len(ts) / n).astype(np.int64).tolist():
+            left, right = (int(np.searchsorted(ts, ts[target], side=side)) for side in ("left", "right"))
+            cut = left if target - left <= right - target and left > previous else right
+            cuts.append(cut)
+            previous = cut
     else:
-        edges = ts[0] + (ts[-1] - ts[0]) * np.arange(1, n) / n
-        cuts = np.searchsorted(ts, edges, side="left")
-    bounds = list(zip([0, *cuts.tolist()], [*cuts.tolist(), len(ts)]))
+        cuts = np.searchsorted(ts, ts[0] + (ts[-1] - ts[0]) * np.arange(1, n) / n, side="left").tolist()
+    bounds = list(zip([0, *cuts], [*cuts, len(ts)]))
     for w, (start, end) in enumerate(bounds):
         if end <= start:
             hint = ("too many events share a timestamp" if by == "events" else
@@ -447,20 +467,31 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
     samples = [w.iloc[np.sort(rng.choice(len(w), size=min(len(w), settings.eval_sample), replace=False))]
                for w in windows]
 
-    embed_seconds, encoder = 0.0, None
-    if strategy in TEXT_STRATEGIES and catalog is not None and len(catalog):
-        encoder = TextEncoder(device)
-        started = time.perf_counter()
-        embed_texts(list(catalog_texts(catalog).values()), encoder, cache)
-        embed_seconds = time.perf_counter() - started
-    model = make_strategy(strategy, settings, Context(catalog, cache, encoder, device))
-
     n = len(windows)
+    embed_seconds, encoder = 0.0, None
+    if catalog is not None:
+        first_window: dict[str, int] = {}
+        for j, window in enumerate(windows):
+            for item in window["item_id"].unique():
+                first_window.setdefault(item, j)
+        joins = catalog["item_id"].map(first_window).fillna(0).astype(int).to_numpy()
+        if strategy in TEXT_STRATEGIES and len(catalog):
+            encoder = TextEncoder(device)
+            started = time.perf_counter()
+            embed_texts(list(catalog_texts(catalog).values()), encoder, cache)
+            embed_seconds = time.perf_counter() - started
+    context = Context(catalog[joins == 0] if catalog is not None else None, cache, encoder, device)
+    model = make_strategy(strategy, settings, context)
+
     R: list[list[float | None]] = [[None] * n for _ in range(n)]
     rows, seen_items = [], set()
     scorer = model.scorer()
     for j, window in enumerate(windows):
         start, end = bounds[j]
+        if catalog is not None and j and (joins == j).any():
+            context.catalog = catalog[joins <= j]
+            model.add_items(catalog[joins == j])
+            scorer = model.scorer()
         prequential = evaluate(scorer, window, events.iloc[:start], ks=(k,))
         is_cold = ~window["item_id"].isin(seen_items).to_numpy()
         cold = (evaluate(scorer, window[is_cold], events.iloc[:end], ks=(k,)) if is_cold.any()

@@ -11,8 +11,8 @@ The steps, each reading from or writing to the store:
 4. the gate: candidate and baseline (the serving version, or popularity for the first model)
    are ranked on the held-out events with full ranking; the candidate is promoted unless its
    Recall@20 is more than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
-5. the version (safetensors weights, sha256, lineage, metrics) and the run's outcome are
-   written in one transaction.
+5. the version (safetensors weights, sha256, lineage, metrics), the window's drift metrics
+   (:mod:`learner.drift`) and the run's outcome are written in one transaction.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sqlalchemy import Engine, select
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
 from learner.device import pick_device
+from learner.drift import WindowDrift
 from learner.evaluate import BundleScorer, PopularityScorer, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
@@ -154,11 +155,17 @@ def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, s
     }
 
 
-def train_window(engine: Engine, config: Config, window_id: int) -> tuple[dict, list[dict]]:
-    """Fine-tune, judge and describe a candidate for ``window_id``: (model_versions row, epoch log)."""
+def train_window(engine: Engine, config: Config, window_id: int,
+                 drift: WindowDrift | None = None) -> tuple[dict, list[dict]]:
+    """Fine-tune, judge and describe a candidate for ``window_id``: (model_versions row, epoch log).
+
+    ``drift`` measures the window's drift metrics before training and once the candidate is judged.
+    """
     started = time.perf_counter()
     device = pick_device()
     data = read_window(engine, config, window_id)
+    if drift is not None:
+        drift.before_training(data, device)
     model_config, finetune_config = config_for(config)
     cache = StoredTextEmbeddings(engine)
     base = data.base[1] if data.base else ModelBundle.build(
@@ -171,6 +178,8 @@ def train_window(engine: Engine, config: Config, window_id: int) -> tuple[dict, 
     cache.save()
     verdict = judge(data, candidate, config, device)
     log.info("window %d: %s %s", window_id, "promoted" if verdict[0] else "rejected", verdict[1])
+    if drift is not None:
+        drift.after_judging(data, candidate, device)
     return version_row(data, candidate, verdict, started, device), epoch_log
 
 
@@ -181,14 +190,15 @@ def run_training_job(database_url: str, env: dict[str, str], window_id: int, wor
     config = Config.from_env(env)
     engine = make_engine(database_url)
     run_id = start_run(engine, window_id, f"{worker}/train:{os.getpid()}")
+    drift = WindowDrift(engine, config, window_id)
     try:
-        version, epoch_log = train_window(engine, config, window_id)
+        version, epoch_log = train_window(engine, config, window_id, drift)
     except Exception as exc:
         log.exception("training on window %d failed", window_id)
         finish_run(engine, run_id, error=f"{type(exc).__name__}: {exc}")
         engine.dispose()
         raise
-    version_id = finish_run(engine, run_id, version, epoch_log)
+    version_id = finish_run(engine, run_id, version, epoch_log, also=drift.write)
     engine.dispose()
     return {"run_id": run_id, "version_id": version_id, "status": version["status"], "reason": version["reason"],
             "duration_s": version["duration_s"]}

@@ -114,7 +114,7 @@ class Recommender:
         shops = [PAD] * pad + self.vocab.storefronts.index(e.storefront for e in recent).tolist()
         batch = SequenceBatch(*(torch.tensor([row]) for row in (items, types, shops)), users=torch.tensor([UNKNOWN]))
         with self.device.autocast():
-            return self.model.user_vectors(batch.to(self.device))[0].float()
+            return self.model(batch.to(self.device), item_vectors=self.item_vectors)[0, -1].float()
 
     @torch.inference_mode()
     def recommend(self, history: Sequence, k: int, storefront: str | None = None,

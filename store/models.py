@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary,
-                        MetaData, String, Table, Text)
+                        MetaData, String, Table, Text, UniqueConstraint)
 
 metadata = MetaData()
 
@@ -153,4 +153,26 @@ text_embeddings = Table(
     "text_embeddings", metadata,
     Column("key", String(64), primary_key=True, comment="sha256 of the item text"),
     Column("vector", LargeBinary, nullable=False, comment="float32 little-endian"),
+)
+
+# Drift metrics per sealed window, storefront and metric (definitions in drift/metrics.py and the README).
+drift_metrics = Table(
+    "drift_metrics", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("window_id", BigInteger, nullable=False, comment="the sealed window measured"),
+    Column("model_version_id", BigInteger, comment="the version this window's training job produced"),
+    Column("storefront", ID, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("kind", String(16), nullable=False, comment="'input', 'concept', 'model' or 'forgetting'"),
+    Column("value", Float, nullable=False),
+    Column("baseline", Float, comment="the value it is compared with"),
+    Column("reference", Text, nullable=False, comment="what it is compared with, in words"),
+    Column("threshold", Float, comment="largest allowed move from the baseline in the bad direction"),
+    Column("alert", Boolean, nullable=False),
+    Column("detector", String(64), nullable=False, comment="'threshold', 'adwin', 'page_hinkley' (joined by +) or 'none'"),
+    Column("n_events", Integer, nullable=False, comment="events (or items) it was measured on"),
+    Column("created_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    UniqueConstraint("window_id", "storefront", "metric", name="uq_drift_metrics_window_metric"),
+    Index("ix_drift_metrics_series", "metric", "storefront", "window_id"),
+    Index("ix_drift_metrics_alert", "alert", "window_id"),
 )

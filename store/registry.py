@@ -8,9 +8,10 @@ run killed at any point leaves no half-written version, only a run still marked 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from store.ingest import upsert
 from store.models import model_versions, text_embeddings, training_runs
@@ -34,13 +35,18 @@ def start_run(engine: Engine, window_id: int, worker: str) -> int:
 
 
 def finish_run(engine: Engine, run_id: int, version: dict | None = None, log: list | None = None,
-               error: str | None = None) -> int | None:
-    """Close a run as succeeded (storing ``version``, a ``model_versions`` row) or failed; returns the version id."""
+               error: str | None = None, also: Callable[[Connection, int | None], None] | None = None) -> int | None:
+    """Close a run as succeeded (storing ``version``, a ``model_versions`` row) or failed; returns the version id.
+
+    ``also(conn, version_id)`` writes more in the same transaction (the window's drift metrics).
+    """
     with engine.begin() as conn:
         version_id = None
         if version is not None:
             version_id = conn.execute(insert(model_versions).values(**version)
                                       .returning(model_versions.c.id)).scalar_one()
+        if also is not None:
+            also(conn, version_id)
         conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
             status="failed" if error else "succeeded", version_id=version_id, finished_at=now_ms(),
             error=error, log=log))

@@ -279,9 +279,11 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
 @click.option("--text-cache", type=click.Path(dir_okay=False), default=None,
               help="Keep item text embeddings in this safetensors file between runs.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: CUDA when present, else CPU].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's choice; 1 is faster on a busy machine].")
 def backtest(events_path: str, items_path: str | None, windows: int, strategy: str, k: int, out: str | None,
              split: str, eval_sample: int, text_cache: str | None, device: str | None, popularity_windows: int,
-             **overrides) -> None:
+             threads: int | None, **overrides) -> None:
     """Replay an event log window by window: rank each window with the current model, then train on it.
 
     Writes Recall@K, NDCG@K and cold-item Recall@K per window, forgetting, backward transfer
@@ -295,6 +297,10 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     from learner.device import pick_device
     from learner.eventlog import EventLogError, load_events, load_items
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     names = {"epochs": "train_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy"}
@@ -329,6 +335,58 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     click.echo(f"{strategy}: mean recall@{k} {mean[f'recall@{k}'] or 0:.4f}, ndcg@{k} {mean[f'ndcg@{k}'] or 0:.4f}, "
                f"forgetting {result['forgetting'] or 0:.4f}, bwt {result['bwt'] or 0:.4f}, "
                f"trained {result['total_train_seconds']:.1f}s on {result['device']}", err=True)
+
+
+def drift_rows(rows: list[dict]) -> list[dict]:
+    return [{"window": r["window_id"], "version": r["model_version_id"] or "-", "storefront": r["storefront"],
+             "metric": r["metric"], "value": f"{r['value']:.4g}",
+             "baseline": "-" if r["baseline"] is None else f"{r['baseline']:.4g}",
+             "threshold": "-" if r["threshold"] is None else f"{r['threshold']:.4g}",
+             "alert": "ALERT" if r["alert"] else "", "detector": r["detector"], "reference": r["reference"]}
+            for r in rows]
+
+
+DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline", "threshold", "alert", "detector",
+                 "reference"]
+
+
+@main.command("drift")
+@click.option("--windows", "-n", type=int, default=None,
+              help="Every metric of the newest N measured windows instead of the latest value of each.")
+@click.option("--storefront", default=None, help="Only this storefront.")
+@click.option("--metric", default=None, help="Only this metric.")
+@click.option("--alerts-only", is_flag=True, help="Only the open alerts.")
+def drift_metrics(windows: int | None, storefront: str | None, metric: str | None, alerts_only: bool) -> None:
+    """Drift metrics: the latest value of every metric per storefront, then the open alerts."""
+    from store import drift as stored
+
+    engine = store_engine()
+    if not alerts_only:
+        rows = (stored.recent(engine, windows, storefront, metric) if windows
+                else stored.latest(engine, storefront, metric))
+        click.echo(f"{'newest ' + str(windows) + ' windows' if windows else 'latest values'}:")
+        print_table(drift_rows(rows), DRIFT_COLUMNS)
+        click.echo()
+    click.echo("open alerts:")
+    print_table(drift_rows(stored.open_alerts(engine, storefront, metric)), DRIFT_COLUMNS)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--windows", "-n", type=int, default=None, help="Only the newest N measured windows.")
+def report(out: str, windows: int | None) -> None:
+    """Write a self-contained HTML report: a plot of every drift metric over windows and versions."""
+    from pathlib import Path
+
+    from drift.report import render
+    from store import drift as stored
+    from store.registry import now_ms
+
+    rows = stored.recent(store_engine(), windows)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(render(rows, generated_at_ms=now_ms()), encoding="utf-8")
+    click.echo(f"Wrote {out}: {len({r['metric'] for r in rows})} metrics over "
+               f"{len({r['window_id'] for r in rows})} windows.")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ SETTINGS: dict[str, Setting] = {
                             "Newest share of each window held out of training to judge the candidate."),
     "gate_tolerance": Setting("STREAMREC_GATE_TOLERANCE", "0.05",
                               "A candidate is promoted unless its Recall@20 is this share below the serving one."),
+    "drift_reference_windows": Setting("STREAMREC_DRIFT_REFERENCE_WINDOWS", "3",
+                                       "First windows of each storefront that input drift is compared with."),
+    "drift_probe_events": Setting("STREAMREC_DRIFT_PROBE_EVENTS", "2000",
+                                  "Most events in each storefront's forgetting probe (a seeded sample of its first "
+                                  "window's held-out slice)."),
     "seed": Setting("STREAMREC_SEED", "1", "Seed of every random choice (rehearsal sampling, training)."),
     "serving_poll_s": Setting("STREAMREC_SERVING_POLL_S", "1.0",
                               "How often a worker checks for a newly promoted version, new events and catalog items."),
@@ -113,6 +118,8 @@ class Config:
     distill_weight: float
     gate_holdout: float
     gate_tolerance: float
+    drift_reference_windows: int
+    drift_probe_events: int
     seed: int
     serving_poll_s: float
     trending_half_life_s: float

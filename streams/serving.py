@@ -16,6 +16,7 @@ answer for every user. At start it reads the last ``STREAMREC_HISTORY_WINDOWS`` 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mode
 import numpy as np
 import pyarrow as pa
+import torch
 from sqlalchemy.exc import DBAPIError
 
 from learner.checkpoint import ChecksumMismatch
@@ -45,6 +47,9 @@ class ServingService(mode.Service):
 
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
+        # One request is a few small matrix products: torch's intra-op thread pool only adds
+        # synchronisation (tens of ms when cores are busy). Training runs in its own process.
+        torch.set_num_threads(1)
         self.config = config
         self.device = pick_device()
         self.recommender: Recommender | None = None
@@ -59,6 +64,7 @@ class ServingService(mode.Service):
         self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-query")
         self._catalog_encoder = TextEncoder(self.device)
         self._query_encoder = TextEncoder(self.device)
+        self._encode_query = functools.lru_cache(maxsize=4096)(lambda text: self._query_encoder.encode([text])[0])
         self._window_cursor = 0
         self._segment_keys: set[tuple[int, int]] = set()
         self._built_from: tuple | None = None
@@ -144,9 +150,8 @@ class ServingService(mode.Service):
                  "" if previous is None else f", replacing version {previous.version['id']}")
 
     async def encode_query(self, text: str) -> np.ndarray:
-        """The unit MiniLM vector of a search query (on the query thread)."""
-        loop = asyncio.get_running_loop()
-        return (await loop.run_in_executor(self._query_thread, self._query_encoder.encode, [text]))[0]
+        """The unit MiniLM vector of a search query (on the query thread; the 4,096 newest are cached)."""
+        return await asyncio.get_running_loop().run_in_executor(self._query_thread, self._encode_query, text)
 
     def storefronts(self) -> set[str]:
         known = set(self.trending.storefronts()) | set(self.storefront_items)

@@ -61,3 +61,12 @@ def test_readme_documents_every_setting():
 def test_readme_starts_with_the_run_and_test_commands():
     first_block = README.split("```bash", 1)[1].split("```", 1)[0]
     assert "./dev run" in first_block and "./dev test" in first_block
+
+
+def test_the_api_token_is_never_shown(monkeypatch):
+    monkeypatch.setenv("STREAMREC_API_TOKEN", "s3cret-token")
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0 and "s3cret-token" not in result.output
+    assert "STREAMREC_API_TOKEN" in result.output and "(set)" in result.output
+    config = Config.from_env()
+    assert config.api_token == "s3cret-token" and "s3cret-token" not in repr(config)

@@ -1,0 +1,196 @@
+"""Serving latency benchmark: a worker answering ``GET /recommend`` at a fixed request rate.
+
+    python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out bench/results/serving.md]
+
+Sets up a real worker on embedded defaults (bundled broker, SQLite in a temporary folder):
+a catalog of ``--items`` products (the 1,682 MovieLens-100k movies plus generated products),
+MovieLens events for every user's history, and a model version trained on them (one epoch;
+quality does not matter here, size does). Windows never seal during the run, so no training
+competes with serving. Then an open-loop generator on the same machine sends requests on a
+fixed schedule (``--rate`` per second, bounded to 256 in flight) for users drawn at random,
+and latency is measured from each request's scheduled start, so a stall is not hidden.
+Search queries are all distinct, so each one is encoded by MiniLM (the worker caches repeats).
+Prints p50/p95/p99/max latency and the error count per endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pandas as pd
+import torch
+
+from learner.bundle import ModelBundle
+from learner.checkpoint import dump_bundle
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.model import ModelConfig
+from learner.text import TextEncoder
+from learner.trainer import TrainConfig
+from store.db import make_engine, migrate
+from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
+from streamrec.config import Config
+from streamrec.processes import free_port, start_broker, start_worker, stop, wait_for_port
+from streams import movielens
+from streams.producer import StorefrontProducer
+
+ADJECTIVES = ["organic", "wireless", "vintage", "compact", "heavy-duty", "waterproof", "handmade", "smart",
+              "ergonomic", "portable", "stainless", "bamboo", "leather", "ceramic", "solar", "foldable"]
+PRODUCTS = ["coffee grinder", "desk lamp", "hiking backpack", "yoga mat", "bluetooth speaker", "chef knife",
+            "garden hose", "phone case", "running shoes", "tea kettle", "wall clock", "board game", "notebook",
+            "water bottle", "office chair", "rain jacket", "cutting board", "headphones", "plant pot", "bike light"]
+CATEGORIES = ["Kitchen", "Outdoors", "Electronics", "Home", "Sports", "Office", "Garden", "Toys"]
+
+
+def catalog_of(size: int) -> list[dict]:
+    """The MovieLens movies plus generated products, ``size`` items in all."""
+    catalog = movielens.to_catalog(movielens.load_movies())
+    rnd = random.Random(0)
+    for i in range(size - len(catalog)):
+        product = f"{rnd.choice(ADJECTIVES)} {rnd.choice(PRODUCTS)}"
+        catalog.append({"item_id": f"p{i}", "title": f"{product.title()} #{i}", "category": rnd.choice(CATEGORIES),
+                        "description": f"A {product} for everyday use.", "storefront": "movielens"})
+    return catalog
+
+
+def publish_model(database_url: str, catalog: list[dict], events: list[dict]) -> int:
+    engine = make_engine(database_url)
+    migrate(engine)
+    cache = StoredTextEmbeddings(engine)
+    started = time.perf_counter()
+    frame = pd.DataFrame(events[:20_000])
+    base = ModelBundle.build(ModelConfig(), catalog=pd.DataFrame(catalog), events=frame, encoder=TextEncoder(),
+                             cache=cache)
+    cache.save()
+    bundle, _ = fine_tune(base, frame, config=FineTuneConfig(train=TrainConfig(epochs=1, batch_size=256)))
+    weights, checksum = dump_bundle(bundle)
+    run = start_run(engine, 0, "bench")
+    version = finish_run(engine, run, {
+        "parent_id": None, "status": "promoted", "reason": "benchmark model", "windows": [], "rehearsal_size": 0,
+        "metrics": {}, "duration_s": time.perf_counter() - started, "device": "cpu",
+        "n_items": len(bundle.vocab.items), "n_users": len(bundle.vocab.users), "created_at": now_ms(),
+        "promoted_at": now_ms(), "weights": weights, "sha256": checksum})
+    engine.dispose()
+    print(f"model version {version}: {len(bundle.vocab.items) - 2} items, trained in "
+          f"{time.perf_counter() - started:.0f}s", flush=True)
+    return version
+
+
+async def drive(base: str, paths: list[str], rate: float, seconds: float, limit: int = 256) -> dict:
+    """Open-loop load: request i is due at start + i / rate; latency counts from when it was due."""
+    latencies, errors, in_flight = [], 0, asyncio.Semaphore(limit)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+        async def one(path: str, due: float) -> None:
+            nonlocal errors
+            try:
+                async with in_flight, session.get(base + path, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+            latencies.append(time.perf_counter() - due)
+
+        start, tasks = time.perf_counter() + 0.1, []
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(paths[i % len(paths)], due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"requests": len(ms), "rate": len(ms) / elapsed, "errors": errors,
+            **{name: float(np.percentile(ms, q)) for name, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+            "max": float(ms.max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    database_url = f"sqlite:///{workdir / 'streamrec.db'}"
+    catalog = catalog_of(args.items)
+    events = movielens.to_events(movielens.load_ratings(), now_ms())
+    publish_model(database_url, catalog, events)
+
+    port = free_port()
+    broker = start_broker(port, log=workdir / "broker.log")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{port}", "STREAMREC_DATABASE_URL": database_url,
+           "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_WINDOW_MAX_EVENTS": "10000000",
+           "STREAMREC_WINDOW_MAX_AGE_S": "86400", "STREAMREC_LOG_LEVEL": "warn"}
+    config = Config.from_env(env)
+    worker = start_worker(env, log=workdir / "worker.log")
+    try:
+        wait_for_port(config.web_port, timeout_s=180, proc=worker)
+        with StorefrontProducer.from_config(config) as producer:
+            assert producer.send_catalog(catalog).ok
+            assert producer.send_events(events).ok
+        base = f"http://127.0.0.1:{config.web_port}"
+        users = sorted({e["user_id"] for e in events})
+        asyncio.run(_wait_until_served(base, users[-1], args.items))
+        rnd = random.Random(1)
+        rows = {}
+        for name, paths in [
+            ("/recommend/{user}?k=20", [f"/recommend/{rnd.choice(users)}?k=20" for _ in range(1000)]),
+            ("/similar/{item}?k=20", [f"/similar/{rnd.choice(catalog)['item_id']}?k=20" for _ in range(1000)]),
+            ("/search?q=...&k=20 (every query new)", [
+                f"/search?q={rnd.choice(ADJECTIVES)}+{rnd.choice(PRODUCTS).replace(' ', '+')}+{i}&k=20"
+                for i in range(100_000)]),
+        ]:
+            seconds = args.seconds if name.startswith("/recommend") else min(args.seconds, 20)
+            rows[name] = asyncio.run(drive(base, paths, args.rate, seconds))
+            print(f"{name}: {rows[name]}", flush=True)
+    finally:
+        stop(worker)
+        stop(broker)
+    table = render(rows, args)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+
+
+async def _wait_until_served(base: str, user: str, items: int, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{base}/models") as r:
+                    loaded = (await r.json())["loaded"]
+                async with session.get(f"{base}/recommend/{user}") as r:
+                    source = (await r.json()).get("source")
+                if loaded["items"] >= items and source == "model":
+                    return
+            except (aiohttp.ClientError, KeyError):
+                pass
+            await asyncio.sleep(1)
+    raise RuntimeError("the worker did not start serving in time")
+
+
+def render(rows: dict, args) -> str:
+    cpu = f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__}, CPU"
+    lines = [f"Serving latency, {args.items:,} catalog items, {args.rate:.0f} requests/s open loop, "
+             f"generator on the same machine; {cpu}", "",
+             "| endpoint | requests | achieved rate/s | p50 ms | p95 ms | p99 ms | max ms | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| `{name}` | {r['requests']} | {r['rate']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                     f"{r['p99']:.2f} | {r['max']:.1f} | {r['errors']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

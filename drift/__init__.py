@@ -1,0 +1,20 @@
+"""Drift metrics: how shoppers' behaviour, the model's quality and the model itself move, window by window.
+
+Plain functions and small classes that take data (pandas frames, numbers, scorers), never
+Kafka or the store, so the worker's training job (:mod:`learner.drift`) and a backtest run
+the same code. One concept per module:
+
+* ``divergence`` -- PSI and Jensen-Shannon divergence of binned counts, additive smoothing,
+  the sampling-noise floor of both.
+* ``input``      -- input drift of one storefront's window: item popularity and category mix
+  against the previous and the reference windows, new-item, new-user and purchase shares.
+* ``quality``    -- Recall@20, NDCG@20 and loss of any scorer on a batch of events; the
+  popularity model; seeded probe samples.
+* ``detectors``  -- river's ADWIN (per-event hits) and Page-Hinkley (log of per-window values),
+  rebuilt for every judgement by replaying the stored series.
+* ``model_shift`` -- cosine shift of item vectors and PSI of the score distribution between versions.
+* ``metrics``    -- every metric's name, kind, bad direction and definition; ``MetricValue``.
+* ``window``     -- all metrics of one window from a ``Context`` of earlier windows;
+  ``DriftTracker`` keeps that context in memory for backtests.
+* ``report``     -- the self-contained HTML report (inline SVG plots).
+"""

@@ -1,0 +1,213 @@
+"""A self-contained HTML report of drift metrics: one inline SVG plot per metric, nothing fetched.
+
+Each plot shows a metric over the measured windows (the x axis; below each window id, the
+version its training job produced), one line per storefront, the alert bound as a dashed
+line (``baseline +/- threshold`` in the metric's bad direction), and alerts as red rings.
+Above the plots: the open alerts and the newest value of every metric.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+from drift.metrics import METRICS
+
+WIDTH, HEIGHT = 640, 240
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 44
+COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+KIND_ORDER = {"input": 0, "concept": 1, "model": 2, "forgetting": 3}
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; } h3 { font-size: 15px; margin: 0 0 4px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.alert td { background: #fde8e8; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0; padding: 8px; border: 1px solid #ddd; border-radius: 4px; width: 644px; }
+figcaption { font-size: 12px; color: #555; margin-bottom: 4px; }
+svg.plot text { font-size: 11px; fill: #444; }
+.legend span { font-size: 12px; margin-right: 12px; }
+"""
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, float):
+        return "-" if not math.isfinite(x) else f"{x:.{digits}g}"
+    return str(x)
+
+
+def open_alert_rows(rows: Sequence[dict]) -> list[dict]:
+    """Alert rows with no later non-alert row of the same metric and storefront (as the view ``drift_open_alerts``).
+
+    Examples
+    --------
+    >>> rows = [{"window_id": w, "metric": "m", "storefront": "s", "alert": a} for w, a in [(1, True), (2, False), (3, True)]]
+    >>> [r["window_id"] for r in open_alert_rows(rows)]
+    [3]
+    """
+    last_ok: dict[tuple, int] = {}
+    for r in rows:
+        if not r["alert"]:
+            key = (r["metric"], r["storefront"])
+            last_ok[key] = max(last_ok.get(key, -1), r["window_id"])
+    return sorted((r for r in rows if r["alert"] and r["window_id"] > last_ok.get((r["metric"], r["storefront"]), -1)),
+                  key=lambda r: (-r["window_id"], r["storefront"], r["metric"]))
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> str:
+    """The SVG plot of one metric's rows (all storefronts)."""
+    windows = sorted({r["window_id"] for r in rows})
+    storefronts = sorted({r["storefront"] for r in rows})
+    direction = METRICS[metric].direction if metric in METRICS else "up"
+    bounds = []
+    for r in rows:
+        if r.get("threshold") is not None and math.isfinite(r["threshold"]):
+            base = r.get("baseline") or 0.0
+            bounds.append((r, base + r["threshold"] if direction == "up" else base - r["threshold"]))
+    values = [r["value"] for r in rows] + [b for _, b in bounds]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5 if lo else -0.5, hi + 0.5 if hi else 0.5
+    pad = (hi - lo) * 0.08
+    lo, hi = lo - pad, hi + pad
+    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
+    span = max(windows[-1] - windows[0], 1)
+
+    def x(w: float) -> float:
+        return x0 + (x1 - x0) * ((w - windows[0]) / span if len(windows) > 1 else 0.5)
+
+    def y(v: float) -> float:
+        return y0 + (y1 - y0) * (v - lo) / (hi - lo)
+
+    parts = [f'<svg class="plot" data-metric="{html.escape(metric)}" xmlns="http://www.w3.org/2000/svg" '
+             f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+             f'aria-label="{html.escape(metric)} over windows">',
+             f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="#fafafa" stroke="#ccc"/>']
+    for t in _ticks(lo, hi):
+        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#eee"/>'
+                     f'<text x="{x0 - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{_fmt(float(t), 3)}</text>')
+    step = max(1, math.ceil(len(windows) / 12))
+    for w in windows[::step]:
+        version = versions.get(w)
+        parts.append(f'<line x1="{x(w):.1f}" x2="{x(w):.1f}" y1="{y0}" y2="{y0 + 4}" stroke="#888"/>'
+                     f'<text x="{x(w):.1f}" y="{y0 + 16}" text-anchor="middle">{w}</text>'
+                     + (f'<text x="{x(w):.1f}" y="{y0 + 29}" text-anchor="middle" fill="#888">v{version}</text>'
+                        if version is not None else ""))
+    parts.append(f'<text x="{x1}" y="{HEIGHT - 2}" text-anchor="end">window (version)</text>')
+    if bounds:
+        by_sf: dict[str, list] = defaultdict(list)
+        for r, b in bounds:
+            by_sf[r["storefront"]].append((r["window_id"], b))
+        for storefront, points in by_sf.items():
+            colour = COLOURS[storefronts.index(storefront) % len(COLOURS)]
+            coords = " ".join(f"{x(w):.1f},{y(b):.1f}" for w, b in sorted(points))
+            parts.append(f'<polyline class="bound" points="{coords}" fill="none" stroke="{colour}" '
+                         f'stroke-opacity="0.5" stroke-dasharray="4 3"/>')
+    parts.append('<g class="data">')
+    for i, storefront in enumerate(storefronts):
+        colour = COLOURS[i % len(COLOURS)]
+        points = sorted((r["window_id"], r) for r in rows if r["storefront"] == storefront)
+        coords = " ".join(f"{x(w):.1f},{y(r['value']):.1f}" for w, r in points)
+        parts.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
+        for w, r in points:
+            tip = html.escape(f"{storefront}, window {w}" + (f", version {r['model_version_id']}"
+                                                              if r.get("model_version_id") is not None else "")
+                              + f": {_fmt(r['value'])}" + (" ALERT" if r["alert"] else ""))
+            parts.append(f'<circle class="point" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="2.5" fill="{colour}">'
+                         f'<title>{tip}</title></circle>')
+            if r["alert"]:
+                parts.append(f'<circle class="alert" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="6" fill="none" '
+                             f'stroke="#d62728" stroke-width="2"><title>{tip}</title></circle>')
+    parts.append("</g></svg>")
+    legend = "".join(f'<span style="color:{COLOURS[i % len(COLOURS)]}">&#9632; {html.escape(s)}</span>'
+                     for i, s in enumerate(storefronts))
+    return "".join(parts) + f'<div class="legend">{legend}</div>'
+
+
+def _table(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "<p>None.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = "".join(f'<td class="{"num" if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) else ""}">'
+                        f"{html.escape(_fmt(r.get(c)))}</td>" for c in columns)
+        body.append(f'<tr class="{"alert" if r.get("alert") else ""}">{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render(rows: Sequence[dict], title: str = "streamrec drift report", generated_at_ms: int | None = None) -> str:
+    """The report of ``rows`` (``drift_metrics`` rows as dicts) as one HTML document.
+
+    Examples
+    --------
+    >>> rows = [{"window_id": w, "model_version_id": w, "storefront": "s", "metric": "purchase_share",
+    ...          "kind": "input", "value": v, "baseline": 0.2, "threshold": 0.05, "alert": v > 0.25,
+    ...          "detector": "threshold", "reference": "windows 1-3", "n_events": 1000}
+    ...         for w, v in [(1, 0.2), (2, 0.21), (3, 0.4)]]
+    >>> page = render(rows, generated_at_ms=0)
+    >>> page.count('<svg class="plot"'), page.count('<circle class="alert"'), "http" in page.replace(
+    ...     "http://www.w3.org/2000/svg", "")
+    (1, 1, False)
+    """
+    rows = sorted(rows, key=lambda r: (r["window_id"], r["storefront"], r["metric"]))
+    by_metric: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_metric[r["metric"]].append(r)
+    versions = {r["window_id"]: r.get("model_version_id") for r in rows}
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        latest[(r["metric"], r["storefront"])] = r
+    order = sorted(by_metric, key=lambda m: (KIND_ORDER.get(METRICS[m].kind if m in METRICS else "", 9),
+                                             list(METRICS).index(m) if m in METRICS else 99, m))
+    when = datetime.fromtimestamp((generated_at_ms or 0) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    windows = sorted(versions)
+    sections = [f"<h1>{html.escape(title)}</h1>",
+                f"<p>{len(rows)} values of {len(by_metric)} metrics over {len(windows)} windows"
+                + (f" ({windows[0]} to {windows[-1]})" if windows else "") + f"; generated {when}.</p>",
+                "<h2>Open alerts</h2>",
+                _table(open_alert_rows(rows), ["window_id", "model_version_id", "storefront", "metric", "value",
+                                               "baseline", "threshold", "detector", "reference"]),
+                "<h2>Latest values</h2>",
+                _table(sorted(latest.values(), key=lambda r: (r["storefront"], order.index(r["metric"]))),
+                       ["storefront", "kind", "metric", "window_id", "value", "baseline", "threshold", "alert",
+                        "detector", "n_events"])]
+    current = None
+    for metric in order:
+        kind = METRICS[metric].kind if metric in METRICS else "other"
+        if kind != current:
+            if current is not None:
+                sections.append("</div>")
+            sections.append(f"<h2>{html.escape(kind.capitalize())} drift</h2><div class=\"plots\">"
+                            if kind != "forgetting" else "<h2>Forgetting</h2><div class=\"plots\">")
+            current = kind
+        definition = METRICS[metric].definition if metric in METRICS else ""
+        sections.append(f'<figure id="metric-{html.escape(metric)}"><h3>{html.escape(metric)}</h3>'
+                        f"<figcaption>{html.escape(definition)}</figcaption>{plot(metric, by_metric[metric], versions)}"
+                        "</figure>")
+    if current is not None:
+        sections.append("</div>")
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(sections) + "</body></html>\n")
