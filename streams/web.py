@@ -1,4 +1,4 @@
-"""The worker's HTTP API (Faust web views); ``docs/openapi.yaml`` documents every shape.
+"""The worker's HTTP API (Faust web views); ``streams/openapi.yaml`` documents every shape.
 
 Reads answer from the serving snapshot (:mod:`streams.serving`), taken once per request so
 a hot swap never mixes two versions in one answer. Writes (``POST /events``, ``POST
@@ -26,7 +26,7 @@ from streams.serving import ServingService
 from streams.validation import Invalid, Validator
 
 log = logging.getLogger(__name__)
-OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_K = 200
 MAX_QUERY_CHARS = 500
 

@@ -2,7 +2,7 @@
 
 A first version is trained here and published; the worker then ingests MovieLens events,
 trains a second version on its first window, and answers requests. Every answer is checked
-against ``docs/openapi.yaml``. A promotion during a burst of requests must switch the
+against ``streams/openapi.yaml``. A promotion during a burst of requests must switch the
 version within 5 s with no failed request and no answer from a third version.
 """
 
@@ -37,7 +37,7 @@ from tests.harness import Worker, wait_until, worker_env
 pytestmark = pytest.mark.broker
 
 TOKEN = "test-token-5f1c"
-OPENAPI = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml").read_text())
+OPENAPI = yaml.safe_load((Path(__file__).resolve().parent.parent / "streams" / "openapi.yaml").read_text())
 
 
 def check_shape(body: dict, schema_name: str) -> None:
