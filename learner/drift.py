@@ -18,6 +18,7 @@ metrics measured before it.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -53,17 +54,23 @@ class WindowDrift:
 
     def before_training(self, data, device) -> None:
         """Input drift and prequential quality; ``data`` is the job's ``learner.job.WindowData``."""
-        try:
-            self.values += self._before(data, device)
-        except Exception:
-            log.exception("window %d: input and concept drift could not be measured", self.window_id)
+        self._measure("input and concept drift", self._before, data, device)
 
     def after_judging(self, data, candidate: ModelBundle, device) -> None:
         """Model drift and probe quality of the judged ``candidate``."""
+        self._measure("model drift and forgetting", self._after, data, candidate, device)
+
+    def _measure(self, what: str, step, *args) -> None:
+        started = time.perf_counter()
         try:
-            self.values += self._after(data, candidate, device)
+            values = step(*args)
         except Exception:
-            log.exception("window %d: model drift and forgetting could not be measured", self.window_id)
+            log.exception("window %d: %s could not be measured", self.window_id, what)
+            return
+        self.values += values
+        alerts = sorted({f"{v.metric}[{v.storefront}]" for v in values if v.alert})
+        log.info("window %d: %s, %d values in %.1fs; alerts: %s", self.window_id, what, len(values),
+                 time.perf_counter() - started, ", ".join(alerts) or "none")
 
     def write(self, conn: Connection, version_id: int | None) -> None:
         """Store the metrics (``store.registry.finish_run`` calls this in its transaction)."""

@@ -109,7 +109,7 @@ class _Table:
 
     def raise_first(self) -> None:
         if self.errors:
-            self.errors.sort()
+            self.errors.sort(key=lambda error: error[0])  # stable: a row's field count comes first
             line, message = self.errors[0]
             more = len({line for line, _ in self.errors}) - 1
             raise EventLogError(message + (f" (and {more} more line{'s' if more > 1 else ''} with errors)"

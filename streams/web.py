@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import faust
+from aiohttp.web import HTTPRequestEntityTooLarge
 from faust.web import View
 import orjson
 from kafka.errors import KafkaError as SyncKafkaError
@@ -169,6 +170,8 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         authorise(request)
         try:
             batch = orjson.loads(await request.read())
+        except HTTPRequestEntityTooLarge as exc:  # aiohttp refuses bodies over 1 MiB
+            raise HTTPProblem(413, f"the body is over the 1 MiB limit ({exc.text}); send fewer events per request")
         except orjson.JSONDecodeError as exc:
             raise HTTPProblem(400, f"the body is not JSON: {exc}")
         if not isinstance(batch, list):
