@@ -33,7 +33,8 @@ _DEFS = [
            "PSI of the event distribution over items, previous window -> this window; items binned as the "
            "previous window's top 100 items plus one bin for all others"),
     Metric("popularity_psi_reference", "input", "up",
-           "PSI of the event distribution over items, reference windows -> this window (reference's top 100 items + other)"),
+           "PSI of the event distribution over items, reference windows -> this window "
+           "(reference's top 100 items + other)"),
     Metric("popularity_js_previous", "input", "up",
            "Jensen-Shannon divergence (bits) of the item distribution, previous window vs this window (same bins)"),
     Metric("popularity_js_reference", "input", "up",

@@ -51,7 +51,8 @@ def open_alert_rows(rows: Sequence[dict]) -> list[dict]:
 
     Examples
     --------
-    >>> rows = [{"window_id": w, "metric": "m", "storefront": "s", "alert": a} for w, a in [(1, True), (2, False), (3, True)]]
+    >>> rows = [{"window_id": w, "metric": "m", "storefront": "s", "alert": a}
+    ...         for w, a in [(1, True), (2, False), (3, True)]]
     >>> [r["window_id"] for r in open_alert_rows(rows)]
     [3]
     """
@@ -144,6 +145,10 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
+def _numeric(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _table(rows: Iterable[dict], columns: Sequence[str]) -> str:
     rows = list(rows)
     if not rows:
@@ -151,8 +156,8 @@ def _table(rows: Iterable[dict], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for r in rows:
-        cells = "".join(f'<td class="{"num" if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) else ""}">'
-                        f"{html.escape(_fmt(r.get(c)))}</td>" for c in columns)
+        cells = "".join(f'<td class="{"num" if _numeric(r.get(c)) else ""}">{html.escape(_fmt(r.get(c)))}</td>'
+                        for c in columns)
         body.append(f'<tr class="{"alert" if r.get("alert") else ""}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -411,8 +411,8 @@ def split_windows(ts: np.ndarray, n: int, by: str = "events") -> list[tuple[int,
         if end <= start:
             hint = ("too many events share a timestamp" if by == "events" else
                     "no events fall into its span of time; use fewer windows or --split events")
-            raise BacktestError(f"cannot split {len(ts):,} events into {n} windows by {by}: window {w} would be empty "
-                             f"({hint})")
+            raise BacktestError(f"cannot split {len(ts):,} events into {n} windows by {by}: window {w} would be "
+                                f"empty ({hint})")
     return bounds
 
 

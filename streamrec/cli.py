@@ -69,7 +69,7 @@ def migrate() -> None:
 
     config = load_config()
     run_migrations(make_engine(config.database_url))
-    click.echo(f"Store at {config.database_url} is up to date.")
+    click.echo(f"Store at {config.shown('database_url')} is up to date.")
 
 
 @main.command()

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
@@ -158,10 +160,12 @@ class Config:
         return cls(**values)
 
     def shown(self, name: str) -> str:
-        """A setting's value for display: secrets as ``(set)`` or ``(unset)``."""
+        """A setting's value for display: secrets as ``(set)`` or ``(unset)``, URLs without passwords."""
         value = getattr(self, name)
         if name in SECRETS:
             return "(set)" if value else "(unset)"
+        if name == "database_url":
+            return make_url(value).render_as_string(hide_password=True)
         return str(value)
 
     def __repr__(self) -> str:

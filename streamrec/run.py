@@ -49,7 +49,7 @@ def run_demo(rate: float, limit: int | None, var: Path = Path("var")) -> None:
             env["STREAMREC_KAFKA_URL"] = f"kafka://127.0.0.1:{port}"
         config = Config.from_env({**os.environ, **env})
         env.setdefault("STREAMREC_SESSION_TIMEOUT_S", "10")
-        click.echo(f"Store: {config.database_url}")
+        click.echo(f"Store: {config.shown('database_url')}")
         click.echo(f"Starting the worker: faust -A streams.app worker (log: var/worker.log, "
                    f"http://127.0.0.1:{config.web_port}/health)")
         worker = start_worker(env, log=var / "worker.log")

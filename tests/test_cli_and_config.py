@@ -63,10 +63,12 @@ def test_readme_starts_with_the_run_and_test_commands():
     assert "./dev run" in first_block and "./dev test" in first_block
 
 
-def test_the_api_token_is_never_shown(monkeypatch):
+def test_secrets_are_never_shown(monkeypatch):
     monkeypatch.setenv("STREAMREC_API_TOKEN", "s3cret-token")
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", "postgresql+psycopg2://ops:pa55word@db:5432/streamrec")
     result = CliRunner().invoke(main, ["config"])
-    assert result.exit_code == 0 and "s3cret-token" not in result.output
+    assert result.exit_code == 0 and "s3cret-token" not in result.output and "pa55word" not in result.output
+    assert "postgresql+psycopg2://ops:***@db:5432/streamrec" in result.output
     assert "STREAMREC_API_TOKEN" in result.output and "(set)" in result.output
     config = Config.from_env()
-    assert config.api_token == "s3cret-token" and "s3cret-token" not in repr(config)
+    assert config.api_token == "s3cret-token" and "s3cret-token" not in repr(config) and "pa55word" not in repr(config)

@@ -95,7 +95,8 @@ def test_drift_command_prints_latest_values_and_open_alerts(filled, database_url
     latest, alerts = result.output.split("open alerts:")
     assert latest.count("popularity_psi_previous") == 2 and latest.count("ALERT") == 2
     assert alerts.count("ALERT") == 4 and "us-books" not in alerts
-    only = runner.invoke(main, ["drift", "--alerts-only", "--storefront", "eu-shoes", "--metric", "category_psi_previous"])
+    only = runner.invoke(main, ["drift", "--alerts-only", "--storefront", "eu-shoes",
+                                "--metric", "category_psi_previous"])
     assert only.exit_code == 0 and "latest values" not in only.output
     assert [line.split()[0] for line in only.output.splitlines()[2:]] == ["4"]
     windows = runner.invoke(main, ["drift", "--windows", "2", "--storefront", "us-books"])

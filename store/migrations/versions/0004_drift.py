@@ -68,7 +68,8 @@ REVOKE = f"""
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{OPS_ROLE}') THEN
-        EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I REVOKE SELECT ON TABLES FROM {OPS_ROLE}', current_schema());
+        EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I REVOKE SELECT ON TABLES FROM {OPS_ROLE}',
+                       current_schema());
         EXECUTE format('REVOKE SELECT ON ALL TABLES IN SCHEMA %I FROM {OPS_ROLE}', current_schema());
         EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM {OPS_ROLE}', current_schema());
         EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM {OPS_ROLE}', current_database());
