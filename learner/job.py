@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
@@ -175,12 +176,34 @@ def train_window(engine: Engine, config: Config, window_id: int,
         base, data.train_part, history=data.history, rehearsal=data.rehearsal,
         previous=data.serving[1] if data.serving else None, catalog=data.catalog, encoder=text_encoder(),
         cache=cache, config=finetune_config, device=device)
-    cache.save()
+    try:
+        cache.save()
+    except (OperationalError, InterfaceError) as exc:  # a cache: the next job embeds these texts again
+        log.warning("text embeddings not cached: %s", exc.orig or exc)
     verdict = judge(data, candidate, config, device)
     log.info("window %d: %s %s", window_id, "promoted" if verdict[0] else "rejected", verdict[1])
     if drift is not None:
         drift.after_judging(data, candidate, device)
     return version_row(data, candidate, verdict, started, device), epoch_log
+
+
+PUBLISH_RETRY_S = 900.0
+"""How long a finished training job keeps retrying to publish while the store is unreachable."""
+
+
+def retry_store(write, what: str, give_up_after_s: float = PUBLISH_RETRY_S):
+    """``write()``, retried with backoff while the store is unreachable; each try is one transaction,
+    so a failed one leaves nothing behind."""
+    deadline, delay = time.monotonic() + give_up_after_s, 0.5
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: store unreachable, retrying in %.1fs (%s)", what, delay, exc.orig or exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def run_training_job(database_url: str, env: dict[str, str], window_id: int, worker: str) -> dict:
@@ -198,7 +221,8 @@ def run_training_job(database_url: str, env: dict[str, str], window_id: int, wor
         finish_run(engine, run_id, error=f"{type(exc).__name__}: {exc}")
         engine.dispose()
         raise
-    version_id = finish_run(engine, run_id, version, epoch_log, also=drift.write)
+    version_id = retry_store(lambda: finish_run(engine, run_id, version, epoch_log, also=drift.write),
+                             f"publishing the version of window {window_id}")
     engine.dispose()
     return {"run_id": run_id, "version_id": version_id, "status": version["status"], "reason": version["reason"],
             "duration_s": version["duration_s"]}

@@ -39,8 +39,13 @@ def finish_run(engine: Engine, run_id: int, version: dict | None = None, log: li
     """Close a run as succeeded (storing ``version``, a ``model_versions`` row) or failed; returns the version id.
 
     ``also(conn, version_id)`` writes more in the same transaction (the window's drift metrics).
+    Safe to call again after a lost connection: a run already closed is left as it is.
     """
     with engine.begin() as conn:
+        closed = conn.execute(select(training_runs.c.status, training_runs.c.version_id)
+                              .where(training_runs.c.id == run_id)).one()
+        if closed.status != "running":
+            return closed.version_id
         version_id = None
         if version is not None:
             version_id = conn.execute(insert(model_versions).values(**version)

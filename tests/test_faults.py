@@ -1,0 +1,80 @@
+"""Faults on real parts: the Postgres server stops while a training job publishes its version.
+
+The server is really stopped (``pg_ctlcluster ... stop``) and started again; the test always
+starts it again, whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from store.db import make_engine
+from store.models import model_versions, training_runs
+from store.replay import ReplayStore
+from streams import movielens
+from streams.producer import StorefrontProducer
+from tests.harness import Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.broker
+
+
+def postgres(action: str) -> None:
+    """Start or stop the local cluster (the one the tests' databases live on)."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"]
+                   if action == "stop" else ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+                   check=True, capture_output=True, timeout=60)
+    if action == "start":
+        for _ in range(60):
+            if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"]).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError("Postgres did not come back")
+
+
+@pytest.mark.skipif(not os.path.isdir("/etc/postgresql"), reason="needs a local Postgres cluster to stop and start")
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_version_published_while_postgres_is_down_is_retried_and_lands_whole(
+        broker, database_url, topic_prefix, tmp_path):
+    env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="3000",
+                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="3", STREAMREC_GATE_TOLERANCE="0.9")
+    worker = Worker(env, tmp_path / "worker.log")
+    engine = make_engine(database_url)
+    events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:3_500]
+    try:
+        worker.wait_ready(120)
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
+            assert producer.send_events(events).ok
+        wait_until(lambda: "epoch 1 done" in worker.log.read_text(), 240, f"training starts\n{worker.tail()}")
+        postgres("stop")
+        try:
+            wait_until(lambda: "publishing the version of window" in worker.log.read_text(), 240,
+                       f"the finished job tries to publish while the store is down\n{worker.tail()}", interval_s=1)
+            time.sleep(3)  # a few failed tries
+        finally:
+            postgres("start")
+        run = wait_until(lambda: next((r for r in _runs(engine) if r["status"] != "running"), None), 120,
+                         f"the run closes once the store is back\n{worker.tail()}", interval_s=1)
+        assert run["status"] == "succeeded" and run["version_id"] is not None, run
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(model_versions)).scalar_one() == 1
+            version = conn.execute(select(model_versions).where(model_versions.c.id == run["version_id"])).mappings().one()
+        assert version["windows"] == [run["window_id"]] and len(version["weights"]) > 1000 and version["sha256"]
+        # ingest rode out the outage too: every event is stored once
+        wait_until(lambda: ReplayStore(engine).stored_events() == len(events), 120, "all events stored")
+        assert sorted(ReplayStore(engine).all_event_ids()) == sorted(e["event_id"] for e in events)
+        assert worker.alive(), worker.tail()
+    finally:
+        worker.stop()
+        engine.dispose()
+
+
+def _runs(engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(training_runs)).mappings()]
