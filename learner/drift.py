@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 from sqlalchemy import Connection, Engine
 
-from drift.metrics import MetricValue
+from drift.detectors import REPLAY_WINDOWS
+from drift.metrics import CONCEPT, MetricValue
 from drift.model_shift import item_vector_shift, score_psi
 from drift.quality import PopularityModel, quality, sample_events
 from drift.window import Context, forgetting, model_drift, window_drift
@@ -39,6 +40,8 @@ from streamrec.config import Config
 log = logging.getLogger(__name__)
 
 SCORE_USERS = 300  # users per storefront whose scores make the score distribution
+SERIES_METRICS = [*CONCEPT, "new_item_share", "new_user_share"]  # the metrics judged against their own past
+SERIES_WINDOWS = 4 * REPLAY_WINDOWS  # stored values read back: those of the newest windows (detectors replay 30)
 
 
 class WindowDrift:
@@ -92,7 +95,8 @@ class WindowDrift:
 
     def _context(self, data, storefronts: list[str]) -> Context:
         earlier = self._earlier()
-        context = Context(series=stored.series(self.engine, storefronts, self.window_id))
+        since = earlier[-SERIES_WINDOWS]["id"] if len(earlier) >= SERIES_WINDOWS else 0
+        context = Context(series=stored.series(self.engine, storefronts, self.window_id, SERIES_METRICS, since))
         if earlier:
             context.previous, context.previous_label = self._frame(earlier[-1]["id"]), f"window {earlier[-1]['id']}"
         for storefront in storefronts:

@@ -45,12 +45,14 @@ def write_metrics(conn: Connection, window_id: int, version_id: int | None, rows
     return len(rows)
 
 
-def series(engine: Engine, storefronts: Sequence[str], before_window: int,
-           metrics: Sequence[str] | None = None) -> dict[tuple[str, str], list[tuple[float, int]]]:
-    """(metric, storefront) -> [(value, n_events)] of the windows before ``before_window``, oldest first."""
-    query = (select(drift_metrics.c.metric, drift_metrics.c.storefront, drift_metrics.c.value, drift_metrics.c.n_events)
-             .where(drift_metrics.c.storefront.in_(list(storefronts)), drift_metrics.c.window_id < before_window)
-             .order_by(drift_metrics.c.window_id))
+def series(engine: Engine, storefronts: Sequence[str], before_window: int, metrics: Sequence[str] | None = None,
+           since_window: int = 0) -> dict[tuple[str, str], list[tuple[float, int]]]:
+    """(metric, storefront) -> [(value, n_events)] of the windows from ``since_window`` to before
+    ``before_window``, oldest first."""
+    t = drift_metrics
+    query = (select(t.c.metric, t.c.storefront, t.c.value, t.c.n_events)
+             .where(t.c.storefront.in_(list(storefronts)), t.c.window_id < before_window, t.c.window_id >= since_window)
+             .order_by(t.c.window_id))
     if metrics is not None:
         query = query.where(drift_metrics.c.metric.in_(list(metrics)))
     out: dict[tuple[str, str], list[tuple[float, int]]] = {}

@@ -98,10 +98,18 @@ class IngestService(mode.Service):
 
     async def seek_to_stored(self, partitions) -> None:
         stored = await self.in_db(self.writer.load_offsets, [(tp.topic, tp.partition) for tp in partitions])
+        ends = await self.consumer.end_offsets(list(partitions)) if stored else {}
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             self.positions[tp] = offset
-            if offset is not None:
+            if offset is None:
+                continue
+            if offset > ends.get(tp, offset):
+                log.warning("%s[%d]: the broker's log ends at offset %d, before the stored offset %d: the topic was "
+                            "recreated or the broker lost its data. Reading it again from the beginning (events "
+                            "stored before are rejected as duplicates).", tp.topic, tp.partition, ends[tp], offset)
+                await self.consumer.seek_to_beginning(tp)
+            else:
                 self.consumer.seek(tp, offset)
         self.ready.set()
 

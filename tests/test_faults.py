@@ -18,6 +18,7 @@ from store.models import model_versions, training_runs
 from store.replay import ReplayStore
 from streams import movielens
 from streams.producer import StorefrontProducer
+from streamrec.processes import free_port, start_broker, stop
 from tests.harness import Worker, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
@@ -78,3 +79,38 @@ def test_a_version_published_while_postgres_is_down_is_retried_and_lands_whole(
 def _runs(engine) -> list[dict]:
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(select(training_runs)).mappings()]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_path):
+    """The bundled broker keeps nothing across a restart: the worker must notice that the logs
+    it had stored offsets for are gone and read the new ones from their start."""
+    port = free_port()
+    broker = start_broker(port, log=tmp_path / "broker.log")
+    env = worker_env(f"127.0.0.1:{port}", database_url, topic_prefix, STREAMREC_WINDOW_MAX_AGE_S="3600",
+                     STREAMREC_WINDOW_MAX_EVENTS="100000")
+    worker = Worker(env, tmp_path / "worker.log")
+    engine = make_engine(database_url)
+    events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:4_000]
+    try:
+        worker.wait_ready(120)
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_events(events[:2_000]).ok
+        wait_until(lambda: ReplayStore(engine).stored_events() == 2_000, 60, "the first events are stored")
+
+        stop(broker)
+        time.sleep(3)
+        broker = start_broker(port, log=tmp_path / "broker-2.log")
+        wait_until(lambda: "Reading it again from the beginning" in worker.log.read_text(), 120,
+                   f"the worker rejoins and notices the broker's log is gone\n{worker.tail()}", interval_s=1)
+        with StorefrontProducer.from_config(worker.config) as producer:
+            report = producer.send_events(events[2_000:])
+        assert report.ok, report.failed[:3]
+        wait_until(lambda: ReplayStore(engine).stored_events() == 4_000, 180,
+                   f"events sent after the restart are stored\n{worker.tail()}", interval_s=1)
+        assert sorted(ReplayStore(engine).all_event_ids()) == sorted(e["event_id"] for e in events)
+        assert worker.alive() and worker.health()["status"] == "ok", worker.tail()
+    finally:
+        worker.stop()
+        stop(broker)
+        engine.dispose()
