@@ -15,22 +15,32 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import mode
 from learner.job import run_training_job
 from store.db import make_engine, migrate
-from store.registry import fail_running, list_runs
+from store.registry import fail_running, list_runs, now_ms
+from store.replay import ReplayStore
 from streamrec.config import SETTINGS, Config
 
 log = logging.getLogger(__name__)
+
+MAX_TRIES = 5
+"""A window whose training died with its worker is tried again until it has failed this many times."""
 
 
 def _init_training_process() -> None:
     """In the training process: die with the worker, log like it."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+
+
+def _training_process(run_worker: str) -> str:
+    """``host:pid`` of a run's training process, from ``host:workerpid/train:pid``."""
+    return f"{run_worker.split(':')[0]}:{run_worker.rsplit(':', 1)[-1]}"
 
 
 class TrainingService(mode.Service):
@@ -54,11 +64,32 @@ class TrainingService(mode.Service):
         await asyncio.get_running_loop().run_in_executor(None, self._recover)
 
     def _recover(self) -> None:
-        """Runs left 'running' by a training process that died with an earlier worker fail."""
+        """Fail the runs left 'running' by training processes that died with an earlier worker on this
+        host, and train again the windows such a worker had taken (one worker wins each back)."""
         engine = make_engine(self.config.database_url)
-        migrate(engine)
-        engine.dispose()
-        self._mark_died()
+        try:
+            migrate(engine)
+            self._mark_died()
+            trained = {r["window_id"] for r in list_runs(engine, status="succeeded")}
+            failures = Counter(r["window_id"] for r in list_runs(engine, status="failed"))
+            replay = ReplayStore(engine)
+            for window in sorted(replay.list_windows(), key=lambda w: w["id"]):
+                holder = window["trigger_claimed_by"]
+                if window["id"] in trained or holder is None or not self._is_gone(holder):
+                    continue
+                if failures[window["id"]] >= MAX_TRIES:
+                    log.error("Window %d: not trained again, its training died %d times", window["id"],
+                              failures[window["id"]])
+                elif replay.reclaim_trigger(window["id"], holder, self.worker_name, now_ms()):
+                    log.info("Window %d: training again (its worker %s died)", window["id"], holder)
+                    self.submit(window["id"])
+        finally:
+            engine.dispose()
+
+    def _is_gone(self, process: str) -> bool:
+        """Whether ``host:pid`` names a process of this host that no longer runs."""
+        host, _, pid = process.rpartition(":")
+        return host == self.worker_name.split(":")[0] and not os.path.exists(f"/proc/{pid}")
 
     async def on_stop(self) -> None:
         if self._pool is not None:
@@ -106,12 +137,10 @@ class TrainingService(mode.Service):
         """Fail the runs of training processes on this host that are gone (``window_id``: only its)."""
         engine = make_engine(self.config.database_url)
         try:
-            host = self.worker_name.split(":")[0]
-            dead = [r["id"] for r in list_runs(engine, status="running")
-                    if r["worker"].startswith(f"{host}:") and window_id in (None, r["window_id"])
-                    and not os.path.exists(f"/proc/{r['worker'].rsplit(':', 1)[-1]}")]
+            dead = [r for r in list_runs(engine, status="running")
+                    if window_id in (None, r["window_id"]) and self._is_gone(_training_process(r["worker"]))]
             if dead:
-                fail_running(engine, dead, "the training process died before finishing")
+                fail_running(engine, [r["id"] for r in dead], "the training process died before finishing")
         finally:
             engine.dispose()
 

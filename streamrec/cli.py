@@ -265,7 +265,7 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
               help="Events per earlier window re-ranked after each training step (forgetting, BWT).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs per fine-tune "
               "[default: STREAMREC_TRAIN_EPOCHS]; likewise --batch-size, --lr, --dim, --rehearsal-*, "
-              "--distill-weight, --seed.")
+              "--distill-weight, --history-windows, --seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--dim", type=click.IntRange(min=2), default=None, help="Model width (a multiple of its 2 heads).")
@@ -273,6 +273,8 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
 @click.option("--rehearsal-capacity", type=click.IntRange(min=1), default=None)
 @click.option("--rehearsal-policy", type=click.Choice(["reservoir", "frequency", "recency"]), default=None)
 @click.option("--distill-weight", type=click.FloatRange(min=0), default=None)
+@click.option("--history-windows", type=click.IntRange(min=1), default=None,
+              help="Earlier windows read as users' history when fine-tuning.")
 @click.option("--seed", type=int, default=None)
 @click.option("--popularity-windows", type=click.IntRange(min=1), default=1, show_default=True,
               help="popularity: count the events of this many most recent windows.")
@@ -303,7 +305,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
         torch.set_num_threads(threads)
     names = {"epochs": "train_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
-             "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy"}
+             "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
+             "history_windows": "history_windows"}
     config = dataclasses.replace(load_config(), **{names[n]: v for n, v in overrides.items() if v is not None})
     try:
         events = load_events(events_path)

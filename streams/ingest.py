@@ -104,10 +104,10 @@ class IngestService(mode.Service):
             self.positions[tp] = offset
             if offset is None:
                 continue
-            if offset > ends.get(tp, offset):
-                log.warning("%s[%d]: the broker's log ends at offset %d, before the stored offset %d: the topic was "
+            if offset > 0 and ends.get(tp) == 0:  # offsets never restart at 0 in a log that was kept
+                log.warning("%s[%d]: the broker's log is empty but %d messages were stored from it: the topic was "
                             "recreated or the broker lost its data. Reading it again from the beginning (events "
-                            "stored before are rejected as duplicates).", tp.topic, tp.partition, ends[tp], offset)
+                            "stored before are rejected as duplicates).", tp.topic, tp.partition, offset)
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, offset)

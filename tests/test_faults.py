@@ -6,7 +6,10 @@ starts it again, whatever happens.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import signal
 import subprocess
 import time
 
@@ -101,8 +104,10 @@ def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_p
         stop(broker)
         time.sleep(3)
         broker = start_broker(port, log=tmp_path / "broker-2.log")
-        wait_until(lambda: "Reading it again from the beginning" in worker.log.read_text(), 120,
-                   f"the worker rejoins and notices the broker's log is gone\n{worker.tail()}", interval_s=1)
+        events_topic = worker.config.events_topic
+        wait_until(lambda: len(re.findall(rf"{events_topic}\[\d\]: the broker's log is empty",
+                                          worker.log.read_text())) == 4, 120,
+                   f"the worker rejoins and notices each partition's log is gone\n{worker.tail()}", interval_s=1)
         with StorefrontProducer.from_config(worker.config) as producer:
             report = producer.send_events(events[2_000:])
         assert report.ok, report.failed[:3]
@@ -113,4 +118,44 @@ def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_p
     finally:
         worker.stop()
         stop(broker)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_workers_killed_during_training_leave_no_half_version_and_training_resumes(
+        broker, database_url, topic_prefix, tmp_path):
+    env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="1500",
+                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9")
+    engine = make_engine(database_url)
+    events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:3_000]
+    worker = Worker(env, tmp_path / "worker-0.log")
+    try:
+        worker.wait_ready(120)
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
+            assert producer.send_events(events).ok
+        killed = []
+        for kill in range(3):
+            run = wait_until(lambda: next((r for r in _runs(engine) if r["status"] == "running"), None), 240,
+                             f"a training run is under way\n{worker.tail()}", interval_s=0.5)
+            os.kill(worker.proc.pid, signal.SIGKILL)  # the training process dies with it
+            worker.proc.wait()
+            killed.append(run["window_id"])
+            worker = Worker(env, tmp_path / f"worker-{kill + 1}.log")
+            worker.wait_ready(120)
+        runs = wait_until(lambda: (r := _runs(engine)) and {x["window_id"] for x in r if x["status"] == "succeeded"}
+                          >= {1, 2} and r, 400, f"both windows end up trained\n{worker.tail()}", interval_s=1)
+        assert not [r for r in runs if r["status"] == "running"]
+        failed = [r for r in runs if r["status"] == "failed"]
+        assert len(failed) == 3 and all("died" in r["error"] for r in failed), failed
+        with engine.connect() as conn:
+            versions = conn.execute(select(model_versions)).mappings().all()
+        assert {v["id"] for v in versions} == {r["version_id"] for r in runs if r["status"] == "succeeded"}
+        assert all(hashlib.sha256(v["weights"]).hexdigest() == v["sha256"] for v in versions)
+        assert ReplayStore(engine).stored_events() == len(events)
+        assert sorted(ReplayStore(engine).all_event_ids()) == sorted(e["event_id"] for e in events)
+        print(f"\nkilled the worker during training of windows {killed}; "
+              f"{len(versions)} whole versions, {len(failed)} runs marked failed")
+    finally:
+        worker.stop()
         engine.dispose()
