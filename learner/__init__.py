@@ -22,4 +22,7 @@ Map of the package (one job per module):
 * ``job``        -- one training job: read a sealed window, fine-tune, gate, publish a version.
 * ``drift``      -- a training job's drift metrics: what :mod:`drift` compares with, read from the store.
 * ``service``    -- the worker's training service: queued jobs in a child process, off the event loop.
+* ``eventlog``   -- EVENTS.csv / ITEMS.csv loaders; errors name the line and column.
+* ``backtest``   -- offline continual-learning backtest of an event log: strategies, R matrix,
+  forgetting and backward transfer (``streamrec backtest``).
 """

@@ -276,7 +276,7 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
 @click.option("--history-windows", type=click.IntRange(min=1), default=None,
               help="Earlier windows read as users' history when fine-tuning.")
 @click.option("--seed", type=int, default=None)
-@click.option("--popularity-windows", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--popularity-windows", type=click.IntRange(min=1), default=2, show_default=True,
               help="popularity: count the events of this many most recent windows.")
 @click.option("--text-cache", type=click.Path(dir_okay=False), default=None,
               help="Keep item text embeddings in this safetensors file between runs.")
