@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -80,8 +79,6 @@ from learner.sequences import SequenceBatch, events_frame
 from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 from replay import codec
 from replay.memory import RehearsalMemory, make_memory
-
-log = logging.getLogger(__name__)
 
 STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only")
 TEXT_STRATEGIES = frozenset({"rehearsal", "naive", "joint"})

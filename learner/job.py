@@ -187,6 +187,9 @@ def train_window(engine: Engine, config: Config, window_id: int,
     return version_row(data, candidate, verdict, started, device), epoch_log
 
 
+worker_pid: int | None = None
+"""Set in the training process: the worker it serves (a job whose worker is gone stops retrying)."""
+
 PUBLISH_RETRY_S = 900.0
 """How long a finished training job keeps retrying to publish while the store is unreachable."""
 
@@ -199,8 +202,8 @@ def retry_store(write, what: str, give_up_after_s: float = PUBLISH_RETRY_S):
         try:
             return write()
         except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise
+            if time.monotonic() + delay > deadline or worker_pid not in (None, os.getppid()):
+                raise  # out of time, or the worker is gone and will fail this run
             log.warning("%s: store unreachable, retrying in %.1fs (%s)", what, delay, exc.orig or exc)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import mode
+from learner import job
 from learner.job import run_training_job
 from store.db import make_engine, migrate
 from store.registry import fail_running, list_runs, now_ms
@@ -35,6 +36,7 @@ MAX_TRIES = 5
 def _init_training_process() -> None:
     """In the training process: die with the worker, log like it."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    job.worker_pid = os.getppid()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
 
 
@@ -92,7 +94,10 @@ class TrainingService(mode.Service):
         return host == self.worker_name.split(":")[0] and not os.path.exists(f"/proc/{pid}")
 
     async def on_stop(self) -> None:
+        """Stop the training process too: its run is failed and retrained by the next worker."""
         if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _process(self) -> ProcessPoolExecutor:
