@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from learner.bundle import ModelBundle
@@ -39,7 +39,7 @@ from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay import codec
 from replay.memory import make_memory
-from store.models import items
+from store.catalog import load_catalog
 from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
 from store.replay import ReplayStore
 from streamrec.config import Config
@@ -55,13 +55,6 @@ def text_encoder() -> TextEncoder:
     if _encoder is None:
         _encoder = TextEncoder(pick_device())
     return _encoder
-
-
-def load_catalog(engine: Engine) -> pd.DataFrame:
-    with engine.connect() as conn:
-        rows = conn.execute(select(items.c.storefront, items.c.item_id, items.c.title,
-                                   items.c.description, items.c.category)).all()
-    return pd.DataFrame(rows, columns=["storefront", "item_id", "title", "description", "category"])
 
 
 def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
