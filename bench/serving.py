@@ -30,13 +30,13 @@ import pandas as pd
 import torch
 
 from learner.bundle import ModelBundle
-from learner.checkpoint import dump_bundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
+from learner.serving import publish
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from store.db import make_engine, migrate
-from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
+from store.registry import StoredTextEmbeddings, now_ms
 from streamrec.config import Config
 from streamrec.processes import free_port, start_broker, start_worker, stop, wait_for_port
 from streams import movielens
@@ -71,13 +71,7 @@ def publish_model(database_url: str, catalog: list[dict], events: list[dict]) ->
                              cache=cache)
     cache.save()
     bundle, _ = fine_tune(base, frame, config=FineTuneConfig(train=TrainConfig(epochs=1, batch_size=256)))
-    weights, checksum = dump_bundle(bundle)
-    run = start_run(engine, 0, "bench")
-    version = finish_run(engine, run, {
-        "parent_id": None, "status": "promoted", "reason": "benchmark model", "windows": [], "rehearsal_size": 0,
-        "metrics": {}, "duration_s": time.perf_counter() - started, "device": "cpu",
-        "n_items": len(bundle.vocab.items), "n_users": len(bundle.vocab.users), "created_at": now_ms(),
-        "promoted_at": now_ms(), "weights": weights, "sha256": checksum})
+    version = publish(engine, bundle, "benchmark model")
     engine.dispose()
     print(f"model version {version}: {len(bundle.vocab.items) - 2} items, trained in "
           f"{time.perf_counter() - started:.0f}s", flush=True)

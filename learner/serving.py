@@ -1,12 +1,12 @@
-"""Load the serving model version from the store, checksum verified."""
+"""Load the serving model version from the store, checksum verified; publish a bundle made elsewhere."""
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
 
 from learner.bundle import ModelBundle
-from learner.checkpoint import load_bundle
-from store.registry import list_versions, serving_version, version_weights
+from learner.checkpoint import dump_bundle, load_bundle
+from store.registry import finish_run, list_versions, now_ms, serving_version, start_run, version_weights
 
 
 def load_serving(engine: Engine) -> tuple[dict, ModelBundle] | None:
@@ -29,3 +29,16 @@ def load_newest(engine: Engine) -> tuple[dict, ModelBundle] | None:
     while nothing has been promoted yet)."""
     newest = list_versions(engine, limit=1)
     return _with_bundle(engine, newest[0]) if newest else None
+
+
+def publish(engine: Engine, bundle: ModelBundle, reason: str, device: str = "cpu") -> int:
+    """Store a bundle trained outside the worker (imported, or built by a benchmark) as the serving
+    version, with a training run of window 0 for its lineage; returns the version id."""
+    weights, checksum = dump_bundle(bundle)
+    created = now_ms()
+    run_id = start_run(engine, 0, "publish")
+    return finish_run(engine, run_id, {
+        "parent_id": None, "status": "promoted", "reason": reason, "windows": [], "rehearsal_size": 0,
+        "metrics": {}, "duration_s": 0.0, "device": device, "n_items": len(bundle.vocab.items),
+        "n_users": len(bundle.vocab.users), "created_at": created, "promoted_at": created,
+        "weights": weights, "sha256": checksum})

@@ -22,14 +22,13 @@ import pytest
 import yaml
 
 from learner.bundle import ModelBundle
-from learner.checkpoint import dump_bundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
+from learner.serving import publish
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from store.db import make_engine, migrate
-from store.registry import (StoredTextEmbeddings, finish_run, list_runs, list_versions, now_ms, serving_version,
-                            start_run)
+from store.registry import StoredTextEmbeddings, list_runs, list_versions, now_ms, serving_version
 from streams import movielens
 from streams.producer import StorefrontProducer
 from tests.harness import Worker, wait_until, worker_env
@@ -65,18 +64,6 @@ class Client:
         return self.call("GET", path)
 
 
-def publish(engine, bundle: ModelBundle) -> int:
-    """Store ``bundle`` as a promoted version, as a training job would."""
-    weights, checksum = dump_bundle(bundle)
-    created = now_ms()
-    run_id = start_run(engine, 0, "test")
-    return finish_run(engine, run_id, {
-        "parent_id": None, "status": "promoted", "reason": "published by the test", "windows": [],
-        "rehearsal_size": 0, "metrics": {}, "duration_s": 0.0, "device": "cpu", "n_items": len(bundle.vocab.items),
-        "n_users": len(bundle.vocab.users), "created_at": created, "promoted_at": created,
-        "weights": weights, "sha256": checksum})
-
-
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_url, topic_prefix, tmp_path):
     engine = make_engine(database_url)
@@ -92,7 +79,7 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
                              cache=cache, seed=0)
     first, _ = fine_tune(base, frame, config=FineTuneConfig(train=TrainConfig(epochs=1, batch_size=256)))
     cache.save()
-    first_version = publish(engine, first)
+    first_version = publish(engine, first, "published by the test")
 
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_API_TOKEN=TOKEN, STREAMREC_SERVING_POLL_S="0.5",
                      STREAMREC_WINDOW_MAX_EVENTS="2500", STREAMREC_WINDOW_MAX_AGE_S="3600",
