@@ -16,13 +16,11 @@ answer for every user. At start it reads the last ``STREAMREC_HISTORY_WINDOWS`` 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
-import numpy as np
 import pyarrow as pa
 import torch
 from sqlalchemy.exc import DBAPIError
@@ -38,6 +36,7 @@ from store.registry import StoredTextEmbeddings, serving_version
 from store.replay import ReplayStore
 from streamrec.config import Config
 from streams.history import Trending, UserHistories
+from streams.queries import QueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,7 @@ class ServingService(mode.Service):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-serving")
         self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-query")
         self._catalog_encoder = TextEncoder(self.device)
-        self._query_encoder = TextEncoder(self.device)
-        self._encode_query = functools.lru_cache(maxsize=4096)(lambda text: self._query_encoder.encode([text])[0])
+        self.queries = QueryEncoder(TextEncoder(self.device), self._query_thread)
         self._window_cursor = 0
         self._segment_keys: set[tuple[int, int]] = set()
         self._built_from: tuple | None = None
@@ -148,10 +146,6 @@ class ServingService(mode.Service):
         log.info("Serving version %d (%d items) after %.2fs%s", version["id"], len(recommender.vocab.items) - 2,
                  time.perf_counter() - started,
                  "" if previous is None else f", replacing version {previous.version['id']}")
-
-    async def encode_query(self, text: str) -> np.ndarray:
-        """The unit MiniLM vector of a search query (on the query thread; the 4,096 newest are cached)."""
-        return await asyncio.get_running_loop().run_in_executor(self._query_thread, self._encode_query, text)
 
     def storefronts(self) -> set[str]:
         known = set(self.trending.storefronts()) | set(self.storefront_items)

@@ -149,3 +149,41 @@ def test_search_finds_titles_by_meaning_and_personalises(recommender, encoder, m
     personal = [s.item_id for s in recommender.search(query, 20, history)]
     assert len(personal) == 20 and personal != plain  # same candidates, re-ranked for the user
     assert len(set(personal) & set(plain)) >= 10
+
+
+class CountingEncoder:
+    """The real MiniLM encoder, counting its calls."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder, self.calls = encoder, []
+
+    def encode(self, texts: list[str]):
+        self.calls.append(list(texts))
+        return self.encoder.encode(texts)
+
+
+def test_queries_arriving_together_are_encoded_together_and_cached(encoder):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from streams.queries import QueryEncoder
+
+    counting = CountingEncoder(encoder)
+    queries = [f"waterproof hiking boots size {i}" for i in range(20)]
+
+    async def run():
+        batcher = QueryEncoder(counting, ThreadPoolExecutor(1), cache_size=8)
+        vectors = await asyncio.gather(*(batcher.encode(q) for q in queries + queries[:5]))
+        calls_after_burst = len(counting.calls)
+        again = await batcher.encode(queries[-1])  # among the 8 newest: cached
+        with pytest.raises(ValueError):  # a bad query fails its whole batch, and only that
+            await asyncio.gather(batcher.encode(None), batcher.encode("fine on its own"))
+        return vectors, calls_after_burst, again
+
+    vectors, calls, again = asyncio.run(run())
+    assert calls < len(queries) and sum(len(c) for c in counting.calls[:calls]) == len(queries)  # repeats shared
+    alone = encoder.encode(queries)
+    assert np.allclose(np.stack(vectors[:20]), alone, atol=1e-5) and np.allclose(vectors[20], alone[0], atol=1e-5)
+    assert np.allclose(again, alone[-1], atol=1e-5) and len(counting.calls) == calls + 1  # only the failing batch
