@@ -171,11 +171,11 @@ class ReplayStore:
         not in ``known``. Keys, not ids alone, identify a segment: SQLite may reuse a sealed one's id."""
         with self.engine.connect() as conn:
             keys = {tuple(k) for k in conn.execute(select(open_segments.c.id, open_segments.c.first_ingested_at))}
-            fresh = [k for k in keys - known]
+            fresh = keys - known
             rows = conn.execute(select(open_segments.c.id, open_segments.c.first_ingested_at, open_segments.c.data)
                                 .where(open_segments.c.id.in_([k[0] for k in fresh]))
                                 .order_by(open_segments.c.id)).all() if fresh else []
-        return keys, [codec.decode(r.data) for r in rows if (r.id, r.first_ingested_at) in keys - known]
+        return keys, [codec.decode(r.data) for r in rows if (r.id, r.first_ingested_at) in fresh]
 
     def load_open(self) -> pa.Table:
         """The events of the open window, oldest segment first."""

@@ -90,8 +90,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             return app.page(path)(cls)
         return register
 
-    def model_or_503() -> Recommender:
-        recommender = serving.recommender
+    def model_or_503(recommender: Recommender | None) -> Recommender:
         if recommender is None:
             raise HTTPProblem(503, serving.load_error or "no model version has been promoted yet",
                               retry_after_s=config.serving_poll_s)
@@ -128,7 +127,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
                 return self.json({**answer, "source": "trending",
                                   "model_version": recommender.version["id"] if recommender else None,
                                   "items": scored([Scored(item, weight) for item, weight in top], recommender)})
-            recommender = model_or_503()
+            recommender = model_or_503(recommender)
             if storefront is not None and not recommender.knows_storefront(storefront):
                 items = []
             else:
@@ -141,7 +140,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         async def get(self, request, item_id: str):
             """Items nearest to an item by item vector; catalog-only items included."""
             k = int_param(request, "k", 20, 1, MAX_K)
-            recommender = model_or_503()
+            recommender = model_or_503(serving.recommender)
             try:
                 items = recommender.similar(item_id, k)
             except UnknownItem:
@@ -159,7 +158,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
                                   parameter="q")
             k = int_param(request, "k", 20, 1, MAX_K)
             user_id = request.query.get("user_id")
-            recommender = model_or_503()
+            recommender = model_or_503(serving.recommender)
             history = serving.histories.recent(user_id) if user_id else []
             items = recommender.search(await serving.queries.encode(query), k, history)
             return self.json({"query": query, "user_id": user_id, "k": k, "personalised": bool(history),
