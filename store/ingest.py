@@ -10,10 +10,14 @@ Offsets are fenced: a worker whose partition moved to another worker fails with
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, delete, select, update
+import orjson
+import pyarrow as pa
+from sqlalchemy import Connection, Engine, and_, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -27,18 +31,30 @@ class OffsetConflict(RuntimeError):
     """The stored offset is not where this worker expected it: another worker owns the partition."""
 
 
+class Source(NamedTuple):
+    """Where a message came from (aiokafka's ConsumerRecord has the same fields)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
 @dataclass
 class IngestBatch:
     """Validated messages from one poll, ready to commit.
 
-    Each entry of ``events`` holds the normalised ``event`` and its source (``topic``,
-    ``partition``, ``offset``, ``key``, ``payload``), kept for a dead letter if it is a duplicate.
-    ``offsets`` maps each partition to (offset the worker expects in the store, or None
-    if it has never been stored; the next offset to read after this batch).
+    ``events`` are the accepted interaction events (:data:`replay.codec.EVENT_SCHEMA`) and
+    ``sources`` the message of each row, kept for a dead letter if it turns out a duplicate.
+    ``rejections`` are dead letters (source fields with ``payload``, ``reason``, ``detail``,
+    ``storefront``, ``event_type``). ``offsets`` maps each partition to (offset the worker
+    expects in the store, or None if it has never been stored; the next offset to read).
     """
 
     received_at: int
-    events: list[dict] = field(default_factory=list)
+    events: pa.Table = field(default_factory=codec.empty)
+    sources: Sequence[Source] = ()
     items: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     offsets: dict[TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
@@ -49,6 +65,25 @@ class WriteResult:
     accepted: int
     duplicates: int
     dead_letters: int
+
+
+_CLAIM_IDS_TAIL = (" ON CONFLICT (event_id) DO UPDATE SET first_seen_ms = excluded.first_seen_ms"
+                   " WHERE event_ids.first_seen_ms < :horizon_start RETURNING event_id")
+_CLAIM_IDS = {  # json_each / jsonb_array_elements_text: ids as one parameter, no per-row binding
+    "sqlite": text("INSERT INTO event_ids (event_id, first_seen_ms) SELECT value, :now FROM json_each(:ids)"
+                   " WHERE true" + _CLAIM_IDS_TAIL),
+    "postgresql": text("INSERT INTO event_ids (event_id, first_seen_ms)"
+                       " SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)), :now" + _CLAIM_IDS_TAIL),
+}
+
+
+def _duplicate(batch: IngestBatch, row: int) -> dict:
+    """The dead letter of an accepted-looking event whose id was seen before."""
+    source = batch.sources[row]
+    event_id, storefront, event_type = (batch.events.column(c)[row].as_py() for c in ("event_id", "storefront", "type"))
+    return {"topic": source.topic, "partition": source.partition, "offset": source.offset, "key": source.key,
+            "payload": source.value, "reason": "duplicate_event_id", "storefront": storefront,
+            "event_type": event_type, "detail": f"event_id {event_id!r} was already accepted"}
 
 
 def upsert(conn: Connection, table):
@@ -82,22 +117,17 @@ class IngestWriter:
         with self.engine.begin() as conn:
             self._advance_offsets(conn, batch.offsets)
             fresh, duplicates = self._split_duplicates(conn, batch.events, batch.received_at)
-            rejections = batch.rejections + [
-                dup | {"reason": "duplicate_event_id", "storefront": dup["event"]["storefront"],
-                       "event_type": dup["event"]["type"],
-                       "detail": f"event_id {dup['event']['event_id']!r} was already accepted"}
-                for dup in duplicates]
-            if fresh:
+            rejections = batch.rejections + [_duplicate(batch, row) for row in duplicates]
+            if fresh.num_rows:
                 conn.execute(open_segments.insert().values(
-                    n_events=len(fresh), first_ingested_at=batch.received_at,
-                    data=codec.encode([e["event"] for e in fresh])))
+                    n_events=fresh.num_rows, first_ingested_at=batch.received_at, data=codec.encode(fresh)))
             self._upsert_items(conn, batch.items, batch.received_at)
             if rejections:
                 conn.execute(dead_letters.insert(), [
                     {k: r[k] for k in ("topic", "partition", "offset", "key", "payload", "reason", "detail")}
                     | {"received_at": batch.received_at, "published": False} for r in rejections])
             self._count(conn, batch, fresh, rejections)
-        return WriteResult(len(fresh), len(duplicates), len(rejections))
+        return WriteResult(fresh.num_rows, len(duplicates), len(rejections))
 
     def _advance_offsets(self, conn: Connection, offsets) -> None:
         for (topic, partition), (expected, new) in sorted(offsets.items()):
@@ -116,27 +146,26 @@ class IngestWriter:
             if moved != 1:
                 raise OffsetConflict(f"{topic}[{partition}] is no longer at offset {expected}")
 
-    def _split_duplicates(self, conn: Connection, batch_events: list[dict], now_ms: int):
-        """(first sightings, repeats) of the batch's event ids within the dedupe horizon.
+    def _split_duplicates(self, conn: Connection, events: pa.Table, now_ms: int) -> tuple[pa.Table, list[int]]:
+        """The events whose id is new within the dedupe horizon, and the rows of the others.
 
-        One statement: insert each new id, re-arm ids seen before the horizon, and return
-        both; an id that comes back from neither was accepted within the horizon.
+        One statement with the ids as one JSON parameter: insert each new id, re-arm ids seen
+        before the horizon, and return both; an id that comes back from neither was accepted
+        within the horizon. Concurrent writers of the same id serialise on its row.
         """
-        first: dict[str, dict] = {}
-        for e in batch_events:
-            first.setdefault(e["event"]["event_id"], e)
-        if not first:
-            return [], []
-        stmt = upsert(conn, event_ids)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["event_id"], set_={"first_seen_ms": stmt.excluded.first_seen_ms},
-            where=event_ids.c.first_seen_ms < now_ms - self.dedupe_horizon_ms).returning(event_ids.c.event_id)
-        accepted = set(conn.execute(stmt, [{"event_id": i, "first_seen_ms": now_ms} for i in first]).scalars())
-        fresh, repeats = [], []
-        for e in batch_events:
-            event_id = e["event"]["event_id"]
-            (fresh if event_id in accepted and first[event_id] is e else repeats).append(e)
-        return fresh, repeats
+        ids = events.column("event_id").to_pylist()
+        if not ids:
+            return events, []
+        accepted = set(conn.execute(_CLAIM_IDS[conn.dialect.name], {
+            "ids": orjson.dumps(list(dict.fromkeys(ids))).decode(), "now": now_ms,
+            "horizon_start": now_ms - self.dedupe_horizon_ms}).scalars())
+        if len(accepted) == len(ids):
+            return events, []
+        keep, seen = [], set()
+        for event_id in ids:  # a repeat within the batch is a duplicate too
+            keep.append(event_id in accepted and event_id not in seen)
+            seen.add(event_id)
+        return events.filter(pa.array(keep)), [row for row, kept in enumerate(keep) if not kept]
 
     def _upsert_items(self, conn: Connection, batch_items: list[dict], now_ms: int) -> None:
         latest: dict[tuple[str, str], dict] = {}
@@ -153,10 +182,12 @@ class IngestWriter:
             where=items.c.ts <= stmt.excluded.ts)
         conn.execute(stmt, [item | {"updated_at": now_ms} for item in latest.values()])
 
-    def _count(self, conn: Connection, batch: IngestBatch, fresh: list[dict], rejections: list[dict]) -> None:
+    def _count(self, conn: Connection, batch: IngestBatch, fresh: pa.Table, rejections: list[dict]) -> None:
         counts: Counter = Counter()
-        for e in fresh:
-            counts[(e["event"]["storefront"], e["event"]["type"], "accepted")] += 1
+        if fresh.num_rows:
+            grouped = fresh.group_by(["storefront", "type"]).aggregate([([], "count_all")])
+            for storefront, event_type, n in zip(*grouped.to_pydict().values()):
+                counts[(storefront, event_type, "accepted")] += n
         for item in batch.items:
             counts[(item["storefront"], "catalog", "accepted")] += 1
         for r in rejections:

@@ -3,8 +3,9 @@
 Accepted events reach ``open_segments`` in the same transaction as the offsets that cover
 them (:mod:`store.ingest`). Sealing moves the oldest segments into one ``windows`` row and
 folds that window into the rehearsal memory, again in one transaction, so every accepted
-event is in exactly one place at every moment: an open segment or a sealed window. Sealers
-first update the single ``replay_lock`` row, so two workers never seal at once.
+event is in exactly one place at every moment: an open segment or a sealed window. Every
+seal advances the generation in the single ``replay_lock`` row, and commits only if no other
+seal committed since it read the segments, so two workers never seal the same events.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SealedWindow:
 
 
 WINDOW_COLUMNS = [c for c in windows.c if c.name != "data"]
+_RACED = object()  # a seal attempt that another sealer overtook
 
 
 class ReplayStore:
@@ -68,16 +70,22 @@ class ReplayStore:
     def seal_due(self, now_ms: int) -> list[SealedWindow]:
         """Seal every window that is due (a backlog may fill several); returns them in order."""
         sealed = []
-        while self.policy.due(*self.open_window(), now_ms):
+        while True:
             window = self._seal_one(now_ms)
-            if window is None:  # another worker sealed it first
-                break
-            sealed.append(window)
-        return sealed
+            if window is None:
+                return sealed
+            if window is not _RACED:
+                sealed.append(window)
 
     def _seal_one(self, now_ms: int) -> SealedWindow | None:
-        with self.engine.begin() as conn:
-            conn.execute(update(replay_lock).where(replay_lock.c.id == 1).values(seals=replay_lock.c.seals + 1))
+        """Seal the oldest due window; None when none is due, ``_RACED`` when another sealer went first.
+
+        The CPU work (decoding segments, encoding the window, updating the memory) runs outside
+        any write transaction, so ingest keeps committing meanwhile; the write at the end is
+        fenced by the ``replay_lock`` generation read first, which every seal advances.
+        """
+        with self.engine.connect() as conn:
+            generation = conn.execute(select(replay_lock.c.seals).where(replay_lock.c.id == 1)).scalar_one()
             segments = conn.execute(select(open_segments.c.id, open_segments.c.n_events,
                                            open_segments.c.first_ingested_at)
                                     .order_by(open_segments.c.id)).all()
@@ -93,33 +101,36 @@ class ReplayStore:
                     break
             data = dict(conn.execute(select(open_segments.c.id, open_segments.c.data)
                                      .where(open_segments.c.id.in_([s.id for s in chosen]))).all())
-            events = codec.concat([codec.decode(data[s.id]) for s in chosen])
-            consumed = [s.id for s in chosen]
-            if events.num_rows > self.policy.max_events:  # the last segment keeps what does not fit
-                rest = events.slice(self.policy.max_events)
-                events = events.slice(0, self.policy.max_events)
+            memory = self._memory(conn)
+        if len(data) < len(chosen):  # sealed meanwhile
+            return _RACED
+        events = codec.concat([codec.decode(data[s.id]) for s in chosen])
+        consumed, rest = [s.id for s in chosen], None
+        if events.num_rows > self.policy.max_events:  # the last segment keeps what does not fit
+            rest = events.slice(self.policy.max_events)
+            events = events.slice(0, self.policy.max_events)
+        blob = codec.encode(events)
+        summary = summarise(events)
+        memory.update(events)
+        memory_row = {"policy": memory.name, "capacity": memory.capacity, "n_events": len(memory),
+                      "state": memory.state(), "data": codec.encode(memory.table), "updated_at": now_ms}
+        with self.engine.begin() as conn:
+            if conn.execute(update(replay_lock).where(replay_lock.c.id == 1, replay_lock.c.seals == generation)
+                            .values(seals=generation + 1)).rowcount != 1:
+                return _RACED
+            if rest is not None:
                 last = consumed.pop()
                 conn.execute(update(open_segments).where(open_segments.c.id == last)
                              .values(n_events=rest.num_rows, data=codec.encode(rest)))
             conn.execute(delete(open_segments).where(open_segments.c.id.in_(consumed)))
-            blob = codec.encode(events)
-            summary = summarise(events)
             window_id = conn.execute(insert(windows).values(
                 opened_at=min(s.first_ingested_at for s in chosen), sealed_at=now_ms, seal_reason=reason,
                 data=blob, sha256=hashlib.sha256(blob).hexdigest(), notice_published=False,
                 **summary).returning(windows.c.id)).scalar_one()
-            self._remember(conn, window_id, events, now_ms)
+            stmt = upsert(conn, rehearsal_memory)
+            row = memory_row | {"through_window": window_id}
+            conn.execute(stmt.on_conflict_do_update(index_elements=["policy"], set_=row), [row])
         return SealedWindow(window_id, summary["n_events"], reason, now_ms)
-
-    def _remember(self, conn, window_id: int, events: pa.Table, now_ms: int) -> None:
-        """Fold a sealed window into the rehearsal memory, in the sealing transaction."""
-        memory = self._memory(conn)
-        memory.update(events)
-        stmt = upsert(conn, rehearsal_memory)
-        row = {"policy": memory.name, "capacity": memory.capacity, "through_window": window_id,
-               "n_events": len(memory), "state": memory.state(), "data": codec.encode(memory.table),
-               "updated_at": now_ms}
-        conn.execute(stmt.on_conflict_do_update(index_elements=["policy"], set_=row), [row])
 
     def _memory(self, conn) -> RehearsalMemory:
         memory = self.new_memory()

@@ -115,14 +115,20 @@ class IngestService(mode.Service):
 
     @mode.Service.task
     async def _consume(self) -> None:
+        """Poll, validate, commit; the next batch is polled and validated while the last one commits."""
         await self._publish_dead_letters()
+        committing: asyncio.Task | None = None
         while not self.should_stop:
-            records = await self.consumer.getmany(timeout_ms=500, max_records=self.config.ingest_batch_max)
-            if records:
-                await self._ingest(records)
+            records = await self.consumer.getmany(timeout_ms=0 if committing else 500,
+                                                  max_records=self.config.ingest_batch_max)
+            batch = self.build_batch(records) if records else None
+            if committing is not None:
+                await committing
+                committing = None
+            if batch is not None:
+                committing = asyncio.ensure_future(self._commit(batch))
 
-    async def _ingest(self, records) -> None:
-        batch = self.build_batch(records)
+    async def _commit(self, batch: IngestBatch) -> None:
         delay = 0.5
         while True:
             try:
@@ -130,14 +136,13 @@ class IngestService(mode.Service):
                 break
             except OffsetConflict as exc:
                 log.warning("Skipping a batch another worker already stored: %s", exc)
-                await self.seek_to_stored([tp for tp in records if tp in self.consumer.assignment()])
+                await self.seek_to_stored([tp for tp in map(TopicPartition._make, batch.offsets)
+                                           if tp in self.consumer.assignment()])
                 return
             except DBAPIError as exc:  # store unreachable: keep the batch, retry, never skip
                 log.error("Store write failed (retrying in %.1fs): %s", delay, exc.orig or exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        for tp, (_, new) in batch.offsets.items():
-            self.positions[TopicPartition(*tp)] = new
         self.totals["accepted"] += result.accepted
         self.totals["rejected"] += result.dead_letters
         self.totals["batches"] += 1
@@ -151,30 +156,37 @@ class IngestService(mode.Service):
             await self._publish_dead_letters()
 
     def build_batch(self, records) -> IngestBatch:
-        """Validate every polled message into one IngestBatch (CPU only, no I/O)."""
+        """Validate every polled message into one IngestBatch (CPU only, no I/O).
+
+        Each partition's expected stored offset is where the previous batch left it, so a batch
+        can be built while the one before it commits; a conflict re-reads the stored offsets.
+        """
         batch = IngestBatch(received_at=now_ms())
-        events_topic = self.config.events_topic
-        for tp, messages in records.items():
-            is_events = tp.topic == events_topic
-            for msg in messages:
-                obj = None
-                try:
-                    obj = self.validator.decode(msg.value or b"")
-                    if is_events:
-                        batch.events.append({"event": self.validator.interaction_from_obj(obj),
-                                             "topic": tp.topic, "partition": tp.partition,
-                                             "offset": msg.offset, "key": msg.key, "payload": msg.value})
-                    else:
-                        batch.items.append(self.validator.catalog_from_obj(obj))
-                except Invalid as exc:
-                    batch.rejections.append({
-                        "topic": tp.topic, "partition": tp.partition, "offset": msg.offset,
-                        "key": msg.key, "payload": msg.value or b"", "reason": exc.reason,
-                        "detail": exc.detail, "storefront": _label(obj, "storefront"),
-                        "event_type": _label(obj, "type", EVENT_TYPES) if is_events else "catalog",
-                    })
-            batch.offsets[(tp.topic, tp.partition)] = (self.positions.get(tp), messages[-1].offset + 1)
+        messages = []
+        for tp, polled in records.items():
+            if tp.topic == self.config.events_topic:
+                messages += polled
+            else:
+                for msg in polled:
+                    try:
+                        batch.items.append(self.validator.catalog(msg.value or b""))
+                    except Invalid as exc:
+                        batch.rejections.append(self._rejection(msg, exc, event_type="catalog"))
+            new = polled[-1].offset + 1
+            batch.offsets[(tp.topic, tp.partition)] = (self.positions.get(tp), new)
+            self.positions[tp] = new
+        batch.events, rows, rejected = self.validator.interactions([msg.value or b"" for msg in messages])
+        batch.sources = [messages[row] for row in rows]
+        batch.rejections += [self._rejection(messages[i], exc) for i, exc in rejected]
         return batch
+
+    def _rejection(self, msg, exc: Invalid, event_type: str | None = None) -> dict:
+        """The dead letter of a message that broke a rule, labelled for ``ingest_stats``."""
+        obj = self.validator.decode_or_none(msg.value or b"")
+        return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "key": msg.key,
+                "payload": msg.value or b"", "reason": exc.reason, "detail": exc.detail,
+                "storefront": _label(obj, "storefront"),
+                "event_type": event_type or _label(obj, "type", EVENT_TYPES)}
 
     async def _publish_dead_letters(self) -> None:
         """Send stored, unpublished dead letters to the dead-letter topic, then flag them."""

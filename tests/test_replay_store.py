@@ -8,10 +8,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
+from replay import codec
 from replay.memory import Reservoir
 from replay.windows import WindowPolicy
 from store.db import make_engine, migrate
-from store.ingest import IngestBatch, IngestWriter
+from store.ingest import IngestBatch, IngestWriter, Source
 from store.models import windows
 from store.replay import CorruptWindow, ReplayStore
 from streamrec.cli import main
@@ -24,13 +25,11 @@ def ingest(engine, first: int, n: int, received_at: int = T0, partition: int = 0
     """Commit events ``first .. first+n-1`` as one ingest batch on ``partition``."""
     writer = IngestWriter(engine, "g", 3600)
     stored = writer.load_offsets([(TOPIC, partition)]).get((TOPIC, partition))
-    entries = [{"event": {"event_id": f"e{i}", "type": "purchase" if i % 5 == 0 else "click",
-                          "user_id": f"u{i % 9}", "item_id": f"i{i % 13}", "ts": T0 + i,
-                          "storefront": "a" if i % 2 else "b", "session_id": None, "price": None,
-                          "quantity": None},
-                "topic": TOPIC, "partition": partition, "offset": i, "key": None, "payload": b"{}"}
-               for i in range(first, first + n)]
-    writer.write(IngestBatch(received_at=received_at, events=entries,
+    events = [{"event_id": f"e{i}", "type": "purchase" if i % 5 == 0 else "click", "user_id": f"u{i % 9}",
+               "item_id": f"i{i % 13}", "ts": T0 + i, "storefront": "a" if i % 2 else "b"}
+              for i in range(first, first + n)]
+    writer.write(IngestBatch(received_at=received_at, events=codec.to_table(events),
+                             sources=[Source(TOPIC, partition, i, None, b"{}") for i in range(first, first + n)],
                              offsets={(TOPIC, partition): (stored, first + n)}))
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from store.db import make_engine, migrate
-from store.ingest import IngestBatch, IngestWriter, OffsetConflict
+from store.ingest import IngestBatch, IngestWriter, OffsetConflict, Source
 from replay import codec
 from store.models import dead_letters, event_ids, ingest_stats, items, open_segments
 
@@ -17,15 +17,15 @@ T0 = 1_763_000_000_000
 TOPIC = "streamrec-events"
 
 
-def entry(event_id: str, offset: int, user: str = "u1", storefront: str = "shop") -> dict:
+def entry(event_id: str, offset: int, user: str = "u1", storefront: str = "shop") -> tuple[dict, Source]:
     event = {"event_id": event_id, "type": "click", "user_id": user, "item_id": "i1", "ts": T0,
-             "storefront": storefront, "session_id": None, "price": None, "quantity": None}
-    return {"event": event, "topic": TOPIC, "partition": 0, "offset": offset, "key": user.encode(),
-            "payload": b"{}"}
+             "storefront": storefront}
+    return event, Source(TOPIC, 0, offset, user.encode(), b"{}")
 
 
 def batch(entries, expected, new, received_at=T0, **kw) -> IngestBatch:
-    return IngestBatch(received_at=received_at, events=entries, offsets={(TOPIC, 0): (expected, new)}, **kw)
+    return IngestBatch(received_at=received_at, events=codec.to_table([e for e, _ in entries]),
+                       sources=[s for _, s in entries], offsets={(TOPIC, 0): (expected, new)}, **kw)
 
 
 def count(engine, table) -> int:

@@ -15,10 +15,11 @@ from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
 from learner.job import judge, read_window, run_training_job, version_row
 from learner.serving import load_serving
+from replay import codec
 from replay.memory import make_memory
 from replay.windows import WindowPolicy
 from store.db import make_engine, migrate
-from store.ingest import IngestBatch, IngestWriter
+from store.ingest import IngestBatch, IngestWriter, Source
 from store.models import model_versions
 from store.registry import RegistryError, finish_run, list_runs, list_versions, promote, rollback, serving_version, \
     start_run
@@ -40,9 +41,9 @@ def store(database_url):
     catalog = [c | {"ts": now} for c in movielens.to_catalog(movielens.load_movies())]
     writer.write(IngestBatch(received_at=now, items=catalog, offsets={("catalog", 0): (None, 1)}))
     events = movielens.to_events(movielens.load_ratings(), now)[:3 * WINDOW_EVENTS]
-    writer.write(IngestBatch(received_at=now, offsets={("events", 0): (None, len(events))}, events=[
-        {"event": {"session_id": None, "price": None, "quantity": None} | e, "topic": "events", "partition": 0,
-         "offset": i, "key": None, "payload": b""} for i, e in enumerate(events)]))
+    writer.write(IngestBatch(received_at=now, offsets={("events", 0): (None, len(events))},
+                             events=codec.to_table(events),
+                             sources=[Source("events", 0, i, None, b"") for i in range(len(events))]))
     config = Config.from_env({"STREAMREC_DATABASE_URL": database_url, **ENV})
     replay = ReplayStore(engine, WindowPolicy(WINDOW_EVENTS, 3600), lambda: make_memory(
         config.rehearsal_policy, config.rehearsal_capacity, config.seed))

@@ -40,7 +40,7 @@ def test_ts_forms_normalise_to_utc_epoch_ms(ts, expected):
     assert validator.interaction(orjson.dumps(event(ts=ts)))["ts"] == expected
 
 
-@pytest.mark.parametrize("raw, reason", [
+@pytest.mark.parametrize("raw, reason, kind", [(*case, "interaction")[:3] for case in [
     (b"x" * 70_000, "payload_too_large"),
     (b'{"event_id": "\xff\xfe"}', "not_utf8"),
     (b"{not json", "not_json"),
@@ -61,9 +61,12 @@ def test_ts_forms_normalise_to_utc_epoch_ms(ts, expected):
     (orjson.dumps(event(price=-1)), "invalid_value"),
     (orjson.dumps(event(quantity=0)), "invalid_value"),
     (orjson.dumps(event(event_id="x" * 300)), "invalid_value"),
-])
-def test_each_bad_input_has_its_own_reason(raw, reason):
-    assert reason_of(raw) == reason
+    (orjson.dumps(event(quantity=2**31)), "invalid_value"),
+    (orjson.dumps(event(event_id="a\x00b")), "invalid_value"),
+    (orjson.dumps({"item_id": "i1", "title": "a\x00b"}), "invalid_value", "catalog"),
+]])
+def test_each_bad_input_has_its_own_reason(raw, reason, kind):
+    assert reason_of(raw, kind) == reason
 
 
 def test_seconds_instead_of_milliseconds_gets_a_hint():
@@ -97,3 +100,56 @@ def test_any_input_is_either_valid_or_rejected_with_a_known_reason(raw):
         assert exc.reason in REASONS
     else:
         assert out["type"] in ("click", "purchase") and isinstance(out["ts"], int)
+
+
+def _one_by_one(raw: bytes):
+    try:
+        return validator.interaction(raw)
+    except Invalid as exc:
+        return (exc.reason, exc.detail)
+
+
+def _in_a_batch(raws: list[bytes]) -> list:
+    table, rows, rejected = validator.interactions(raws)
+    outcomes: list = [None] * len(raws)
+    for row, event in zip(rows, table.to_pylist()):
+        outcomes[row] = event
+    for i, exc in rejected:
+        outcomes[i] = (exc.reason, exc.detail)
+    return outcomes
+
+
+_EDGE_VALUES = st.one_of(
+    st.text(min_size=1, max_size=30), st.integers(min_value=NOW - 10**9, max_value=NOW),
+    st.floats(min_value=0, max_value=1e6), st.integers(min_value=1, max_value=100), st.none(), st.booleans(),
+    st.sampled_from(["", " ", "\t", "\u2003", "\x1c", "\x85", " a ", "a\x00"]),
+    st.text(min_size=255, max_size=258), st.text(alphabet="é中😀", min_size=255, max_size=258),
+    st.integers(), st.integers(min_value=NOW - 10**6, max_value=NOW + 86_400_010),
+    st.sampled_from([0, 1, -1, 2**31 - 1, 2**31, -2**31, 2**63, 2**64, 10**30, 0.0, -0.0, 1.5, 1e308]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["click", "purchase", "Click", "view"]),
+    st.sampled_from(["2025-11-13T02:13:20Z", "2025-11-13", "1999-12-31T23:59:59Z", "yesterday"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+_MESSAGES = st.builds(
+    lambda overrides, removed: json.dumps(
+        {k: v for k, v in {**event(storefront="shop", session_id="s1", price=9.5, quantity=2),
+                           **overrides}.items() if k not in removed}, ensure_ascii=False).encode(),
+    st.dictionaries(st.sampled_from(["event_id", "type", "user_id", "item_id", "ts", "price", "quantity",
+                                     "storefront", "session_id", "extra"]), _EDGE_VALUES, max_size=2),
+    st.sets(st.sampled_from(["event_id", "type", "user_id", "item_id", "ts", "storefront", "price"]), max_size=1))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(_MESSAGES, st.binary(max_size=40)), min_size=1, max_size=12))
+def test_a_batch_gets_the_answers_of_one_message_at_a_time(raws):
+    """The ingest path's batch validation accepts, normalises and rejects exactly as the rules do."""
+    assert _in_a_batch(raws) == [_one_by_one(raw) for raw in raws]
+
+
+def test_a_batch_keeps_message_order_when_some_need_the_rule_by_rule_path():
+    raws = [orjson.dumps(event(event_id=f"e{i}", ts=NOW if i % 3 else "2025-11-13T02:13:20Z", price=i))
+            for i in range(30)] + [b"{bad"]
+    table, rows, rejected = validator.interactions(raws)
+    assert rows == list(range(30)) and table.column("event_id").to_pylist() == [f"e{i}" for i in range(30)]
+    assert set(table.column("ts").to_pylist()) == {NOW}
+    assert [(i, exc.reason) for i, exc in rejected] == [(30, "not_json")]
