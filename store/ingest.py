@@ -67,13 +67,22 @@ class WriteResult:
     dead_letters: int
 
 
-_CLAIM_IDS_TAIL = (" ON CONFLICT (event_id) DO UPDATE SET first_seen_ms = excluded.first_seen_ms"
-                   " WHERE event_ids.first_seen_ms < :horizon_start RETURNING event_id")
-_CLAIM_IDS = {  # json_each / jsonb_array_elements_text: ids as one parameter, no per-row binding
-    "sqlite": text("INSERT INTO event_ids (event_id, first_seen_ms) SELECT value, :now FROM json_each(:ids)"
-                   " WHERE true" + _CLAIM_IDS_TAIL),
-    "postgresql": text("INSERT INTO event_ids (event_id, first_seen_ms)"
-                       " SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)), :now" + _CLAIM_IDS_TAIL),
+_CLAIM_IDS = ("INSERT INTO event_ids (event_id, first_seen_ms) SELECT {ids}, :now{where}"
+              " ON CONFLICT (event_id) DO UPDATE SET first_seen_ms = excluded.first_seen_ms"
+              " WHERE event_ids.first_seen_ms < :horizon_start")
+# Both statements take the batch's ids as ONE JSON parameter (no per-row binding) and return
+# only the ids already accepted within the horizon, which are few.
+_REPEATED_IDS = {
+    # SQLite: look up, then claim; nothing can write in between, as the transaction holds
+    # SQLite's write lock since it moved the offsets.
+    "sqlite": [text("SELECT j.value FROM json_each(:ids) AS j JOIN event_ids AS e ON e.event_id = j.value"
+                    " WHERE e.first_seen_ms >= :horizon_start"),
+               text(_CLAIM_IDS.format(ids="value", where=" FROM json_each(:ids) WHERE true"))],
+    # Postgres: claim and return what was not claimed, in one statement; concurrent writers of
+    # the same id serialise on its row.
+    "postgresql": [text(f"WITH claimed AS ({_CLAIM_IDS.format(ids='jsonb_array_elements_text(CAST(:ids AS jsonb))', where='')}"
+                        " RETURNING event_id) SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))"
+                        " EXCEPT SELECT event_id FROM claimed")],
 }
 
 
@@ -149,21 +158,23 @@ class IngestWriter:
     def _split_duplicates(self, conn: Connection, events: pa.Table, now_ms: int) -> tuple[pa.Table, list[int]]:
         """The events whose id is new within the dedupe horizon, and the rows of the others.
 
-        One statement with the ids as one JSON parameter: insert each new id, re-arm ids seen
-        before the horizon, and return both; an id that comes back from neither was accepted
-        within the horizon. Concurrent writers of the same id serialise on its row.
+        Each new id is claimed (an id last seen before the horizon is claimed again); an id
+        accepted within the horizon, or earlier in the same batch, makes its event a duplicate.
         """
         ids = events.column("event_id").to_pylist()
         if not ids:
             return events, []
-        accepted = set(conn.execute(_CLAIM_IDS[conn.dialect.name], {
-            "ids": orjson.dumps(list(dict.fromkeys(ids))).decode(), "now": now_ms,
-            "horizon_start": now_ms - self.dedupe_horizon_ms}).scalars())
-        if len(accepted) == len(ids):
+        unique = list(dict.fromkeys(ids))
+        params = {"ids": orjson.dumps(unique).decode(), "now": now_ms,
+                  "horizon_start": now_ms - self.dedupe_horizon_ms}
+        repeated = set(conn.execute(_REPEATED_IDS[conn.dialect.name][0], params).scalars())
+        for statement in _REPEATED_IDS[conn.dialect.name][1:]:
+            conn.execute(statement, params)
+        if not repeated and len(unique) == len(ids):
             return events, []
         keep, seen = [], set()
-        for event_id in ids:  # a repeat within the batch is a duplicate too
-            keep.append(event_id in accepted and event_id not in seen)
+        for event_id in ids:
+            keep.append(event_id not in repeated and event_id not in seen)
             seen.add(event_id)
         return events.filter(pa.array(keep)), [row for row, kept in enumerate(keep) if not kept]
 

@@ -46,7 +46,7 @@ SETTINGS: dict[str, Setting] = {
     "max_payload_bytes": Setting("STREAMREC_MAX_PAYLOAD_BYTES", "65536", "Larger messages are rejected."),
     "max_future_s": Setting("STREAMREC_MAX_FUTURE_S", "86400",
                             "Events stamped further than this into the future are rejected."),
-    "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "5000",
+    "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "20000",
                                 "Most messages validated and committed to the store in one transaction."),
     "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "10000",
                                  "A replay window seals once it holds this many events..."),

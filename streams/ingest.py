@@ -59,6 +59,8 @@ class IngestService(mode.Service):
         self.validator = Validator(config.max_payload_bytes, config.max_future_s)
         self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-store")
         self.positions: dict[TopicPartition, int | None] = {}
+        self._offsets_to_mirror: dict[TopicPartition, int] = {}
+        self._mirroring: asyncio.Future | None = None
         self.totals = {"accepted": 0, "rejected": 0, "batches": 0}
         self._last_report: dict = {}
         self.ready = asyncio.Event()
@@ -148,12 +150,29 @@ class IngestService(mode.Service):
         self.totals["batches"] += 1
         if result.accepted and self.on_commit is not None:
             self.on_commit()
-        try:  # mirrors the stored offsets for standard lag tooling; the store stays the truth
-            await self.consumer.commit({TopicPartition(*tp): new for tp, (_, new) in batch.offsets.items()})
-        except (CommitFailedError, KafkaError) as exc:
-            log.info("Kafka offset commit skipped: %s", exc)
+        self._mirror_offsets({TopicPartition(*tp): new for tp, (_, new) in batch.offsets.items()})
         if result.dead_letters:
             await self._publish_dead_letters()
+
+    def _mirror_offsets(self, offsets: dict) -> None:
+        """Commit stored offsets to Kafka too, for standard lag tooling (the store stays the truth).
+
+        In the background, one commit at a time: offsets that arrive meanwhile are merged and
+        sent next, so the ingest loop never waits on the broker for this.
+        """
+        self._offsets_to_mirror.update(offsets)
+        if self._mirroring is None or self._mirroring.done():
+            self._mirroring = asyncio.ensure_future(self._send_mirrored_offsets())
+
+    async def _send_mirrored_offsets(self) -> None:
+        while self._offsets_to_mirror:
+            offsets, self._offsets_to_mirror = self._offsets_to_mirror, {}
+            offsets = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}
+            try:
+                if offsets:
+                    await self.consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                log.info("Kafka offset commit skipped: %s", exc)
 
     def build_batch(self, records) -> IngestBatch:
         """Validate every polled message into one IngestBatch (CPU only, no I/O).
