@@ -2,12 +2,13 @@
 
 Faust's per-message stream machinery costs far more than validation itself, so the
 worker hosts this batched consumer as a service instead of a per-message agent. It
-reads up to ``STREAMREC_INGEST_BATCH_MAX`` messages per poll, validates them in the
-event loop (microseconds each), and hands the batch to one writer thread, which
-commits the accepted events (one segment of the open replay window), catalog rows, counters, dead letters and the partition offsets in one
-transaction (see :mod:`store.ingest`). Offsets live in the store, so every accepted
-event is stored exactly once across crashes and rebalances. Dead letters are then
-published from the store's outbox to the dead-letter topic (at least once).
+reads up to ``STREAMREC_INGEST_BATCH_MAX`` messages per poll, validates the whole poll in
+the event loop (about a microsecond a message), and hands the batch to one writer thread,
+which commits the accepted events (one segment of the open replay window), catalog rows,
+counters, dead letters and the partition offsets in one transaction (see
+:mod:`store.ingest`); the next poll is validated meanwhile. Offsets live in the store, so
+every accepted event is stored exactly once across crashes and rebalances. Dead letters are
+then published from the store's outbox to the dead-letter topic (at least once).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ class Validator:
             if len(raw) <= self.max_payload_bytes:
                 try:
                     event = decode(raw)
-                except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8
+                except (msgspec.MsgspecError, ValueError, RecursionError):  # bad UTF-8, deep nesting
                     pass
                 else:
                     if type(event.ts) is int and MIN_TS_MS <= event.ts <= latest_ts:

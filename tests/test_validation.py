@@ -146,6 +146,12 @@ def test_a_batch_gets_the_answers_of_one_message_at_a_time(raws):
     assert _in_a_batch(raws) == [_one_by_one(raw) for raw in raws]
 
 
+def test_a_batch_survives_what_the_decoders_refuse():
+    deep = b'{"event_id": "e1", "extra": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    table, rows, rejected = validator.interactions([deep, b"\xff\xfe", orjson.dumps(event())])
+    assert rows == [2] and [(i, exc.reason) for i, exc in rejected] == [(0, "not_json"), (1, "not_utf8")]
+
+
 def test_a_batch_keeps_message_order_when_some_need_the_rule_by_rule_path():
     raws = [orjson.dumps(event(event_id=f"e{i}", ts=NOW if i % 3 else "2025-11-13T02:13:20Z", price=i))
             for i in range(30)] + [b"{bad"]
