@@ -87,9 +87,10 @@ def accepted(engine) -> int:
         return 0
 
 
-def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, log: Path) -> tuple[int, float]:
+def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, processes: int,
+                     log: Path) -> tuple[int, float]:
     """(events timed, seconds) for the real worker, from its first stored batch to the last."""
-    env = {"STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_DATABASE_URL": database_url,
+    env = {"STREAMREC_INGEST_PROCESSES": str(processes), "STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_DATABASE_URL": database_url,
            "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
            "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_SESSION_TIMEOUT_S": "6",
            "STREAMREC_LOG_LEVEL": "warn", "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS)}
@@ -162,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--database-url", default=None, help="store for the worker (default: a fresh SQLite file)")
+    parser.add_argument("--ingest-processes", type=int, default=1, help="the worker's STREAMREC_INGEST_PROCESSES")
     parser.add_argument("--faust-agent", action="store_true", help="also time a plain per-message Faust agent")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -177,9 +179,11 @@ def main() -> None:
         rows = []
         raw_s = asyncio.run(raw_consumer(bootstrap, topic, args.events))
         rows.append(("raw aiokafka consumer (parse only)", args.events, raw_s))
-        timed, worker_s = streamrec_worker(bootstrap, prefix, args.events, database_url, tmp / "worker.log")
+        timed, worker_s = streamrec_worker(bootstrap, prefix, args.events, database_url, args.ingest_processes,
+                                           tmp / "worker.log")
         store = database_url.split(":", 1)[0]
-        rows.append((f"streamrec worker (validate + commit to {store})", timed, worker_s))
+        rows.append((f"streamrec worker, {args.ingest_processes} ingest process"
+                     f"{'es' if args.ingest_processes > 1 else ''} (validate + commit to {store})", timed, worker_s))
         if args.faust_agent:
             rows.append(("plain Faust agent, stream.take() (validate only)", args.events,
                          faust_agent(bootstrap, topic, args.events, tmp / "agent.log")))

@@ -10,11 +10,9 @@ fresh process.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import os
-import signal
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,16 +24,21 @@ from store.db import make_engine, migrate
 from store.registry import fail_running, list_runs, now_ms
 from store.replay import ReplayStore
 from streamrec.config import SETTINGS, Config
+from streamrec.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 5
 """A window whose training died with its worker is tried again until it has failed this many times."""
+TRAINING_NICENESS = 10
+"""The training process runs at this lower CPU priority (``nice``) than the worker."""
 
 
 def _init_training_process() -> None:
-    """In the training process: die with the worker, log like it."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the training process: die with the worker, log like it, and yield the CPU to ingest
+    and serving (a fine-tune can wait; falling behind the event stream cannot)."""
+    die_with_parent()
+    os.nice(TRAINING_NICENESS)
     job.worker_pid = os.getppid()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
 

@@ -46,6 +46,8 @@ SETTINGS: dict[str, Setting] = {
     "max_payload_bytes": Setting("STREAMREC_MAX_PAYLOAD_BYTES", "65536", "Larger messages are rejected."),
     "max_future_s": Setting("STREAMREC_MAX_FUTURE_S", "86400",
                             "Events stamped further than this into the future are rejected."),
+    "ingest_processes": Setting("STREAMREC_INGEST_PROCESSES", "1",
+                                "Ingest processes each worker runs (they share its partitions; up to one per core)."),
     "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "20000",
                                 "Most messages validated and committed to the store in one transaction."),
     "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "10000",
@@ -103,6 +105,7 @@ class Config:
     dedupe_horizon_s: int
     max_payload_bytes: int
     max_future_s: int
+    ingest_processes: int
     ingest_batch_max: int
     window_max_events: int
     window_max_age_s: float

@@ -14,7 +14,8 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
+def die_with_parent() -> None:
+    """Have the kernel SIGTERM this process when its parent dies, even by ``kill -9`` (Linux)."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -25,7 +26,7 @@ def spawn(args: list[str], *, env: dict | None = None, log: Path | None = None) 
     try:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     finally:
         if log:
             out.close()

@@ -2,9 +2,9 @@
 
 Reads like a table of contents of the running system:
 
-* ``ingest``: batched consumer of the events and catalog topics (:mod:`streams.ingest`),
-  committing valid events (into the open replay window), catalog rows, flow counters and
-  dead letters to the store;
+* ``ingest``: the ingest processes (:mod:`streams.ingest_processes`), each a batched consumer
+  of the events and catalog topics (:mod:`streams.ingest`) committing valid events (into the
+  open replay window), catalog rows, flow counters and dead letters to the store;
 * ``dead_letter_topic``: rejected messages with their reason and source offset;
 * ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`replay.service`),
   announcing each sealed window on ``windows_topic`` (one partition);
@@ -29,7 +29,7 @@ from store.models import ingest_stats
 from streamrec.config import Config
 from learner.service import TrainingService
 from replay.service import WORKER_NAME, ReplayService
-from streams.ingest import IngestService
+from streams.ingest_processes import IngestProcesses
 from streams.schema import DeadLetter, WindowSealed
 from streams.serving import ServingService
 from streams.topics import ensure_topics
@@ -67,7 +67,7 @@ events_topic = app.topic(config.events_topic, key_type=bytes, value_type=bytes, 
 catalog_topic = app.topic(config.catalog_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 training = TrainingService(config, WORKER_NAME)
 replay = ReplayService(config, windows_topic, on_trigger=training.submit)
-ingest = IngestService(config, dead_letter_topic, on_commit=replay.poke)
+ingest = IngestProcesses(config, dead_letter_topic, on_commit=replay.poke)
 serving = ServingService(config)
 add_views(app, config, serving, events_topic, catalog_topic)
 
@@ -91,8 +91,8 @@ async def training_trigger(notices):
 @app.page("/health")
 async def health(web, request):
     """Liveness and what this worker has ingested since it started."""
-    assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in ingest.positions)
-    return web.json({"status": "ok" if ingest.ready.is_set() else "starting",
+    assigned = sorted(tp for partitions in ingest.assigned.values() for tp in partitions)
+    return web.json({"status": "ok" if ingest.ready else "starting",
                      "ingest": ingest.totals, "replay": replay.totals, "training": training.describe(),
                      "serving": serving.describe(), "assigned": assigned})
 

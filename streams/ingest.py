@@ -1,34 +1,41 @@
 """The ingest path: read storefront topics in batches, validate, commit to the store.
 
-Faust's per-message stream machinery costs far more than validation itself, so the
-worker hosts this batched consumer as a service instead of a per-message agent. It
-reads up to ``STREAMREC_INGEST_BATCH_MAX`` messages per poll, validates the whole poll in
-the event loop (about a microsecond a message), and hands the batch to one writer thread,
-which commits the accepted events (one segment of the open replay window), catalog rows,
-counters, dead letters and the partition offsets in one transaction (see
-:mod:`store.ingest`); the next poll is validated meanwhile. Offsets live in the store, so
-every accepted event is stored exactly once across crashes and rebalances. Dead letters are
-then published from the store's outbox to the dead-letter topic (at least once).
+Faust's per-message stream machinery costs far more than validation itself, so the ingest
+path is a batched aiokafka consumer, and it runs in its own process (``python -m
+streams.ingest``, started and supervised by the worker through
+:mod:`streams.ingest_processes`): ingest is all CPU-bound Python, and in a process of its own
+it does not share an interpreter lock with serving, window sealing and the web API.
+
+Each poll takes up to ``STREAMREC_INGEST_BATCH_MAX`` messages and is validated at once (about
+a microsecond a message); one writer thread commits the accepted events (one segment of the
+open replay window), catalog rows, counters, dead letters and the partition offsets in one
+transaction (see :mod:`store.ingest`) while the next poll is validated. Offsets live in the
+store, so every accepted event is stored exactly once across crashes and rebalances. The
+process reports to the worker on its stdout, one JSON object a line: ``{"assigned": [...]}``
+after each rebalance, ``{"accepted": n, "rejected": m}`` after each commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
+import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy.exc import DBAPIError
 
-from store.db import make_engine, migrate
+from store.db import make_engine
 from store.ingest import IngestBatch, IngestWriter, OffsetConflict
 from streamrec.config import Config
-from streams.schema import EVENT_TYPES, DeadLetter
+from streamrec.processes import die_with_parent
+from streams.schema import EVENT_TYPES
 from streams.validation import MAX_ID_LENGTH, Invalid, Validator
 
 log = logging.getLogger(__name__)
@@ -51,20 +58,16 @@ def _label(obj: dict | None, name: str, allowed=None) -> str:
 class IngestService(mode.Service):
     """Batched, exactly-once-into-the-store consumer of the events and catalog topics."""
 
-    def __init__(self, config: Config, dead_letter_topic, on_commit=None, **kwargs):
-        """``on_commit()`` is called after each batch that stored new events."""
+    def __init__(self, config: Config, report=None, **kwargs):
+        """``report(dict)`` is told of each rebalance and commit (see the module docstring)."""
         super().__init__(**kwargs)
         self.config = config
-        self.on_commit = on_commit
-        self.dead_letter_topic = dead_letter_topic
+        self.report = report or (lambda message: None)
         self.validator = Validator(config.max_payload_bytes, config.max_future_s)
         self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-store")
         self.positions: dict[TopicPartition, int | None] = {}
         self._offsets_to_mirror: dict[TopicPartition, int] = {}
         self._mirroring: asyncio.Future | None = None
-        self.totals = {"accepted": 0, "rejected": 0, "batches": 0}
-        self._last_report: dict = {}
-        self.ready = asyncio.Event()
         self.engine = None
         self.writer: IngestWriter | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -74,8 +77,7 @@ class IngestService(mode.Service):
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)
 
     async def on_start(self) -> None:
-        self.engine = make_engine(self.config.database_url)
-        await self.in_db(migrate, self.engine)
+        self.engine = make_engine(self.config.database_url)  # migrated by the worker
         self.writer = IngestWriter(self.engine, self.config.ingest_group, self.config.dedupe_horizon_s)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
@@ -114,12 +116,11 @@ class IngestService(mode.Service):
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, offset)
-        self.ready.set()
+        self.report({"assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.positions)})
 
     @mode.Service.task
     async def _consume(self) -> None:
         """Poll, validate, commit; the next batch is polled and validated while the last one commits."""
-        await self._publish_dead_letters()
         committing: asyncio.Task | None = None
         while not self.should_stop:
             records = await self.consumer.getmany(timeout_ms=0 if committing else 500,
@@ -146,14 +147,8 @@ class IngestService(mode.Service):
                 log.error("Store write failed (retrying in %.1fs): %s", delay, exc.orig or exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self.totals["accepted"] += result.accepted
-        self.totals["rejected"] += result.dead_letters
-        self.totals["batches"] += 1
-        if result.accepted and self.on_commit is not None:
-            self.on_commit()
+        self.report({"accepted": result.accepted, "rejected": result.dead_letters})
         self._mirror_offsets({TopicPartition(*tp): new for tp, (_, new) in batch.offsets.items()})
-        if result.dead_letters:
-            await self._publish_dead_letters()
 
     def _mirror_offsets(self, offsets: dict) -> None:
         """Commit stored offsets to Kafka too, for standard lag tooling (the store stays the truth).
@@ -208,36 +203,6 @@ class IngestService(mode.Service):
                 "storefront": _label(obj, "storefront"),
                 "event_type": event_type or _label(obj, "type", EVENT_TYPES)}
 
-    async def _publish_dead_letters(self) -> None:
-        """Send stored, unpublished dead letters to the dead-letter topic, then flag them."""
-        while True:
-            rows = await self.in_db(self.writer.unpublished_dead_letters, 1000)
-            if not rows:
-                return
-            pending = [await self.dead_letter_topic.send(
-                key=row["key"],
-                value=DeadLetter(reason=row["reason"], detail=row["detail"], topic=row["topic"],
-                                 partition=row["partition"], offset=row["offset"],
-                                 key=row["key"].decode("utf-8", "replace") if row["key"] else None,
-                                 payload_b64=base64.b64encode(row["payload"]).decode("ascii"),
-                                 received_at=row["received_at"]))
-                for row in rows]
-            await asyncio.gather(*pending)
-            await self.in_db(self.writer.mark_published, [row["id"] for row in rows])
-
-    @mode.Service.timer(600.0)
-    async def _prune_dedupe(self) -> None:
-        if self.writer is not None:
-            pruned = await self.in_db(self.writer.prune_dedupe, now_ms())
-            if pruned:
-                log.info("Forgot %d event ids older than the dedupe horizon", pruned)
-
-    @mode.Service.timer(10.0)
-    async def _report(self) -> None:
-        if self.totals != self._last_report:
-            self._last_report = dict(self.totals)
-            log.info("ingest: %(accepted)d accepted, %(rejected)d rejected in %(batches)d batches", self.totals)
-
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):
     """On assignment, continue each partition from the offset stored with its data."""
@@ -251,3 +216,34 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         await self.service.seek_to_stored(list(assigned))
+
+
+async def _run(config: Config) -> int:
+    """Ingest until SIGTERM or SIGINT (then finish the batch in flight); 1 if the loop crashed."""
+    def report(message: dict) -> None:
+        sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+        sys.stdout.buffer.flush()
+
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+    service = IngestService(config, report)
+    await service.start()
+    await asyncio.wait([asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(service.wait_until_stopped())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    crashed = service.crashed
+    await service.stop()
+    return 1 if crashed else 0
+
+
+def main() -> None:
+    """``python -m streams.ingest``: one ingest process, configured like the worker (environment)."""
+    die_with_parent()
+    config = Config.from_env()
+    logging.basicConfig(level={"crit": "CRITICAL", "warn": "WARNING"}.get(config.log_level, config.log_level.upper()),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", stream=sys.stderr)
+    sys.exit(asyncio.run(_run(config)))
+
+
+if __name__ == "__main__":
+    main()
