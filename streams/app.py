@@ -93,7 +93,7 @@ async def health(web, request):
     """Liveness and what this worker has ingested since it started."""
     assigned = sorted(tp for partitions in ingest.assigned.values() for tp in partitions)
     return web.json({"status": "ok" if ingest.ready else "starting",
-                     "ingest": ingest.totals, "replay": replay.totals, "training": training.describe(),
+                     "ingest": ingest.describe(), "replay": replay.totals, "training": training.describe(),
                      "serving": serving.describe(), "assigned": assigned})
 
 

@@ -65,6 +65,10 @@ class IngestProcesses(mode.Service):
         """Every ingest process has had its partitions assigned."""
         return len(self.assigned) == self.config.ingest_processes
 
+    def describe(self) -> dict:
+        """Totals since the worker started, and the pid of each running ingest process."""
+        return {**self.totals, "pids": [p.pid for p in self.processes.values() if p.returncode is None]}
+
     async def in_db(self, fn, *args):
         """Run blocking store work on this service's thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)

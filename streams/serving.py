@@ -112,8 +112,8 @@ class ServingService(mode.Service):
 
     def _take(self, events: pa.Table) -> None:
         self.histories.add(events)
-        shops, item_ids = (events.column(name).to_pylist() for name in ("storefront", "item_id"))
-        for storefront, item in zip(shops, item_ids):
+        pairs = events.group_by(["storefront", "item_id"]).aggregate([]).to_pydict()
+        for storefront, item in zip(pairs["storefront"], pairs["item_id"]):
             self.storefront_items.setdefault(storefront, set()).add(item)
 
     def _swap_if_changed(self) -> None:
