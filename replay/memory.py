@@ -70,6 +70,20 @@ class RehearsalMemory(ABC):
         self.n_seen = int(state["n_seen"])
 
 
+def _top(priorities: np.ndarray, k: int) -> np.ndarray:
+    """Ascending indices of the ``k`` largest priorities; among equal ones the earliest are kept.
+
+    >>> _top(np.array([0.5, 0.9, 0.5, 0.1, 0.5]), 3).tolist()
+    [0, 1, 2]
+    """
+    if len(priorities) <= k:
+        return np.arange(len(priorities))
+    threshold = np.partition(priorities, len(priorities) - k)[len(priorities) - k]
+    above = np.flatnonzero(priorities > threshold)
+    tied = np.flatnonzero(priorities == threshold)[:k - len(above)]
+    return np.sort(np.concatenate([above, tied]))
+
+
 class _PrioritySample(RehearsalMemory):
     """Keep the ``capacity`` events with the highest random priority (bottom-k sampling).
 
@@ -88,7 +102,7 @@ class _PrioritySample(RehearsalMemory):
         rng = np.random.default_rng([self.seed, self.n_seen])
         priorities = np.concatenate([self.table.column(PRIORITY).to_numpy(),
                                      self._priorities(window, rng)])
-        keep = np.sort(np.argsort(-priorities, kind="stable")[:self.capacity])
+        keep = _top(priorities, self.capacity)
         return candidates.take(keep).append_column(PRIORITY, pa.array(priorities[keep]))
 
 

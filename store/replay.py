@@ -48,6 +48,7 @@ class ReplayStore:
         self.engine = engine
         self.policy = policy
         self.new_memory = new_memory
+        self._memory_at: tuple[int, RehearsalMemory] | None = None  # (generation, memory) this store sealed
 
     def stored_events(self) -> int:
         """Accepted events in the store: sealed windows plus the open window."""
@@ -101,7 +102,7 @@ class ReplayStore:
                     break
             data = dict(conn.execute(select(open_segments.c.id, open_segments.c.data)
                                      .where(open_segments.c.id.in_([s.id for s in chosen]))).all())
-            memory = self._memory(conn)
+            memory = self._memory_of(conn, generation)
         if len(data) < len(chosen):  # sealed meanwhile
             return _RACED
         events = codec.concat([codec.decode(data[s.id]) for s in chosen])
@@ -130,7 +131,17 @@ class ReplayStore:
             stmt = upsert(conn, rehearsal_memory)
             row = memory_row | {"through_window": window_id}
             conn.execute(stmt.on_conflict_do_update(index_elements=["policy"], set_=row), [row])
+        self._memory_at = (generation + 1, memory)
         return SealedWindow(window_id, summary["n_events"], reason, now_ms)
+
+    def _memory_of(self, conn, generation: int) -> RehearsalMemory:
+        """The memory as of seal ``generation``: a copy of the one this store last wrote if no
+        other seal came since (only seals write the memory), else read from the store."""
+        if self._memory_at is None or self._memory_at[0] != generation:
+            return self._memory(conn)
+        memory = self.new_memory()
+        memory.restore(self._memory_at[1].table, self._memory_at[1].state())
+        return memory
 
     def _memory(self, conn) -> RehearsalMemory:
         memory = self.new_memory()

@@ -10,7 +10,9 @@ import bisect
 import heapq
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class Interaction(NamedTuple):
@@ -42,31 +44,36 @@ class UserHistories:
 
     def __init__(self, max_events: int):
         self.max_events = max_events
-        self._events: dict[str, list[Interaction]] = {}
+        self._events: dict[str, list[tuple]] = {}  # Interaction fields, oldest first
         self._purchased: dict[str, set[str]] = {}
 
     def add(self, events: pa.Table) -> int:
         """Take in a table of events; returns how many changed a history."""
-        changed = 0
+        changed, kept_by_user, purchased, limit = 0, self._events, self._purchased, self.max_events
         columns = [events.column(name).to_pylist() for name in ("user_id", "ts", "event_id", "item_id", "type",
                                                                 "storefront")]
         for user, ts, event_id, item, kind, storefront in zip(*columns):
             if kind == "purchase":
-                self._purchased.setdefault(user, set()).add(item)
-            kept = self._events.setdefault(user, [])
-            event = Interaction(ts, event_id, item, kind, storefront)
-            at = bisect.bisect_left(kept, event)
-            if at < len(kept) and kept[at] == event or (len(kept) >= self.max_events and at == 0):
-                continue
-            kept.insert(at, event)
-            if len(kept) > self.max_events:
+                purchased.setdefault(user, set()).add(item)
+            kept = kept_by_user.get(user)
+            if kept is None:
+                kept = kept_by_user[user] = []
+            event = (ts, event_id, item, kind, storefront)  # an Interaction's fields, as a plain tuple
+            if not kept or event > kept[-1]:  # the usual case: newer than all kept
+                kept.append(event)
+            else:
+                at = bisect.bisect_left(kept, event)
+                if at < len(kept) and kept[at] == event or (len(kept) >= limit and at == 0):
+                    continue
+                kept.insert(at, event)
+            if len(kept) > limit:
                 del kept[0]
             changed += 1
         return changed
 
     def recent(self, user_id: str) -> list[Interaction]:
         """The user's kept events, oldest first (empty for an unknown user)."""
-        return list(self._events.get(user_id, ()))
+        return [Interaction._make(event) for event in self._events.get(user_id, ())]
 
     def purchased(self, user_id: str) -> set[str]:
         return set(self._purchased.get(user_id, ()))
@@ -106,18 +113,22 @@ class Trending:
         self._ranked: dict[str, list[tuple[str, float]]] = {}
 
     def add(self, events: pa.Table) -> None:
-        for storefront, item, ts in zip(*(events.column(name).to_pylist()
-                                          for name in ("storefront", "item_id", "ts"))):
+        for storefront in pc.unique(events.column("storefront")).to_pylist():
+            rows = events.filter(pc.equal(events.column("storefront"), storefront))
+            ts = rows.column("ts").to_numpy()
             weights = self._weights.setdefault(storefront, {})
-            t0 = self._t0.setdefault(storefront, ts)
-            exponent = (ts - t0) / self.half_life_ms
-            if exponent > 500:  # rescale to the new reference time before 2**x overflows
+            t0 = self._t0.setdefault(storefront, int(ts[0]))
+            newest = int(ts.max())
+            if (newest - t0) / self.half_life_ms > 500:  # rescale to a new reference time before 2**x overflows
+                scale = 2.0 ** ((t0 - newest) / self.half_life_ms)
                 for key in weights:
-                    weights[key] *= 2.0 ** -exponent
-                self._t0[storefront] = t0 = ts
-                exponent = 0.0
-            weights[item] = weights.get(item, 0.0) + 2.0 ** exponent
-            self._newest[storefront] = max(ts, self._newest.get(storefront, ts))
+                    weights[key] *= scale
+                self._t0[storefront] = t0 = newest
+            added = pa.table({"item_id": rows.column("item_id"), "w": np.exp2((ts - t0) / self.half_life_ms)})
+            sums = added.group_by("item_id").aggregate([("w", "sum")]).to_pydict()
+            for item, w in zip(sums["item_id"], sums["w_sum"]):
+                weights[item] = weights.get(item, 0.0) + w
+            self._newest[storefront] = max(newest, self._newest.get(storefront, newest))
             self._ranked.pop(storefront, None)
 
     def top(self, storefront: str, k: int, exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
