@@ -1,6 +1,6 @@
 """Reference point for bench/ingest.py: a plain per-message Faust agent doing the same validation.
 
-Not part of the product; it shows what the batched ingest service saves.
+Not part of the product; it shows what the batched ingest path saves.
 """
 
 import os

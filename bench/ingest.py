@@ -8,8 +8,8 @@ the same topic three ways on the same broker in the same run and prints a table:
 * raw aiokafka: a consumer that only parses JSON (the ceiling), three times (the median counts);
 * streamrec worker: ``faust -A streams.app worker`` with its ingest processes (one per CPU by
   default) validating and committing every event to the store (SQLite by default), while the
-  worker also seals windows and keeps its serving state; timed from the first stored batch to
-  the last;
+  worker also seals windows and keeps its serving state; timed from the first batch stored
+  once every ingest process holds its partitions, to the last;
 * plain Faust agent (``--faust-agent``): ``stream.take()`` with the same validation, for reference.
 
 A second table gives the cost per event of each stage the worker runs for every event, each
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -90,9 +92,19 @@ def accepted(engine) -> int:
         return 0
 
 
+def all_assigned(web_port: int) -> bool:
+    """The worker says every ingest process holds its partitions (startup rebalances are over)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=1) as response:
+            return json.loads(response.read())["status"] == "ok"
+    except OSError:
+        return False
+
+
 def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, processes: int,
                      log: Path) -> tuple[int, float]:
-    """(events timed, seconds) for the real worker, from its first stored batch to the last."""
+    """(events timed, seconds) for the real worker, from the first batch it stores once all its
+    ingest processes hold partitions (so a startup rebalance is not timed) to the last."""
     env = {"STREAMREC_INGEST_PROCESSES": str(processes), "STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_DATABASE_URL": database_url,
            "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
            "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_SESSION_TIMEOUT_S": "6",
@@ -102,11 +114,13 @@ def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, pro
     worker = start_worker(env, log=log)
     try:
         first_count = 0
-        while first_count == 0:
+        while first_count == 0 or not all_assigned(int(env["STREAMREC_WEB_PORT"])):
             if worker.poll() is not None:
                 sys.exit(f"worker exited; see {log}")
             time.sleep(0.02)
             first_count = accepted(engine) - before
+        if first_count >= n:
+            sys.exit(f"the worker stored all {n:,} events before its ingest processes were all assigned; use more --events")
         t0 = time.perf_counter()
         while accepted(engine) - before < n:
             time.sleep(0.02)
