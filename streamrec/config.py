@@ -200,6 +200,11 @@ class Config:
     def ingest_group(self) -> str:
         return f"{self.app_id}-ingest"
 
+    @property
+    def python_log_level(self) -> str:
+        """``log_level`` as the :mod:`logging` module names it."""
+        return {"crit": "CRITICAL", "warn": "WARNING"}.get(self.log_level, self.log_level.upper())
+
     def sqlite_path(self) -> Path | None:
         """The database file when the store is SQLite, else None."""
         prefix = "sqlite:///"

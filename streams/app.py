@@ -36,8 +36,7 @@ from streams.topics import ensure_topics
 from streams.web import add_views
 
 config = Config.from_env()
-logging.getLogger("streams").setLevel({"crit": "CRITICAL", "warn": "WARNING"}.get(
-    config.log_level, config.log_level.upper()))
+logging.getLogger("streams").setLevel(config.python_log_level)
 
 
 

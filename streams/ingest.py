@@ -240,7 +240,7 @@ def main() -> None:
     """``python -m streams.ingest``: one ingest process, configured like the worker (environment)."""
     die_with_parent()
     config = Config.from_env()
-    logging.basicConfig(level={"crit": "CRITICAL", "warn": "WARNING"}.get(config.log_level, config.log_level.upper()),
+    logging.basicConfig(level=config.python_log_level,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", stream=sys.stderr)
     sys.exit(asyncio.run(_run(config)))
 
