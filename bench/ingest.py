@@ -34,13 +34,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from sqlalchemy import func, select
 
+from runtime.config import Config
+from runtime.processes import free_port, spawn, start_broker, start_worker, stop
 from store.db import make_engine, migrate
-from store.ingest import IngestBatch, IngestWriter, Source
-from store.models import ingest_stats
-from streamrec.config import Config
-from streamrec.processes import free_port, spawn, start_broker, start_worker, stop
+from store.ingest import IngestBatch, IngestWriter, Source, outcome_totals
 from streams.history import UserHistories
 from streams.validation import Validator
 
@@ -85,9 +83,7 @@ async def raw_consumer(bootstrap: str, topic: str, n: int) -> float:
 
 def accepted(engine) -> int:
     try:
-        with engine.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.sum(ingest_stats.c.count), 0))
-                                    .where(ingest_stats.c.outcome == "accepted")).scalar_one())
+        return outcome_totals(engine)["accepted"]
     except Exception:  # not migrated yet
         return 0
 

@@ -20,10 +20,10 @@ import uuid
 from pathlib import Path
 
 from bench.ingest import PARTITIONS, fill_topic
+from runtime.config import Config
+from runtime.processes import free_port, start_broker, start_worker, stop
 from store.db import make_engine, migrate
 from store.replay import ReplayStore
-from streamrec.config import Config
-from streamrec.processes import free_port, start_broker, start_worker, stop
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

@@ -32,15 +32,15 @@ import torch
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.serving import publish
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
+from runtime.config import Config
+from runtime.processes import free_port, start_broker, start_worker, stop, wait_for_port
 from store.db import make_engine, migrate
 from store.registry import StoredTextEmbeddings, now_ms
-from streamrec.config import Config
-from streamrec.processes import free_port, start_broker, start_worker, stop, wait_for_port
 from streams import movielens
 from streams.producer import StorefrontProducer
+from training.versions import publish
 
 ADJECTIVES = ["organic", "wireless", "vintage", "compact", "heavy-duty", "waterproof", "handmade", "smart",
               "ergonomic", "portable", "stainless", "bamboo", "leather", "ceramic", "solar", "foldable"]

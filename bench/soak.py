@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 from bench.replay_memory import rss_mib
+from runtime.config import Config
+from runtime.processes import free_port, start_broker, start_worker, stop
 from store.db import make_engine, migrate
 from store.registry import list_runs
 from store.replay import ReplayStore
-from streamrec.config import Config
-from streamrec.processes import free_port, start_broker, start_worker, stop
 from streams import movielens
 from streams.producer import StorefrontProducer
 

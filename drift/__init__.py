@@ -1,7 +1,7 @@
 """Drift metrics: how shoppers' behaviour, the model's quality and the model itself move, window by window.
 
 Plain functions and small classes that take data (pandas frames, numbers, scorers), never
-Kafka or the store, so the worker's training job (:mod:`learner.drift`) and a backtest run
+Kafka or the store, so the worker's training job (:mod:`training.drift_recording`) and a backtest run
 the same code. One concept per module:
 
 * ``divergence`` -- PSI and Jensen-Shannon divergence of binned counts, additive smoothing,

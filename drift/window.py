@@ -3,7 +3,7 @@
 :func:`window_drift` measures input drift and the serving model's prequential quality on a
 new window (before anything trains on it); :func:`model_drift` and :func:`forgetting` judge a
 new model version once it exists. They take data and numbers only: the worker's training
-job (:mod:`learner.drift`) fills a :class:`Context` from the store, and :class:`DriftTracker`
+job (:mod:`training.drift_recording`) fills a :class:`Context` from the store, and :class:`DriftTracker`
 keeps one in memory for backtests, so both run the same code.
 """
 

@@ -16,7 +16,7 @@ Map of the package (one job per module):
   ``Plugin`` hooks.
 * ``plugins``    -- ``Rehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on one sealed window.
-* ``evaluate``   -- full-ranking Recall@K / NDCG@K; ``BundleScorer`` and ``PopularityScorer``.
+* ``evaluate``   -- full-ranking Recall@K / NDCG@K; ``BundleScorer`` and ``Popularity``.
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
 * ``serving``    -- ``load_serving``: the newest promoted version from the store, checksum verified.
 * ``job``        -- one training job: read a sealed window, fine-tune, gate, publish a version.

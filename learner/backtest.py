@@ -71,12 +71,18 @@ import torch
 
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
-from learner.evaluate import BundleScorer, PopularityScorer, Scorer, evaluate
+from learner.evaluate import BundleScorer, Popularity, Scorer, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.idmap import Vocabulary
 from learner.model import ModelConfig
 from learner.sequences import SequenceBatch, events_frame
-from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
+from learner.text import (
+    TEXT_DIM,
+    TextEmbeddingCache,
+    TextEncoder,
+    catalog_texts,
+    embed_texts,
+)
 from replay import codec
 from replay.memory import RehearsalMemory, make_memory
 
@@ -93,7 +99,7 @@ class BacktestError(ValueError):
 class BacktestSettings:
     """How the stream is cut and scored, and every strategy's settings.
 
-    ``model`` and ``finetune`` are the worker's (see :meth:`from_config`); the strategies
+    ``model`` and ``finetune`` are the worker's (the CLI maps its settings as training jobs do); the strategies
     derive their variants from them (no text for id-only, no rehearsal or distillation for
     naive and joint). The baselines' defaults are the best found on MovieLens-100k (10
     windows): popularity over 1, 2 or 3 windows, and river-mf over learning rates 0.002-0.1,
@@ -116,19 +122,6 @@ class BacktestSettings:
     mf_lr: float = 0.005
     mf_l2: float = 0.0
     seed: int = 1
-
-    @classmethod
-    def from_config(cls, config, **overrides) -> BacktestSettings:
-        """The worker's settings (a :class:`streamrec.config.Config`), mapped to the model and
-        fine-tune configuration exactly as training jobs map them (``learner.job.config_for``)."""
-        from learner.job import config_for
-
-        model, finetune = config_for(config)
-        values = dict(model=model, finetune=finetune, rehearsal_policy=config.rehearsal_policy,
-                      rehearsal_capacity=config.rehearsal_capacity,
-                      rehearsal_half_life_s=config.rehearsal_half_life_s, history_windows=config.history_windows,
-                      seed=config.seed)
-        return cls(**(values | overrides))
 
     def describe(self) -> dict:
         """The settings as JSON-able values."""
@@ -262,7 +255,7 @@ class _KnownIds(Strategy):
         self.vocab.add_events(window["user_id"], window["item_id"], window["storefront"])
 
 
-class Popularity(_KnownIds):
+class RecentPopularity(_KnownIds):
     """Everyone gets the items most frequent in the last ``popularity_windows`` windows."""
 
     name = "popularity"
@@ -277,7 +270,7 @@ class Popularity(_KnownIds):
         return {}
 
     def scorer(self) -> Scorer:
-        return PopularityScorer(self.vocab, self.recent, self.settings.model.max_len)
+        return Popularity(self.vocab, self.recent, self.settings.model.max_len)
 
 
 class MatrixScorer:
@@ -362,7 +355,7 @@ class RiverMF(_KnownIds):
                             self.settings.model.max_len)
 
 
-_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FineTuned, Naive, Joint, Popularity, RiverMF, IdOnly)}
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FineTuned, Naive, Joint, RecentPopularity, RiverMF, IdOnly)}
 
 
 def make_strategy(name: str, settings: BacktestSettings, context: Context) -> Strategy:

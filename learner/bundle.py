@@ -13,7 +13,13 @@ from learner.device import Device, pick_device
 from learner.idmap import Vocabulary
 from learner.model import ModelConfig, SASRec
 from learner.sequences import events_frame, history_batch
-from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts, text_key
+from learner.text import (
+    TextEmbeddingCache,
+    TextEncoder,
+    catalog_texts,
+    embed_texts,
+    text_key,
+)
 
 log = logging.getLogger(__name__)
 

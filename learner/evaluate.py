@@ -50,23 +50,40 @@ class BundleScorer:
         return self.model.logits(states, self.item_vectors)
 
 
-class PopularityScorer:
-    """Baseline: every user gets the same scores, the item's event count in ``events``.
+class Popularity:
+    """Baseline: every user gets the same scores, ``log(1 + the item's event count in events)``.
 
+    A smoothed popularity model: its softmax is the add-one popularity distribution, so it has a
+    loss too. The gate judges the first candidate against it, and drift judges windows with it
+    before the first version.
+
+    Examples
+    --------
     >>> from learner.idmap import IdMap
-    >>> events = pd.DataFrame({"item_id": ["a", "b", "b"]})
-    >>> PopularityScorer(Vocabulary(IdMap(["a", "b"])), events).counts.tolist()
-    [0.0, 0.0, 1.0, 2.0]
+    >>> model = Popularity(Vocabulary(IdMap(["a", "b"])), pd.DataFrame({"item_id": ["b", "b", "a"]}))
+    >>> model.log_counts.exp().round().tolist()
+    [0.0, 0.0, 2.0, 3.0]
     """
 
     def __init__(self, vocab: Vocabulary, events: pd.DataFrame, max_len: int = 50):
         self.vocab = vocab
         self.max_len = max_len
-        index = torch.from_numpy(vocab.items.index(events["item_id"]))
-        self.counts = torch.zeros(len(vocab.items)).index_add_(0, index, torch.ones(len(index)))
+        counts = events["item_id"].value_counts()
+        index = torch.from_numpy(vocab.items.index(counts.index))
+        self.log_counts = torch.zeros(len(vocab.items)).index_add_(
+            0, index, torch.log1p(torch.tensor(counts.to_numpy(), dtype=torch.float32)))
+        self.log_counts[:UNKNOWN + 1] = float("-inf")
+
+    @classmethod
+    def of(cls, events: pd.DataFrame, also: pd.DataFrame | None = None, max_len: int = 50) -> Popularity:
+        """Popularity of ``events``, knowing the ids of ``events`` and ``also`` (e.g. the window to judge)."""
+        vocab = Vocabulary()
+        for frame in (events, events_frame(also)):
+            vocab.add_events(frame["user_id"].unique(), frame["item_id"].unique(), frame["storefront"].unique())
+        return cls(vocab, events, max_len)
 
     def scores(self, inputs: SequenceBatch) -> torch.Tensor:
-        return self.counts.expand(len(inputs), -1).clone()
+        return self.log_counts.expand(len(inputs), -1).clone()
 
 
 def ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -94,22 +111,42 @@ def metrics_at(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tens
 
 
 def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None,
-             ks: tuple[int, ...] = (10, 20), batch_size: int = 512) -> dict[str, float]:
-    """Mean metrics over ``events`` (see the module docstring), plus ``examples``."""
+             ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False) -> dict[str, float]:
+    """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
+
+    ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
+    known items, over the events whose item the scorer knows.
+
+    Examples
+    --------
+    >>> ev = pd.DataFrame({"event_id": ["e1", "e2", "e3"], "type": "click", "user_id": ["u1", "u2", "u2"],
+    ...     "item_id": ["a", "a", "b"], "storefront": "s", "ts": [1, 2, 3], "session_id": None})
+    >>> result = evaluate(Popularity.of(ev.iloc[:1], also=ev), ev.iloc[1:], ev.iloc[:1], ks=(20,), with_loss=True)
+    >>> result["recall@20"], result["examples"], round(result["loss"], 3)
+    (1.0, 2, 0.752)
+    """
     examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
+    loss, scored = 0.0, 0
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
         scores = scorer.scores(examples.inputs.select(slice(lo, hi))).float()
         targets = examples.targets[lo:hi].to(scores.device)
+        scores[:, :UNKNOWN + 1] = float("-inf")
+        if with_loss:
+            known = targets > UNKNOWN
+            target_logp = torch.log_softmax(scores, dim=1).gather(1, targets[:, None])[:, 0]
+            loss += float(-target_logp[known].sum())
+            scored += int(known.sum())
         rows, items = examples.seen_pairs(lo, hi)
         target_scores = scores.gather(1, targets[:, None])
         scores[rows.to(scores.device), items.to(scores.device)] = float("-inf")
         scores.scatter_(1, targets[:, None], target_scores)
-        scores[:, :UNKNOWN + 1] = float("-inf")
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
     n = len(examples)
     result = {name: total / n if n else math.nan for name, total in totals.items()}
     result["examples"] = n
+    if with_loss:
+        result["loss"] = loss / scored if scored else math.nan
     return result

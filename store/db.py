@@ -9,7 +9,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -34,6 +35,11 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
+
+
+def upsert(conn: Connection, table):
+    """The dialect's INSERT that supports ON CONFLICT."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def alembic_config(engine_url: str) -> AlembicConfig:

@@ -17,12 +17,19 @@ from typing import NamedTuple
 
 import orjson
 import pyarrow as pa
-from sqlalchemy import Connection, Engine, and_, delete, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, and_, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from replay import codec
-from store.models import consumer_offsets, dead_letters, event_ids, ingest_stats, items, open_segments
+from store.db import upsert
+from store.models import (
+    consumer_offsets,
+    dead_letters,
+    event_ids,
+    ingest_stats,
+    items,
+    open_segments,
+)
 
 TopicPartition = tuple[str, int]
 
@@ -95,13 +102,28 @@ def _duplicate(batch: IngestBatch, row: int) -> dict:
             "event_type": event_type, "detail": f"event_id {event_id!r} was already accepted"}
 
 
-def upsert(conn: Connection, table):
-    """The dialect's INSERT that supports ON CONFLICT."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 def minute_of(ms: int) -> datetime:
     return datetime.fromtimestamp(ms // 60_000 * 60, tz=timezone.utc)
+
+
+def ingest_totals(engine: Engine, since: datetime | None = None) -> list[dict]:
+    """``ingest_stats`` summed per storefront, event type and outcome (minutes from ``since`` on)."""
+    t = ingest_stats
+    query = select(t.c.storefront, t.c.event_type, t.c.outcome, func.sum(t.c.count)).group_by(
+        t.c.storefront, t.c.event_type, t.c.outcome).order_by(t.c.storefront, t.c.event_type, t.c.outcome)
+    if since is not None:
+        query = query.where(t.c.minute >= since)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [{"storefront": s, "event_type": e, "outcome": o, "count": int(n)} for s, e, o, n in rows]
+
+
+def outcome_totals(engine: Engine) -> dict[str, int]:
+    """``{"accepted": n, "rejected": m}`` over all of ``ingest_stats`` (catalog updates included)."""
+    totals = {"accepted": 0, "rejected": 0}
+    for row in ingest_totals(engine):
+        totals["accepted" if row["outcome"] == "accepted" else "rejected"] += row["count"]
+    return totals
 
 
 class IngestWriter:

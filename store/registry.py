@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from store.ingest import upsert
+from store.db import upsert
 from store.models import model_versions, text_embeddings, training_runs
 
 VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]

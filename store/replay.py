@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from replay import codec
 from replay.memory import RehearsalMemory
 from replay.windows import WindowPolicy, summarise
-from store.ingest import upsert
+from store.db import upsert
 from store.models import open_segments, rehearsal_memory, replay_lock, windows
 
 

@@ -6,9 +6,9 @@ import os
 import sys
 
 import click
-from sqlalchemy import desc, func, select
+from sqlalchemy import desc, select
 
-from streamrec.config import SETTINGS, Config, ConfigError
+from runtime.config import SETTINGS, Config, ConfigError
 
 
 def load_config() -> Config:
@@ -65,7 +65,8 @@ def broker(port: int) -> None:
 @main.command()
 def migrate() -> None:
     """Apply the store's migrations (the worker also does this at start)."""
-    from store.db import make_engine, migrate as run_migrations
+    from store.db import make_engine
+    from store.db import migrate as run_migrations
 
     config = load_config()
     run_migrations(make_engine(config.database_url))
@@ -117,15 +118,10 @@ def stats(minutes: int) -> None:
     from datetime import datetime, timedelta, timezone
 
     from store.db import make_engine
-    from store.models import ingest_stats as t
+    from store.ingest import ingest_totals
 
     since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
-    with make_engine(load_config().database_url).connect() as conn:
-        rows = conn.execute(select(t.c.storefront, t.c.event_type, t.c.outcome, func.sum(t.c.count))
-                            .where(t.c.minute >= since)
-                            .group_by(t.c.storefront, t.c.event_type, t.c.outcome)
-                            .order_by(t.c.storefront, t.c.event_type, t.c.outcome)).all()
-    print_table([{"storefront": s, "event_type": e, "outcome": o, "count": int(n)} for s, e, o, n in rows],
+    print_table(ingest_totals(make_engine(load_config().database_url), since),
                 ["storefront", "event_type", "outcome", "count"])
 
 
@@ -194,7 +190,8 @@ def memory(top: int) -> None:
 
 
 def store_engine():
-    from store.db import make_engine, migrate as run_migrations
+    from store.db import make_engine
+    from store.db import migrate as run_migrations
 
     engine = make_engine(load_config().database_url)
     run_migrations(engine)
@@ -225,7 +222,8 @@ def models(limit: int) -> None:
 @click.argument("version", type=int)
 def promote(version: int) -> None:
     """Serve VERSION from now on, whatever the gate said of it."""
-    from store.registry import RegistryError, promote as promote_version
+    from store.registry import RegistryError
+    from store.registry import promote as promote_version
 
     try:
         promote_version(store_engine(), version)
@@ -237,7 +235,8 @@ def promote(version: int) -> None:
 @main.command()
 def rollback() -> None:
     """Retire the serving version; the one promoted before it serves again."""
-    from store.registry import RegistryError, rollback as roll_back
+    from store.registry import RegistryError
+    from store.registry import rollback as roll_back
 
     try:
         retired, serving = roll_back(store_engine())
@@ -295,9 +294,15 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     import json
     from pathlib import Path
 
-    from learner.backtest import BacktestError, BacktestSettings, FileTextCache, run_backtest
+    from learner.backtest import (
+        BacktestError,
+        BacktestSettings,
+        FileTextCache,
+        run_backtest,
+    )
     from learner.device import pick_device
     from learner.eventlog import EventLogError, load_events, load_items
+    from training.job import config_for
 
     if threads:
         import torch
@@ -318,8 +323,12 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
         if missing:
             click.echo(f"{len(missing):,} items of {Path(events_path).name} are not in {Path(items_path).name}; "
                        "they have no text", err=True)
-    settings = BacktestSettings.from_config(config, windows=windows, k=k, split=split, eval_sample=eval_sample,
-                                            popularity_windows=popularity_windows)
+    model, finetune = config_for(config)  # exactly as training jobs map the settings
+    settings = BacktestSettings(
+        windows=windows, k=k, split=split, eval_sample=eval_sample, popularity_windows=popularity_windows,
+        model=model, finetune=finetune, rehearsal_policy=config.rehearsal_policy,
+        rehearsal_capacity=config.rehearsal_capacity, rehearsal_half_life_s=config.rehearsal_half_life_s,
+        history_windows=config.history_windows, seed=config.seed)
     cache = FileTextCache(text_cache) if text_cache else {}
     try:
         result = run_backtest(events, catalog, strategy, settings, cache=cache, device=pick_device(device),
@@ -361,7 +370,7 @@ DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline
 @click.option("--alerts-only", is_flag=True, help="Only the open alerts.")
 def drift_metrics(windows: int | None, storefront: str | None, metric: str | None, alerts_only: bool) -> None:
     """Drift metrics: the latest value of every metric per storefront, then the open alerts."""
-    from store import drift as stored
+    from store import drift_metrics as stored
 
     engine = store_engine()
     if not alerts_only:
@@ -382,7 +391,7 @@ def report(out: str, windows: int | None) -> None:
     from pathlib import Path
 
     from drift.report import render
-    from store import drift as stored
+    from store import drift_metrics as stored
     from store.registry import now_ms
 
     rows = stored.recent(store_engine(), windows)

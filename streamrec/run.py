@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
+from runtime.config import Config
+from runtime.processes import free_port, start_broker, start_worker, stop, wait_for_port
 from store.db import make_engine
-from store.models import ingest_stats, model_versions, windows
-from streamrec.config import Config
-from streamrec.processes import free_port, start_broker, start_worker, stop, wait_for_port
+from store.ingest import outcome_totals
+from store.models import model_versions, windows
 from streams import movielens
 from streams.producer import StorefrontProducer
 
@@ -23,15 +24,13 @@ def totals(engine) -> dict[str, int]:
     """Accepted and rejected events, sealed windows and model versions per status so far."""
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(ingest_stats.c.outcome, func.sum(ingest_stats.c.count))
-                                .group_by(ingest_stats.c.outcome)).all()
             sealed = conn.execute(select(func.count()).select_from(windows)).scalar_one()
             versions = dict(conn.execute(select(model_versions.c.status, func.count())
                                          .group_by(model_versions.c.status)).all())
+        flow = outcome_totals(engine)
     except Exception:  # tables not migrated yet
         return {"accepted": 0, "rejected": 0, "windows": 0, "promoted": 0, "gate_rejected": 0}
-    accepted = sum(int(n) for o, n in rows if o == "accepted")
-    return {"accepted": accepted, "rejected": sum(int(n) for _, n in rows) - accepted, "windows": sealed,
+    return {**flow, "windows": sealed,
             "promoted": versions.get("promoted", 0), "gate_rejected": versions.get("rejected", 0)}
 
 

@@ -6,10 +6,10 @@ Reads like a table of contents of the running system:
   of the events and catalog topics (:mod:`streams.ingest`) committing valid events (into the
   open replay window), catalog rows, flow counters and dead letters to the store;
 * ``dead_letter_topic``: rejected messages with their reason and source offset;
-* ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`replay.service`),
+* ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`streams.sealing`),
   announcing each sealed window on ``windows_topic`` (one partition);
 * ``training_trigger``: the agent that takes each sealed window's training trigger, once
-  across the cluster, and queues it on ``training`` (:mod:`learner.service`), which fine-tunes,
+  across the cluster, and queues it on ``training`` (:mod:`training.service`), which fine-tunes,
   gates and publishes a model version per window in a separate process;
 * ``serving``: the newest promoted model, user histories and trending items, refreshed from
   the store and hot-swapped (:mod:`streams.serving`), answering the HTTP API of
@@ -23,17 +23,16 @@ import asyncio
 import logging
 
 import faust
-from sqlalchemy import func, select
 
-from store.models import ingest_stats
-from streamrec.config import Config
-from learner.service import TrainingService
-from replay.service import WORKER_NAME, ReplayService
+from runtime.config import Config
+from store.ingest import ingest_totals
 from streams.ingest_processes import IngestProcesses
 from streams.schema import DeadLetter, WindowSealed
+from streams.sealing import WORKER_NAME, ReplayService
 from streams.serving import ServingService
 from streams.topics import ensure_topics
 from streams.web import add_views
+from training.service import TrainingService
 
 config = Config.from_env()
 logging.getLogger("streams").setLevel(config.python_log_level)
@@ -99,14 +98,6 @@ async def health(web, request):
 @app.page("/stats")
 async def stats(web, request):
     """Totals of ``ingest_stats`` per storefront, event type and outcome."""
-    def query():
-        with ingest.engine.connect() as conn:
-            rows = conn.execute(select(ingest_stats.c.storefront, ingest_stats.c.event_type,
-                                       ingest_stats.c.outcome, func.sum(ingest_stats.c.count))
-                                .group_by(ingest_stats.c.storefront, ingest_stats.c.event_type,
-                                          ingest_stats.c.outcome)).all()
-        return [{"storefront": s, "event_type": t, "outcome": o, "count": int(n)} for s, t, o, n in rows]
-
     if ingest.engine is None:
         return web.json({"error": "store not ready"}, status=503)
-    return web.json(await ingest.in_db(query))
+    return web.json(await ingest.store_thread.run(ingest_totals, ingest.engine))

@@ -22,7 +22,6 @@ import logging
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import orjson
@@ -31,10 +30,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy.exc import DBAPIError
 
+from runtime.blocking import StoreThread
+from runtime.config import Config
+from runtime.processes import die_with_parent
 from store.db import make_engine
 from store.ingest import IngestBatch, IngestWriter, OffsetConflict
-from streamrec.config import Config
-from streamrec.processes import die_with_parent
 from streams.schema import EVENT_TYPES
 from streams.validation import MAX_ID_LENGTH, Invalid, Validator
 
@@ -64,17 +64,13 @@ class IngestService(mode.Service):
         self.config = config
         self.report = report or (lambda message: None)
         self.validator = Validator(config.max_payload_bytes, config.max_future_s)
-        self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-store")
+        self.store_thread = StoreThread("streamrec-store")  # the single writer
         self.positions: dict[TopicPartition, int | None] = {}
         self._offsets_to_mirror: dict[TopicPartition, int] = {}
         self._mirroring: asyncio.Future | None = None
         self.engine = None
         self.writer: IngestWriter | None = None
         self.consumer: AIOKafkaConsumer | None = None
-
-    async def in_db(self, fn, *args):
-        """Run blocking store work on the writer thread, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)  # migrated by the worker
@@ -97,12 +93,12 @@ class IngestService(mode.Service):
     async def on_stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
-        self.db_thread.shutdown(wait=True)
+        self.store_thread.shutdown()
         if self.engine is not None:
             self.engine.dispose()
 
     async def seek_to_stored(self, partitions) -> None:
-        stored = await self.in_db(self.writer.load_offsets, [(tp.topic, tp.partition) for tp in partitions])
+        stored = await self.store_thread.run(self.writer.load_offsets, [(tp.topic, tp.partition) for tp in partitions])
         ends = await self.consumer.end_offsets(list(partitions)) if stored else {}
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
@@ -136,7 +132,7 @@ class IngestService(mode.Service):
         delay = 0.5
         while True:
             try:
-                result = await self.in_db(self.writer.write, batch)
+                result = await self.store_thread.run(self.writer.write, batch)
                 break
             except OffsetConflict as exc:
                 log.warning("Skipping a batch another worker already stored: %s", exc)

@@ -18,17 +18,17 @@ import base64
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import orjson
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError
 
+from runtime.blocking import StoreThread
+from runtime.config import Config
+from runtime.processes import die_with_parent
 from store.db import make_engine, migrate
 from store.ingest import IngestWriter
-from streamrec.config import Config
-from streamrec.processes import die_with_parent
 from streams.schema import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class IngestProcesses(mode.Service):
         self.config = config
         self.dead_letter_topic = dead_letter_topic
         self.on_commit = on_commit
-        self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-outbox")
+        self.store_thread = StoreThread("streamrec-outbox")
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.assigned: dict[int, list[str]] = {}
         self.totals = {"accepted": 0, "rejected": 0, "batches": 0, "restarts": 0}
@@ -69,13 +69,9 @@ class IngestProcesses(mode.Service):
         """Totals since the worker started, and the pid of each running ingest process."""
         return {**self.totals, "pids": [p.pid for p in self.processes.values() if p.returncode is None]}
 
-    async def in_db(self, fn, *args):
-        """Run blocking store work on this service's thread, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)
-
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
-        await self.in_db(migrate, self.engine)  # before any ingest process writes
+        await self.store_thread.run(migrate, self.engine)  # before any ingest process writes
         self.writer = IngestWriter(self.engine, self.config.ingest_group, self.config.dedupe_horizon_s)
         for slot in range(self.config.ingest_processes):
             self.add_future(self._supervise(slot))
@@ -83,7 +79,7 @@ class IngestProcesses(mode.Service):
 
     async def on_stop(self) -> None:
         await asyncio.gather(*(self._terminate(p) for p in list(self.processes.values())))
-        self.db_thread.shutdown(wait=True)
+        self.store_thread.shutdown()
         if self.engine is not None:
             self.engine.dispose()
 
@@ -149,11 +145,11 @@ class IngestProcesses(mode.Service):
             await self._outbox_waiting.wait()
             self._outbox_waiting.clear()
             try:
-                while rows := await self.in_db(self.writer.unpublished_dead_letters, 1000):
+                while rows := await self.store_thread.run(self.writer.unpublished_dead_letters, 1000):
                     pending = [await self.dead_letter_topic.send(key=row["key"], value=_dead_letter(row))
                                for row in rows]
                     await asyncio.gather(*pending)
-                    await self.in_db(self.writer.mark_published, [row["id"] for row in rows])
+                    await self.store_thread.run(self.writer.mark_published, [row["id"] for row in rows])
             except (KafkaError, DBAPIError) as exc:  # kept in the outbox; try again shortly
                 log.error("Publishing dead letters failed (retrying in 5s): %s", exc)
                 self._outbox_waiting.set()
@@ -162,7 +158,7 @@ class IngestProcesses(mode.Service):
     @mode.Service.timer(600.0)
     async def _prune_dedupe(self) -> None:
         if self.writer is not None:
-            pruned = await self.in_db(self.writer.prune_dedupe, time.time_ns() // 1_000_000)
+            pruned = await self.store_thread.run(self.writer.prune_dedupe, time.time_ns() // 1_000_000)
             if pruned:
                 log.info("Forgot %d event ids older than the dedupe horizon", pruned)
 

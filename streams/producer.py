@@ -17,7 +17,7 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from streamrec.config import Config
+from runtime.config import Config
 from streams.validation import Invalid, Validator
 
 

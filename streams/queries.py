@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from concurrent.futures import Executor
 
 import numpy as np
 
 from learner.text import TextEncoder
+from runtime.blocking import StoreThread
 
 
 class QueryEncoder:
-    """Encodes queries on one executor thread, one encoder call per batch of waiting queries.
+    """Encodes queries on one thread of their own, one encoder call per batch of waiting queries.
 
     While a batch is being encoded, new queries wait; the next call takes up to ``max_batch``
     of them at once, so under load the cost per query falls. The ``cache_size`` most recently
     used vectors are kept.
     """
 
-    def __init__(self, encoder: TextEncoder, executor: Executor, cache_size: int = 4096, max_batch: int = 32):
+    def __init__(self, encoder: TextEncoder, thread: StoreThread, cache_size: int = 4096, max_batch: int = 32):
         self.encoder = encoder
-        self.executor = executor
+        self.thread = thread
         self.cache_size = cache_size
         self.max_batch = max_batch
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -41,13 +41,12 @@ class QueryEncoder:
         return await future
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 texts = list(self._waiting)[:self.max_batch]
                 waiters = [self._waiting.pop(text) for text in texts]
                 try:
-                    vectors = await loop.run_in_executor(self.executor, self.encoder.encode, texts)
+                    vectors = await self.thread.run(self.encoder.encode, texts)
                 except Exception as exc:  # every waiter of the batch gets the error
                     for future in (f for futures in waiters for f in futures if not f.done()):
                         future.set_exception(exc)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import pyarrow as pa
@@ -28,15 +27,16 @@ from sqlalchemy.exc import DBAPIError
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
 from learner.recommend import Recommender
-from learner.serving import load_serving
 from learner.text import TextEncoder
+from runtime.blocking import StoreThread
+from runtime.config import Config
 from store.catalog import catalog_mark, load_catalog
 from store.db import make_engine, migrate
 from store.registry import StoredTextEmbeddings, serving_version
 from store.replay import ReplayStore
-from streamrec.config import Config
 from streams.history import Trending, UserHistories
 from streams.queries import QueryEncoder
+from training.versions import load_serving
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class ServingService(mode.Service):
         self.load_error: str | None = None
         self.ready = asyncio.Event()
         self.engine = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-serving")
-        self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-query")
+        self.store_thread = StoreThread("streamrec-serving")
+        self._query_thread = StoreThread("streamrec-query")
         self._catalog_encoder = TextEncoder(self.device)
         self.queries = QueryEncoder(TextEncoder(self.device), self._query_thread)
         self._window_cursor = 0
@@ -69,14 +69,13 @@ class ServingService(mode.Service):
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, migrate, self.engine)
-        newest = await loop.run_in_executor(self._thread, self._newest_window)
+        await self.store_thread.run(migrate, self.engine)
+        newest = await self.store_thread.run(self._newest_window)
         self._window_cursor = max(0, newest - self.config.history_windows)
 
     async def on_stop(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
-        self._query_thread.shutdown(wait=False, cancel_futures=True)
+        self.store_thread.shutdown(wait=False)
+        self._query_thread.shutdown(wait=False)
         if self.engine is not None:
             self.engine.dispose()
 
@@ -86,11 +85,10 @@ class ServingService(mode.Service):
 
     @mode.Service.task
     async def _refresh_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self.should_stop:
             started = time.monotonic()
             try:
-                await loop.run_in_executor(self._thread, self.refresh)
+                await self.store_thread.run(self.refresh)
             except DBAPIError as exc:
                 log.error("Serving refresh failed (store unreachable), retrying: %s", exc.orig or exc)
             except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streamrec.config import Config
+from runtime.config import Config
 
 
 def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:

@@ -14,15 +14,21 @@ import logging
 from pathlib import Path
 
 import faust
-from aiohttp.web import HTTPRequestEntityTooLarge
-from faust.web import View
 import orjson
-from kafka.errors import KafkaError as SyncKafkaError
+from aiohttp.web import HTTPRequestEntityTooLarge
 from aiokafka.errors import KafkaError
+from faust.web import View
+from kafka.errors import KafkaError as SyncKafkaError
 
 from learner.recommend import Recommender, Scored, UnknownItem
-from store.registry import RegistryError, list_versions, promote, rollback, serving_version
-from streamrec.config import Config
+from runtime.config import Config
+from store.registry import (
+    RegistryError,
+    list_versions,
+    promote,
+    rollback,
+    serving_version,
+)
 from streams.serving import ServingService
 from streams.validation import Invalid, Validator
 
@@ -106,9 +112,6 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {config.api_token}".encode()):
             raise HTTPProblem(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-
-    async def in_store(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     @view("/recommend/{user_id}")
     class Recommend(JSONView):
@@ -213,7 +216,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         async def get(self, request):
             """The serving version, what this worker has loaded, and the newest versions."""
             limit = int_param(request, "limit", 10, 1, 100)
-            current, versions = await in_store(
+            current, versions = await serving.store_thread.run(
                 lambda: (serving_version(serving.engine), list_versions(serving.engine, limit)))
             return self.json({"serving": current, "loaded": serving.describe(), "versions": versions})
 
@@ -225,7 +228,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             if not version_id.isdigit():
                 raise HTTPProblem(400, f"version must be a whole number, got {version_id[:50]!r}")
             try:
-                await in_store(promote, serving.engine, int(version_id))
+                await serving.store_thread.run(promote, serving.engine, int(version_id))
             except RegistryError as exc:
                 raise HTTPProblem(404, str(exc))
             return self.json({"serving": int(version_id)})
@@ -236,7 +239,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             """Retire the serving version; the one promoted before it serves again."""
             authorise(request)
             try:
-                retired, serving_now = await in_store(rollback, serving.engine)
+                retired, serving_now = await serving.store_thread.run(rollback, serving.engine)
             except RegistryError as exc:
                 raise HTTPProblem(409, str(exc))
             return self.json({"retired": retired, "serving": serving_now})

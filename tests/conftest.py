@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from runtime.processes import free_port, start_broker, stop
 from store.db import make_engine, migrate
-from streamrec.processes import free_port, start_broker, stop
 
 POSTGRES_ADMIN_URL = os.environ.get("STREAMREC_TEST_POSTGRES",
                                     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamrec.config import Config
-from streamrec.processes import free_port, start_worker, stop
+from runtime.config import Config
+from runtime.processes import free_port, start_worker, stop
 
 
 class Worker:

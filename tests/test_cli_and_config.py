@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from runtime.config import SETTINGS, Config, ConfigError
 from streamrec.cli import main
-from streamrec.config import SETTINGS, Config, ConfigError
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 

@@ -1,7 +1,7 @@
 """The container files in ``docker/`` agree with the code.
 
 No Docker engine needed: ``compose.yaml`` and the ``Dockerfile`` are parsed and
-checked against :mod:`streamrec.config` and ``pyproject.toml``.
+checked against :mod:`runtime.config` and ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from streamrec.config import SETTINGS, Config
+from runtime.config import SETTINGS, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -129,7 +129,7 @@ def test_every_streamrec_variable_is_a_known_setting(worker):
     known = {setting.env for setting in SETTINGS.values()}
     used = {key for key in env_of(worker) if key.startswith("STREAMREC_")}
     assert used, "the worker sets no STREAMREC_* variable"
-    assert used <= known, f"not settings of streamrec.config: {sorted(used - known)}"
+    assert used <= known, f"not settings of runtime.config: {sorted(used - known)}"
 
 
 @pytest.mark.parametrize("worker", WORKERS)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
 from drift.metrics import METRICS
-from store import drift as stored
+from store import drift_metrics as stored
 from store.db import make_engine
 from store.registry import list_runs
 from streamrec.cli import main

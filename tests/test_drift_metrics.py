@@ -24,15 +24,16 @@ from hypothesis import strategies as st
 from drift.detectors import AdwinHits, PageHinkleyLog, judge_series
 from drift.divergence import js_divergence, noise_floor, psi
 from drift.metrics import CONCEPT, INPUT, METRICS, MetricValue
-from drift.quality import PopularityModel, quality, sample_events
+from drift.quality import quality, sample_events
 from drift.window import DriftTracker, forgetting, model_drift
 from learner.bundle import ModelBundle
-from learner.drift import score_shift, vector_shift
+from learner.evaluate import Popularity
 from learner.finetune import FineTuneConfig, fine_tune
-from learner.job import split_holdout
+from learner.gate import split_holdout
 from learner.model import ModelConfig
 from learner.trainer import TrainConfig
 from streams import movielens
+from training.drift_recording import score_shift, vector_shift
 
 WINDOW = 2_000
 STATIONARY_WINDOWS = 22
@@ -64,10 +65,10 @@ class Stream:
         if k == 0:
             self.probe_history, held_out = split_holdout(window, 0.1)
             self.probe = sample_events(held_out, 1000, seed=1)
-        serving = PopularityModel.of(pd.concat(self.windows), also=window) if k else None
+        serving = Popularity.of(pd.concat(self.windows), also=window) if k else None
         history = pd.concat(self.windows[-3:]) if k else None
         values = self.tracker.observe(window, serving, "popularity of earlier windows", history)
-        version = PopularityModel.of(window, also=self.probe)  # trained on this window only
+        version = Popularity.of(window, also=self.probe)  # trained on this window only
         probe = quality(version, self.probe, self.probe_history)
         values += forgetting(STOREFRONT, probe, self.probe_first, "probe of window 1")
         self.tracker.record([v for v in values if v.kind == "forgetting"])

@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from drift.quality import PopularityModel, quality, sample_events
+from drift.quality import quality, sample_events
 from drift.window import DriftTracker, forgetting
-from learner.job import split_holdout
-from store import drift as stored
+from learner.evaluate import Popularity
+from learner.gate import split_holdout
+from store import drift_metrics as stored
 from streamrec.cli import main
 from streams import movielens
 
@@ -85,8 +86,8 @@ def test_report_draws_every_metric_and_marks_alerts(engine, database_url, tmp_pa
     probe, first = sample_events(held_out, 500, seed=1), None
     for k, window in enumerate(windows):
         earlier = pd.concat(windows[:k]) if k else None
-        values = tracker.observe(window, PopularityModel.of(earlier, also=window) if k else None, "popularity", earlier)
-        measured = quality(PopularityModel.of(window, also=probe), probe, probe_history)
+        values = tracker.observe(window, Popularity.of(earlier, also=window) if k else None, "popularity", earlier)
+        measured = quality(Popularity.of(window, also=probe), probe, probe_history)
         values += forgetting(movielens.STOREFRONT, measured, first, "probe of window 1")
         first = measured.recall if first is None else first
         with engine.begin() as conn:

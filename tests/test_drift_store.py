@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.exc import ProgrammingError
 
 from drift.metrics import METRICS, MetricValue, judged
-from store import drift as stored
+from store import drift_metrics as stored
 from store.models import drift_metrics, model_versions
 from store.registry import finish_run, list_versions, start_run
 from streamrec.cli import main

@@ -16,12 +16,12 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from runtime.processes import free_port, start_broker, stop
 from store.db import make_engine
 from store.models import model_versions, training_runs
 from store.replay import ReplayStore
 from streams import movielens
 from streams.producer import StorefrontProducer
-from streamrec.processes import free_port, start_broker, stop
 from tests.harness import Worker, wait_until, worker_env
 
 pytestmark = pytest.mark.broker

@@ -18,7 +18,7 @@ import torch
 
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle, load_bundle
-from learner.evaluate import BundleScorer, PopularityScorer, evaluate
+from learner.evaluate import BundleScorer, Popularity, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
 from learner.text import TextEncoder
@@ -71,8 +71,8 @@ def test_beats_popularity_on_the_next_window(movielens_frames, trained):
     events, _ = movielens_frames
     history, test = events.iloc[:WINDOWS * WINDOW], events.iloc[WINDOWS * WINDOW:(WINDOWS + 1) * WINDOW]
     model = evaluate(BundleScorer(trained), test, history)
-    popular_all = evaluate(PopularityScorer(trained.vocab, history), test, history)
-    popular_recent = evaluate(PopularityScorer(trained.vocab, history.iloc[-WINDOW:]), test, history)
+    popular_all = evaluate(Popularity(trained.vocab, history), test, history)
+    popular_recent = evaluate(Popularity(trained.vocab, history.iloc[-WINDOW:]), test, history)
     print(f"\nrecall@20 model {model['recall@20']:.4f}, popularity (all history) {popular_all['recall@20']:.4f}, "
           f"popularity (last window) {popular_recent['recall@20']:.4f}; ndcg@20 model {model['ndcg@20']:.4f}, "
           f"popularity {popular_all['ndcg@20']:.4f}")

@@ -11,7 +11,7 @@ import torch
 
 from learner.bundle import ModelBundle
 from learner.checkpoint import ChecksumMismatch, dump_bundle, load_bundle
-from learner.evaluate import BundleScorer, PopularityScorer, evaluate, metrics_at, ranks
+from learner.evaluate import BundleScorer, Popularity, evaluate, metrics_at, ranks
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig
@@ -51,7 +51,7 @@ def test_evaluate_excludes_seen_items_but_not_the_target():
     vocab = Vocabulary(IdMap(["a", "b", "c", "d"]))
     history = frame([("u", "a", 1, "click"), ("u", "b", 2, "click")], prefix="h")
     events = frame([("u", "b", 3, "purchase"), ("u", "c", 4, "click"), ("v", "d", 5, "click")])
-    popularity = PopularityScorer(vocab, frame([("x", "a", 0, "click")] * 5 + [("x", "b", 0, "click")] * 4
+    popularity = Popularity(vocab, frame([("x", "a", 0, "click")] * 5 + [("x", "b", 0, "click")] * 4
                                                + [("x", "c", 0, "click")] * 3 + [("x", "d", 0, "click")] * 2))
     result = evaluate(popularity, events, history, ks=(1, 2))
     # u->b: a is seen, b (the target, seen before too) ranks 0. u->c: a, b seen -> c ranks 0.
@@ -64,7 +64,7 @@ def test_evaluate_excludes_seen_items_but_not_the_target():
 
 def test_unknown_target_is_a_miss():
     vocab = Vocabulary(IdMap(["a"]))
-    result = evaluate(PopularityScorer(vocab, frame([])), frame([("u", "zzz", 1, "click")]), ks=(5,))
+    result = evaluate(Popularity(vocab, frame([])), frame([("u", "zzz", 1, "click")]), ks=(5,))
     assert result["recall@5"] == 0.0
 
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamrec.processes import free_port, start_broker, stop
+from runtime.processes import free_port, start_broker, stop
 from streams import movielens
 from streams.producer import StorefrontProducer
 from streams.validation import Validator

@@ -15,9 +15,16 @@ import replay.memory
 import replay.sampler
 import replay.windows
 from replay import codec
-from replay.memory import POLICIES, FrequencyExemplars, RecencyWeighted, Reservoir, make_memory, water_fill
+from replay.memory import (
+    POLICIES,
+    FrequencyExemplars,
+    RecencyWeighted,
+    Reservoir,
+    make_memory,
+    water_fill,
+)
 from replay.sampler import RehearsalSampler
-from streamrec.config import REHEARSAL_POLICIES
+from runtime.config import REHEARSAL_POLICIES
 
 
 def window(ids, items=None, ts=None) -> "codec.pa.Table":

@@ -24,14 +24,20 @@ import yaml
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.serving import publish
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from store.db import make_engine, migrate
-from store.registry import StoredTextEmbeddings, list_runs, list_versions, now_ms, serving_version
+from store.registry import (
+    StoredTextEmbeddings,
+    list_runs,
+    list_versions,
+    now_ms,
+    serving_version,
+)
 from streams import movielens
 from streams.producer import StorefrontProducer
 from tests.harness import Worker, wait_until, worker_env
+from training.versions import publish
 
 pytestmark = pytest.mark.broker
 

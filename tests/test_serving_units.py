@@ -164,17 +164,17 @@ class CountingEncoder:
 
 def test_queries_arriving_together_are_encoded_together_and_cached(encoder):
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
+    from runtime.blocking import StoreThread
     from streams.queries import QueryEncoder
 
     counting = CountingEncoder(encoder)
     queries = [f"waterproof hiking boots size {i}" for i in range(20)]
 
     async def run():
-        batcher = QueryEncoder(counting, ThreadPoolExecutor(1), cache_size=8)
+        batcher = QueryEncoder(counting, StoreThread("query"), cache_size=8)
         vectors = await asyncio.gather(*(batcher.encode(q) for q in queries + queries[:5]))
         calls_after_burst = len(counting.calls)
         again = await batcher.encode(queries[-1])  # among the 8 newest: cached

@@ -8,9 +8,9 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from sqlalchemy import func, inspect, select
 
+from replay import codec
 from store.db import make_engine, migrate
 from store.ingest import IngestBatch, IngestWriter, OffsetConflict, Source
-from replay import codec
 from store.models import dead_letters, event_ids, ingest_stats, items, open_segments
 
 T0 = 1_763_000_000_000

@@ -13,19 +13,27 @@ import torch
 
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
-from learner.job import judge, read_window, run_training_job, version_row
-from learner.serving import load_serving
 from replay import codec
 from replay.memory import make_memory
 from replay.windows import WindowPolicy
+from runtime.config import Config
 from store.db import make_engine, migrate
 from store.ingest import IngestBatch, IngestWriter, Source
 from store.models import model_versions
-from store.registry import RegistryError, finish_run, list_runs, list_versions, promote, rollback, serving_version, \
-    start_run
+from store.registry import (
+    RegistryError,
+    finish_run,
+    list_runs,
+    list_versions,
+    promote,
+    rollback,
+    serving_version,
+    start_run,
+)
 from store.replay import ReplayStore
-from streamrec.config import Config
 from streams import movielens
+from training.job import judge, read_window, run_training_job, version_row
+from training.versions import load_serving
 
 WINDOW_EVENTS = 4_000
 ENV = {"STREAMREC_TRAIN_EPOCHS": "2", "STREAMREC_GATE_TOLERANCE": "0.5", "STREAMREC_REHEARSAL_CAPACITY": "3000"}

@@ -6,7 +6,8 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.validation import REASONS, Invalid, Validator
 

@@ -6,7 +6,14 @@ from sqlalchemy import Engine
 
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle, load_bundle
-from store.registry import finish_run, list_versions, now_ms, serving_version, start_run, version_weights
+from store.registry import (
+    finish_run,
+    list_versions,
+    now_ms,
+    serving_version,
+    start_run,
+    version_weights,
+)
 
 
 def load_serving(engine: Engine) -> tuple[dict, ModelBundle] | None:

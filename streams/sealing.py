@@ -16,16 +16,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import mode
 from sqlalchemy.exc import DBAPIError
 
 from replay.memory import make_memory
 from replay.windows import WindowPolicy
+from runtime.blocking import StoreThread
+from runtime.config import Config
 from store.db import make_engine, migrate
 from store.replay import ReplayStore
-from streamrec.config import Config
 from streams.schema import WindowSealed
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,11 @@ class ReplayService(mode.Service):
         self.config = config
         self.windows_topic = windows_topic
         self.on_trigger = on_trigger
-        self.db_thread = ThreadPoolExecutor(1, thread_name_prefix="streamrec-replay")
+        self.store_thread = StoreThread("streamrec-replay")
         self.totals = {"sealed": 0, "triggers": 0}
         self.engine = None
         self.store: ReplayStore | None = None
         self._poked = asyncio.Event()
-
-    async def in_db(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.db_thread, fn, *args)
 
     def new_memory(self):
         c = self.config
@@ -61,12 +58,12 @@ class ReplayService(mode.Service):
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
-        await self.in_db(migrate, self.engine)
+        await self.store_thread.run(migrate, self.engine)
         self.store = ReplayStore(self.engine, WindowPolicy(self.config.window_max_events,
                                                            self.config.window_max_age_s), self.new_memory)
 
     async def on_stop(self) -> None:
-        self.db_thread.shutdown(wait=True)
+        self.store_thread.shutdown()
         if self.engine is not None:
             self.engine.dispose()
 
@@ -83,7 +80,7 @@ class ReplayService(mode.Service):
                 pass
             self._poked.clear()
             try:
-                sealed = await self.in_db(self.store.seal_due, now_ms())
+                sealed = await self.store_thread.run(self.store.seal_due, now_ms())
                 for window in sealed:
                     log.info("Sealed window %d: %d events (%s)", window.id, window.n_events, window.seal_reason)
                 self.totals["sealed"] += len(sealed)
@@ -96,18 +93,18 @@ class ReplayService(mode.Service):
                 await asyncio.sleep(1.0)
 
     async def _publish_notices(self) -> None:
-        pending = await self.in_db(self.store.unpublished_notices)
+        pending = await self.store_thread.run(self.store.unpublished_notices)
         if not pending:
             return
         sent = [await self.windows_topic.send(key=str(w.id).encode(), value=WindowSealed(
             window_id=w.id, n_events=w.n_events, seal_reason=w.seal_reason, sealed_at=w.sealed_at))
             for w in pending]
         await asyncio.gather(*sent)
-        await self.in_db(self.store.mark_notices_published, [w.id for w in pending])
+        await self.store_thread.run(self.store.mark_notices_published, [w.id for w in pending])
 
     async def take_trigger(self, notice: WindowSealed) -> bool:
         """Claim the training trigger of a sealed window; hand it on if this worker won it."""
-        if not await self.in_db(self.store.claim_trigger, notice.window_id, WORKER_NAME, now_ms()):
+        if not await self.store_thread.run(self.store.claim_trigger, notice.window_id, WORKER_NAME, now_ms()):
             log.info("Window %d: training trigger already taken", notice.window_id)
             return False
         self.totals["triggers"] += 1

@@ -28,14 +28,15 @@ from sqlalchemy import Connection, Engine
 from drift.detectors import REPLAY_WINDOWS
 from drift.metrics import CONCEPT, MetricValue
 from drift.model_shift import item_vector_shift, score_psi
-from drift.quality import PopularityModel, quality, sample_events
+from drift.quality import quality, sample_events
 from drift.window import Context, forgetting, model_drift, window_drift
 from learner.bundle import ModelBundle
-from learner.evaluate import BundleScorer
+from learner.evaluate import BundleScorer, Popularity
+from learner.gate import split_holdout
 from replay import codec
-from store import drift as stored
+from runtime.config import Config
+from store import drift_metrics as stored
 from store.replay import ReplayStore
-from streamrec.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class WindowDrift:
         self._windows: list[dict] | None = None
 
     def before_training(self, data, device) -> None:
-        """Input drift and prequential quality; ``data`` is the job's ``learner.job.WindowData``."""
+        """Input drift and prequential quality; ``data`` is the job's ``training.job.WindowData``."""
         self._measure("input and concept drift", self._before, data, device)
 
     def after_judging(self, data, candidate: ModelBundle, device) -> None:
@@ -118,15 +119,13 @@ class WindowDrift:
         if data.serving is not None:
             serving, name = BundleScorer(data.serving[1], device), f"version {data.serving[0]['id']}"
         elif len(data.history):
-            serving, name = PopularityModel.of(data.history, also=window), "popularity"
+            serving, name = Popularity.of(data.history, also=window), "popularity"
         else:
             serving, name = None, ""
         return window_drift(window, context, catalog=data.catalog, serving=serving, serving_name=name,
                             history=data.history)
 
     def _after(self, data, candidate: ModelBundle, device) -> list[MetricValue]:
-        from learner.job import split_holdout
-
         window = pd.concat([data.train_part, data.held_out], ignore_index=True)
         values: list[MetricValue] = []
         for storefront in sorted(window["storefront"].unique()):

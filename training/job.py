@@ -12,13 +12,12 @@ The steps, each reading from or writing to the store:
    are ranked on the held-out events with full ranking; the candidate is promoted unless its
    Recall@20 is more than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
 5. the version (safetensors weights, sha256, lineage, metrics), the window's drift metrics
-   (:mod:`learner.drift`) and the run's outcome are written in one transaction.
+   (:mod:`training.drift_recording`) and the run's outcome are written in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,23 +29,23 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
 from learner.device import pick_device
-from learner.drift import WindowDrift
-from learner.evaluate import BundleScorer, PopularityScorer, evaluate
+from learner.evaluate import BundleScorer, Popularity, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
+from learner.gate import gate, split_holdout
 from learner.model import ModelConfig
-from learner.serving import load_newest, load_serving
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay import codec
 from replay.memory import make_memory
+from runtime.config import Config
 from store.catalog import load_catalog
 from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
 from store.replay import ReplayStore
-from streamrec.config import Config
+from training.drift_recording import WindowDrift
+from training.versions import load_newest, load_serving
 
 log = logging.getLogger(__name__)
 
-GATE_METRIC = "recall@20"
 _encoder: TextEncoder | None = None  # loaded once per training process
 
 
@@ -55,24 +54,6 @@ def text_encoder() -> TextEncoder:
     if _encoder is None:
         _encoder = TextEncoder(pick_device())
     return _encoder
-
-
-def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(older part to train on, newest ``share`` of the events in time to judge on)."""
-    ordered = window.sort_values(["ts", "event_id"], kind="stable")
-    cut = len(ordered) - max(1, round(share * len(ordered)))
-    return ordered.iloc[:cut], ordered.iloc[cut:]
-
-
-def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str) -> tuple[bool, str]:
-    """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's."""
-    c, b = candidate[GATE_METRIC], baseline[GATE_METRIC]
-    if math.isnan(c):
-        return False, "no held-out events to judge the candidate on"
-    floor = b * (1 - tolerance)
-    verdict = c >= floor
-    return verdict, (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "
-                     f"({baseline_name} {b:.4f}, tolerance {tolerance:.0%})")
 
 
 def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
@@ -125,7 +106,7 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
         baseline_metrics = evaluate(BundleScorer(data.serving[1], device), data.held_out, data.judged_with)
     else:
         baseline_name = "popularity"
-        baseline_metrics = evaluate(PopularityScorer(candidate.vocab, data.judged_with, candidate.model.config.max_len),
+        baseline_metrics = evaluate(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len),
                                     data.held_out, data.judged_with)
     promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name)
     return promoted, reason, {"candidate": candidate_metrics, "baseline": baseline_metrics,

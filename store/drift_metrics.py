@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, select
 
-from store.ingest import upsert
+from store.db import upsert
 from store.models import drift_metrics
 from store.registry import now_ms
 

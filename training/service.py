@@ -1,7 +1,7 @@
 """The worker's learner stage: one training job per triggered window, in a child process.
 
 Training never runs on the worker's event loop: jobs queue here and run one at a time in a
-spawned process (:func:`learner.job.run_training_job`), which dies with the worker. If that
+spawned process (:func:`training.job.run_training_job`), which dies with the worker. If that
 process dies mid-job, the run is marked failed, no version was written (a version is
 written in the transaction that closes its run), and the next window trains normally in a
 fresh process.
@@ -18,13 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import mode
+
 from learner import job
-from learner.job import run_training_job
+from runtime.config import SETTINGS, Config
+from runtime.processes import die_with_parent
 from store.db import make_engine, migrate
 from store.registry import fail_running, list_runs, now_ms
 from store.replay import ReplayStore
-from streamrec.config import SETTINGS, Config
-from streamrec.processes import die_with_parent
+from training.job import run_training_job
 
 log = logging.getLogger(__name__)
 

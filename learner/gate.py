@@ -1,0 +1,37 @@
+"""The quality gate: hold out the newest events of a window, and judge a candidate on them.
+
+Examples
+--------
+>>> window = pd.DataFrame({"event_id": ["a", "b", "c", "d"], "ts": [4, 1, 3, 2]})
+>>> train, held_out = split_holdout(window, 0.25)
+>>> train["ts"].tolist(), held_out["ts"].tolist()
+([1, 2, 3], [4])
+>>> gate({"recall@20": 0.19}, {"recall@20": 0.2}, 0.1, "version 3")
+(True, 'recall@20 0.1900 >= 0.1800 (version 3 0.2000, tolerance 10%)')
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+GATE_METRIC = "recall@20"
+
+
+def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(older part to train on, newest ``share`` of the events in time to judge on)."""
+    ordered = window.sort_values(["ts", "event_id"], kind="stable")
+    cut = len(ordered) - max(1, round(share * len(ordered)))
+    return ordered.iloc[:cut], ordered.iloc[cut:]
+
+
+def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str) -> tuple[bool, str]:
+    """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's."""
+    c, b = candidate[GATE_METRIC], baseline[GATE_METRIC]
+    if math.isnan(c):
+        return False, "no held-out events to judge the candidate on"
+    floor = b * (1 - tolerance)
+    verdict = c >= floor
+    return verdict, (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "
+                     f"({baseline_name} {b:.4f}, tolerance {tolerance:.0%})")

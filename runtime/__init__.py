@@ -1,0 +1,1 @@
+"""What every running process shares: settings, child processes, blocking work off the event loop."""

@@ -1,0 +1,1 @@
+"""Training jobs: read windows from the store, fine-tune, gate, publish versions and drift metrics."""
