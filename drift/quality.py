@@ -37,6 +37,7 @@ def quality(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None =
 
     Examples
     --------
+    >>> from learner.evaluate import Popularity
     >>> ev = pd.DataFrame({"event_id": ["e1", "e2", "e3"], "type": "click", "user_id": ["u1", "u2", "u2"],
     ...     "item_id": ["a", "a", "b"], "storefront": "s", "ts": [1, 2, 3], "session_id": None})
     >>> q = quality(Popularity.of(ev.iloc[:1], also=ev), ev.iloc[1:], ev.iloc[:1])

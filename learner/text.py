@@ -60,8 +60,8 @@ class TextEncoder:
 
     Examples
     --------
-    >>> vectors = TextEncoder().encode(["Star Trek: First Contact", "Toy Story"])  # doctest: +SKIP
-    >>> vectors.shape, vectors.dtype  # doctest: +SKIP
+    >>> vectors = TextEncoder().encode(["Star Trek: First Contact", "Toy Story"])
+    >>> vectors.shape, vectors.dtype
     ((2, 384), dtype('float32'))
     """
 

@@ -81,8 +81,15 @@ class Trainer:
 
     Examples
     --------
-    >>> trainer = Trainer(bundle, TrainConfig(epochs=3), plugins=[EarlyStopping()])  # doctest: +SKIP
-    >>> epoch_log = trainer.fit(window, history)  # doctest: +SKIP
+    >>> from learner.bundle import ModelBundle
+    >>> from learner.model import ModelConfig
+    >>> window = pd.DataFrame({"event_id": [f"e{i}" for i in range(40)], "type": "click",
+    ...     "user_id": [f"u{i % 4}" for i in range(40)], "item_id": [f"i{i % 5}" for i in range(40)],
+    ...     "storefront": "s", "ts": range(40), "session_id": None})
+    >>> bundle = ModelBundle.build(ModelConfig(dim=8, heads=1, use_text=False), events=window, seed=0)
+    >>> epoch_log = Trainer(bundle, TrainConfig(epochs=2, seed=0)).fit(window)
+    >>> [entry["epoch"] for entry in epoch_log]
+    [1, 2]
     """
 
     def __init__(self, bundle: ModelBundle, config: TrainConfig | None = None, plugins: Sequence[Plugin] = (),

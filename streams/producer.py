@@ -1,10 +1,11 @@
 """Storefront producer client (kafka-python): validate, key by user, batch, retry, report.
 
->>> producer = StorefrontProducer("127.0.0.1:9092")                      # doctest: +SKIP
->>> report = producer.send_events([{"event_id": "e1", "type": "click", "user_id": "u1",
-...                                 "item_id": "sku-9", "ts": "2026-01-05T10:00:00Z"}])  # doctest: +SKIP
->>> report.sent, report.failed                                              # doctest: +SKIP
-(1, [])
+Usage, with a broker listening (``tests/test_ingest_e2e.py`` runs it against one)::
+
+    with StorefrontProducer("127.0.0.1:9092") as producer:
+        report = producer.send_events([{"event_id": "e1", "type": "click", "user_id": "u1",
+                                        "item_id": "sku-9", "ts": "2026-01-05T10:00:00Z"}])
+    report.sent, report.failed  # (1, [])
 """
 
 from __future__ import annotations

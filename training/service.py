@@ -19,12 +19,12 @@ from concurrent.futures.process import BrokenProcessPool
 
 import mode
 
-from learner import job
 from runtime.config import SETTINGS, Config
 from runtime.processes import die_with_parent
 from store.db import make_engine, migrate
 from store.registry import fail_running, list_runs, now_ms
 from store.replay import ReplayStore
+from training import job
 from training.job import run_training_job
 
 log = logging.getLogger(__name__)
