@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -35,6 +36,22 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by None, so no JSON column ever holds one
+    (Postgres refuses them; other readers choke on them).
+
+    >>> finite_json({"recall@20": float("nan"), "runs": [1.5, float("inf")], "name": "v1"})
+    {'recall@20': None, 'runs': [1.5, None], 'name': 'v1'}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def upsert(conn: Connection, table):

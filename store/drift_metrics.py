@@ -6,6 +6,7 @@ here on their own ``MetaData``, never the store's, so nothing ever creates them 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, select
@@ -35,7 +36,7 @@ def write_metrics(conn: Connection, window_id: int, version_id: int | None, rows
     """
     created = now_ms()
     rows = [{**{c: r[c] for c in VALUE_COLUMNS}, "window_id": window_id, "model_version_id": version_id,
-             "created_at": created} for r in rows]
+             "created_at": created, **_unmeasurable(r)} for r in rows]
     if not rows:
         return 0
     stmt = upsert(conn, drift_metrics)
@@ -43,6 +44,15 @@ def write_metrics(conn: Connection, window_id: int, version_id: int | None, rows
         index_elements=["window_id", "storefront", "metric"],
         set_={c: stmt.excluded[c] for c in (*VALUE_COLUMNS, "model_version_id", "created_at")}), rows)
     return len(rows)
+
+
+def _unmeasurable(row: dict) -> dict:
+    """For a value that is not a finite number: NULL, no alert, and the reason in ``reference``."""
+    value = row["value"]
+    if value is None or math.isfinite(value):
+        return {}
+    return {"value": None, "alert": False, "detector": "none",
+            "reference": f"{row['reference']} (not measurable: the value was {value})"}
 
 
 def series(engine: Engine, storefronts: Sequence[str], before_window: int, metrics: Sequence[str] | None = None,
@@ -58,7 +68,8 @@ def series(engine: Engine, storefronts: Sequence[str], before_window: int, metri
     out: dict[tuple[str, str], list[tuple[float, int]]] = {}
     with engine.connect() as conn:
         for metric, storefront, value, n in conn.execute(query):
-            out.setdefault((metric, storefront), []).append((value, n))
+            if value is not None:  # an unmeasurable value has no place in a series
+                out.setdefault((metric, storefront), []).append((value, n))
     return out
 
 
@@ -66,7 +77,8 @@ def first_row(engine: Engine, metric: str, storefront: str) -> dict | None:
     """The oldest stored row of ``metric`` for ``storefront``."""
     with engine.connect() as conn:
         row = conn.execute(select(drift_metrics).where(drift_metrics.c.metric == metric,
-                                                       drift_metrics.c.storefront == storefront)
+                                                       drift_metrics.c.storefront == storefront,
+                                                       drift_metrics.c.value.is_not(None))
                            .order_by(drift_metrics.c.window_id).limit(1)).mappings().one_or_none()
     return dict(row) if row else None
 

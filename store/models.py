@@ -49,7 +49,15 @@ windows = Table(
     Column("notice_published", Boolean, nullable=False, default=False),
     Column("trigger_claimed_by", String(255), comment="worker that took the training trigger"),
     Column("trigger_claimed_at", BigInteger, comment="epoch ms UTC"),
+    Column("train_state", String(8), nullable=False, default="pending", server_default="pending",
+           comment="'pending', 'leased', 'trained' or 'failed'"),
+    Column("lease_owner", String(255), comment="trainer id holding the training lease"),
+    Column("lease_expires_at", BigInteger, comment="epoch ms UTC; an expired lease may be taken over"),
+    Column("train_attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("train_error", Text, comment="why the last training attempt failed"),
+    Column("version_id", BigInteger, comment="the version whose job trained this window"),
     Index("ix_windows_unpublished", "notice_published", "id"),
+    Index("ix_windows_training", "train_state", "id"),
 )
 
 # The rehearsal memory of each storage policy, rewritten after every sealed window.
@@ -151,7 +159,8 @@ model_versions = Table(
 training_runs = Table(
     "training_runs", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("window_id", BigInteger, nullable=False),
+    Column("window_id", BigInteger, nullable=False, comment="the newest window of the job"),
+    Column("windows", JSON, comment="ids of every window the job trained on"),
     Column("status", String(16), nullable=False, comment="'running', 'succeeded' or 'failed'"),
     Column("version_id", BigInteger, comment="the version it produced (promoted or rejected)"),
     Column("worker", String(255), nullable=False),
@@ -178,7 +187,7 @@ drift_metrics = Table(
     Column("storefront", ID, nullable=False),
     Column("metric", String(64), nullable=False),
     Column("kind", String(16), nullable=False, comment="'input', 'concept', 'model' or 'forgetting'"),
-    Column("value", Float, nullable=False),
+    Column("value", Float, comment="NULL when the measurement was not a finite number (see reference)"),
     Column("baseline", Float, comment="the value it is compared with"),
     Column("reference", Text, nullable=False, comment="what it is compared with, in words"),
     Column("threshold", Float, comment="largest allowed move from the baseline in the bad direction"),

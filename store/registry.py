@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from store.db import upsert
+from store.db import finite_json, upsert
 from store.models import model_versions, text_embeddings, training_runs
 
 VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]
@@ -27,10 +27,13 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def start_run(engine: Engine, window_id: int, worker: str) -> int:
+def start_run(engine: Engine, window_ids: int | list[int], worker: str) -> int:
+    """Open a run of ``worker`` (a trainer id) on one window or a job's windows; returns its id."""
+    window_ids = [window_ids] if isinstance(window_ids, int) else list(window_ids)
     with engine.begin() as conn:
         return conn.execute(insert(training_runs).values(
-            window_id=window_id, status="running", worker=worker, started_at=now_ms())
+            window_id=max(window_ids, default=0), windows=window_ids, status="running", worker=worker,
+            started_at=now_ms())
             .returning(training_runs.c.id)).scalar_one()
 
 
@@ -48,13 +51,14 @@ def finish_run(engine: Engine, run_id: int, version: dict | None = None, log: li
             return closed.version_id
         version_id = None
         if version is not None:
+            version = {**version, "metrics": finite_json(version["metrics"])}
             version_id = conn.execute(insert(model_versions).values(**version)
                                       .returning(model_versions.c.id)).scalar_one()
         if also is not None:
             also(conn, version_id)
         conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
             status="failed" if error else "succeeded", version_id=version_id, finished_at=now_ms(),
-            error=error, log=log))
+            error=error, log=finite_json(log)))
     return version_id
 
 
