@@ -6,8 +6,10 @@ Examples
 >>> train, held_out = split_holdout(window, 0.25)
 >>> train["ts"].tolist(), held_out["ts"].tolist()
 ([1, 2, 3], [4])
->>> gate({"recall@20": 0.19}, {"recall@20": 0.2}, 0.1, "version 3")
+>>> gate({"recall@20": 0.19, "examples": 500}, {"recall@20": 0.2}, 0.1, "version 3", min_events=200)
 (True, 'recall@20 0.1900 >= 0.1800 (version 3 0.2000, tolerance 10%)')
+>>> gate({"recall@20": 0.5, "examples": 12}, {"recall@20": 0.2}, 0.1, "popularity", min_events=200)
+(False, 'too little evidence: 12 held-out events, the gate needs at least 200')
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.
     return ordered.iloc[:cut], ordered.iloc[cut:]
 
 
-def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str) -> tuple[bool, str]:
-    """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's."""
+def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str,
+         min_events: int = 1) -> tuple[bool, str]:
+    """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's,
+    or it was judged on fewer than ``min_events`` held-out events (``candidate["examples"]``)."""
     c, b = candidate[GATE_METRIC], baseline[GATE_METRIC]
-    if math.isnan(c):
-        return False, "no held-out events to judge the candidate on"
+    judged_on = candidate.get("examples", 0 if math.isnan(c) else min_events)
+    if judged_on < min_events or math.isnan(c):
+        return False, (f"too little evidence: {judged_on} held-out events, the gate needs at least {min_events}"
+                       if judged_on else "no held-out events to judge the candidate on")
     floor = b * (1 - tolerance)
     verdict = c >= floor
     return verdict, (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "

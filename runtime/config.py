@@ -1,178 +1,235 @@
-"""Every setting, read from ``STREAMREC_*`` environment variables, in one place.
+"""Every setting of streamrec, read from ``STREAMREC_*`` environment variables, declared once.
 
-The table in the README is generated from :data:`SETTINGS`; each entry names the
-variable, its default and what it controls.
+Each setting is one field of :class:`Config`, a frozen pydantic-settings model: its name (the
+variable is ``STREAMREC_<NAME>``), type, default, one-line doc and limits. :data:`SETTINGS`
+(variable, default and doc per setting, for ``streamrec config`` and child processes) and the
+README's table (:func:`settings_table`) are derived from those fields. Regenerate the table with
+``python -m runtime.config --write-readme README.md``.
+
+>>> config = Config.from_env({"STREAMREC_TOPIC_PREFIX": "shop", "STREAMREC_WEB_PORT": " "})
+>>> config.events_topic, config.web_port  # a blank value means the default
+('shop-events', 6066)
+>>> SETTINGS["gate_holdout"].env, SETTINGS["gate_holdout"].default
+('STREAMREC_GATE_HOLDOUT', '0.1')
+>>> config.replace(gate_holdout=0.2).gate_holdout
+0.2
+>>> Config.from_env({"STREAMREC_GATE_HOLDOUT": "1.5"})
+Traceback (most recent call last):
+...
+runtime.config.ConfigError: STREAMREC_GATE_HOLDOUT='1.5' must be below 1
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from dataclasses import dataclass, fields
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from replay.memory import POLICIES, make_memory
+
+# Faust's log level names, and what the logging module calls each.
+PYTHON_LOG_LEVELS = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO", "debug": "DEBUG"}
+REHEARSAL_POLICIES = tuple(POLICIES)  # the policies replay.memory implements
+
+
+def either(choices: Iterable[str]) -> str:
+    """``a, b or c``.
+
+    >>> either(["crit", "error", "warn"])
+    'crit, error or warn'
+    """
+    *rest, last = choices
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    env: str
-    default: str
-    help: str
+class Config(BaseSettings):
+    """Every setting's value. Build it with :meth:`from_env`; change it with :meth:`replace`."""
 
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="forbid", validate_default=True)
 
-LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # Faust's names
-REHEARSAL_POLICIES = ("reservoir", "frequency", "recency")  # replay.memory.POLICIES
-SECRETS = {"api_token"}  # never printed or logged
-ZERO_ALLOWED = {"rehearsal_ratio", "distill_weight", "gate_tolerance"}  # 0 switches these off
+    kafka_url: str = Field("kafka://127.0.0.1:9092",
+                           description="Kafka bootstrap servers, `kafka://host:port[;host:port]`.")
+    database_url: str = Field("sqlite:///var/streamrec.db",
+                              description="SQLAlchemy URL of the store; Postgres in production, a SQLite file by "
+                                          "default.")
+    app_id: str = Field("streamrec", description="Faust application id; also names the ingest consumer group "
+                                                 "(`<app_id>-ingest`).")
+    topic_prefix: str = Field("streamrec", description="Prefix of every topic: `<prefix>-events`, "
+                                                       "`<prefix>-catalog`, `<prefix>-dead-letters`, "
+                                                       "`<prefix>-windows`.")
+    topic_partitions: PositiveInt = Field(4, description="Partitions of topics the worker creates (the upper bound "
+                                                         "on useful workers).")
+    web_port: PositiveInt = Field(6066, description="HTTP port of the worker (recommendations, `/health`, "
+                                                    "`/stats`).")
+    dedupe_horizon_s: PositiveInt = Field(604800, description="An `event_id` seen again within this many seconds is "
+                                                              "rejected as a duplicate.")
+    max_payload_bytes: PositiveInt = Field(65536, description="Larger messages are rejected.")
+    max_future_s: PositiveInt = Field(86400, description="Events stamped further than this into the future are "
+                                                         "rejected.")
+    ingest_processes: PositiveInt = Field(1, description="Ingest processes each worker runs (they share its "
+                                                         "partitions; up to one per core).")
+    ingest_batch_max: PositiveInt = Field(20000, description="Most messages validated and committed to the store in "
+                                                             "one transaction.")
+    window_max_events: PositiveInt = Field(10000, description="A replay window seals once it holds this many "
+                                                              "events...")
+    window_max_age_s: PositiveFloat = Field(60, description="... or once its oldest event was ingested this many "
+                                                            "seconds ago.")
+    rehearsal_policy: Literal[REHEARSAL_POLICIES] = Field(
+        "reservoir", description=f"What the rehearsal memory keeps: {either(REHEARSAL_POLICIES)}.")
+    rehearsal_capacity: PositiveInt = Field(20000, description="Most events the rehearsal memory keeps.")
+    rehearsal_ratio: NonNegativeFloat = Field(1.0, description="Rehearsal events drawn into a fine-tune per new "
+                                                               "window event.")
+    rehearsal_half_life_s: PositiveFloat = Field(604800, description="Recency policy: an event's weight doubles "
+                                                                     "every this many seconds of event time.")
+    history_windows: PositiveInt = Field(20, description="Sealed windows before the new one read as users' history "
+                                                         "when training.")
+    model_dim: PositiveInt = Field(64, description="Width of item and user vectors (new models only).")
+    max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.")
+    train_epochs: PositiveInt = Field(10, description="Most epochs per fine-tune (early stopping may end sooner).")
+    train_batch_size: PositiveInt = Field(128, description="Sequences per training step.")
+    learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.")
+    purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.")
+    distill_weight: NonNegativeFloat = Field(1.0, description="Weight of distillation from the serving version "
+                                                              "(0: off).")
+    gate_holdout: PositiveFloat = Field(0.1, lt=1, description="Newest share of each window held out of training to "
+                                                               "judge the candidate.")
+    gate_tolerance: NonNegativeFloat = Field(0.05, description="A candidate is promoted unless its Recall@20 is this "
+                                                               "share below the serving one.")
+    gate_min_events: PositiveInt = Field(200, description="The gate never promotes a candidate judged on fewer "
+                                                          "held-out events than this (it is kept as rejected).")
+    worker_trains: bool = Field(True, description="Whether each worker runs a trainer process; set false where "
+                                                  "`streamrec trainer` runs on its own (GPU) hosts.")
+    train_min_events: PositiveInt = Field(2000, description="A training job waits until sealed, untrained windows "
+                                                            "hold this many events...")
+    train_max_wait_s: NonNegativeFloat = Field(600, description="... or until the oldest of them sealed this many "
+                                                             "seconds ago.")
+    train_max_events: PositiveInt = Field(50000, description="Most events of the sealed windows one job trains on "
+                                                             "together (it takes at least one window).")
+    train_max_seconds: PositiveFloat = Field(60, description="Training time budget of one job (on top: reading, "
+                                                             "judging, drift metrics, publishing).")
+    train_lease_s: PositiveFloat = Field(60, description="A trainer's lease on its job's windows; renewed while it "
+                                                         "trains, taken over by another trainer once expired.")
+    train_max_tries: PositiveInt = Field(3, description="Attempts at a window (a failed job's windows are retried "
+                                                        "alone) before it is marked failed.")
+    drift_reference_windows: PositiveInt = Field(3, description="First windows of each storefront that input drift "
+                                                                "is compared with.")
+    drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "
+                                                              "seeded sample of its first window's held-out slice).")
+    seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).")
+    serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
+                                                           "new events and catalog items.")
+    trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
+                                                                  "this many seconds of event time.")
+    post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")
+    api_token: str = Field("", repr=False,  # a secret: shown only as (set) or (unset)
+                           description="Bearer token required by state-changing HTTP endpoints; they are refused "
+                                       "while it is unset.")
+    session_timeout_s: PositiveInt = Field(30, description="Kafka group session timeout: how long a dead worker "
+                                                           "keeps its partitions.")
+    log_level: Literal[tuple(PYTHON_LOG_LEVELS)] = Field(
+        "info", description=f"Worker log level: {either(PYTHON_LOG_LEVELS)}.")
 
-SETTINGS: dict[str, Setting] = {
-    "kafka_url": Setting("STREAMREC_KAFKA_URL", "kafka://127.0.0.1:9092",
-                         "Kafka bootstrap servers, `kafka://host:port[;host:port]`."),
-    "database_url": Setting("STREAMREC_DATABASE_URL", "sqlite:///var/streamrec.db",
-                            "SQLAlchemy URL of the store; Postgres in production, a SQLite file by default."),
-    "app_id": Setting("STREAMREC_APP_ID", "streamrec",
-                      "Faust application id; also names the ingest consumer group (`<app_id>-ingest`)."),
-    "topic_prefix": Setting("STREAMREC_TOPIC_PREFIX", "streamrec",
-                            "Prefix of every topic: `<prefix>-events`, `<prefix>-catalog`, `<prefix>-dead-letters`, `<prefix>-windows`."),
-    "topic_partitions": Setting("STREAMREC_TOPIC_PARTITIONS", "4",
-                                "Partitions of topics the worker creates (the upper bound on useful workers)."),
-    "web_port": Setting("STREAMREC_WEB_PORT", "6066", "HTTP port of the worker (recommendations, `/health`, `/stats`)."),
-    "dedupe_horizon_s": Setting("STREAMREC_DEDUPE_HORIZON_S", "604800",
-                                "An `event_id` seen again within this many seconds is rejected as a duplicate."),
-    "max_payload_bytes": Setting("STREAMREC_MAX_PAYLOAD_BYTES", "65536", "Larger messages are rejected."),
-    "max_future_s": Setting("STREAMREC_MAX_FUTURE_S", "86400",
-                            "Events stamped further than this into the future are rejected."),
-    "ingest_processes": Setting("STREAMREC_INGEST_PROCESSES", "1",
-                                "Ingest processes each worker runs (they share its partitions; up to one per core)."),
-    "ingest_batch_max": Setting("STREAMREC_INGEST_BATCH_MAX", "20000",
-                                "Most messages validated and committed to the store in one transaction."),
-    "window_max_events": Setting("STREAMREC_WINDOW_MAX_EVENTS", "10000",
-                                 "A replay window seals once it holds this many events..."),
-    "window_max_age_s": Setting("STREAMREC_WINDOW_MAX_AGE_S", "60",
-                                "... or once its oldest event was ingested this many seconds ago."),
-    "rehearsal_policy": Setting("STREAMREC_REHEARSAL_POLICY", "reservoir",
-                                "What the rehearsal memory keeps: reservoir, frequency or recency."),
-    "rehearsal_capacity": Setting("STREAMREC_REHEARSAL_CAPACITY", "20000", "Most events the rehearsal memory keeps."),
-    "rehearsal_ratio": Setting("STREAMREC_REHEARSAL_RATIO", "1.0",
-                               "Rehearsal events drawn into a fine-tune per new window event."),
-    "rehearsal_half_life_s": Setting("STREAMREC_REHEARSAL_HALF_LIFE_S", "604800",
-                                     "Recency policy: an event's weight doubles every this many seconds of event time."),
-    "history_windows": Setting("STREAMREC_HISTORY_WINDOWS", "20",
-                               "Sealed windows before the new one read as users' history when training."),
-    "model_dim": Setting("STREAMREC_MODEL_DIM", "64", "Width of item and user vectors (new models only)."),
-    "max_history": Setting("STREAMREC_MAX_HISTORY", "50", "Most recent interactions per user the model reads."),
-    "train_epochs": Setting("STREAMREC_TRAIN_EPOCHS", "10", "Most epochs per fine-tune (early stopping may end sooner)."),
-    "train_batch_size": Setting("STREAMREC_TRAIN_BATCH_SIZE", "128", "Sequences per training step."),
-    "learning_rate": Setting("STREAMREC_LEARNING_RATE", "0.001", "Adam learning rate."),
-    "purchase_weight": Setting("STREAMREC_PURCHASE_WEIGHT", "2.0", "Loss weight of a purchase; a click weighs 1."),
-    "distill_weight": Setting("STREAMREC_DISTILL_WEIGHT", "1.0",
-                              "Weight of distillation from the serving version (0: off)."),
-    "gate_holdout": Setting("STREAMREC_GATE_HOLDOUT", "0.1",
-                            "Newest share of each window held out of training to judge the candidate."),
-    "gate_tolerance": Setting("STREAMREC_GATE_TOLERANCE", "0.05",
-                              "A candidate is promoted unless its Recall@20 is this share below the serving one."),
-    "drift_reference_windows": Setting("STREAMREC_DRIFT_REFERENCE_WINDOWS", "3",
-                                       "First windows of each storefront that input drift is compared with."),
-    "drift_probe_events": Setting("STREAMREC_DRIFT_PROBE_EVENTS", "2000",
-                                  "Most events in each storefront's forgetting probe (a seeded sample of its first "
-                                  "window's held-out slice)."),
-    "seed": Setting("STREAMREC_SEED", "1", "Seed of every random choice (rehearsal sampling, training)."),
-    "serving_poll_s": Setting("STREAMREC_SERVING_POLL_S", "1.0",
-                              "How often a worker checks for a newly promoted version, new events and catalog items."),
-    "trending_half_life_s": Setting("STREAMREC_TRENDING_HALF_LIFE_S", "3600",
-                                    "Trending items: an event's weight halves every this many seconds of event time."),
-    "post_max_events": Setting("STREAMREC_POST_MAX_EVENTS", "1000", "Most events in one `POST /events` request."),
-    "api_token": Setting("STREAMREC_API_TOKEN", "",
-                         "Bearer token required by state-changing HTTP endpoints; they are refused while it is unset."),
-    "session_timeout_s": Setting("STREAMREC_SESSION_TIMEOUT_S", "30",
-                                 "Kafka group session timeout: how long a dead worker keeps its partitions."),
-    "log_level": Setting("STREAMREC_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug."),
-}
-
-
-@dataclass(frozen=True)
-class Config:
-    kafka_url: str
-    database_url: str
-    app_id: str
-    topic_prefix: str
-    topic_partitions: int
-    web_port: int
-    dedupe_horizon_s: int
-    max_payload_bytes: int
-    max_future_s: int
-    ingest_processes: int
-    ingest_batch_max: int
-    window_max_events: int
-    window_max_age_s: float
-    rehearsal_policy: str
-    rehearsal_capacity: int
-    rehearsal_ratio: float
-    rehearsal_half_life_s: float
-    history_windows: int
-    model_dim: int
-    max_history: int
-    train_epochs: int
-    train_batch_size: int
-    learning_rate: float
-    purchase_weight: float
-    distill_weight: float
-    gate_holdout: float
-    gate_tolerance: float
-    drift_reference_windows: int
-    drift_probe_events: int
-    seed: int
-    serving_poll_s: float
-    trending_half_life_s: float
-    post_max_events: int
-    api_token: str
-    session_timeout_s: int
-    log_level: str
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_scheme(cls, value: str) -> str:
+        if not value.startswith("kafka://"):
+            raise ValueError("must start with kafka://")
+        return value
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Config:
-        """Read every setting from ``env`` (default ``os.environ``); raise ConfigError on a bad value."""
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """Only the values passed in: :meth:`from_env` alone reads variables (no ``.env`` or secret files)."""
+        return (init_settings,)
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The variable of setting ``name``: ``STREAMREC_<NAME>``."""
+        return f"{cls.model_config['env_prefix']}{name.upper()}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read every setting from ``env`` (default ``os.environ``); raise ConfigError on a bad value.
+
+        Values are stripped of surrounding whitespace; a blank one means the default.
+        """
         env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            setting = SETTINGS[f.name]
-            raw = env.get(setting.env, "").strip() or setting.default
-            if f.type in ("int", "float"):
-                kind = int if f.type == "int" else float
-                try:
-                    value = kind(raw)
-                except ValueError:
-                    raise ConfigError(f"{setting.env}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-                if not value > 0 and not (f.name in ZERO_ALLOWED and value == 0):
-                    raise ConfigError(f"{setting.env}={raw!r} must be positive")
-                raw = value
-            values[f.name] = raw
-        if not values["kafka_url"].startswith("kafka://"):
-            raise ConfigError(f"STREAMREC_KAFKA_URL={values['kafka_url']!r} must start with kafka://")
-        if values["rehearsal_policy"] not in REHEARSAL_POLICIES:
-            raise ConfigError(f"STREAMREC_REHEARSAL_POLICY={values['rehearsal_policy']!r} must be one of "
-                              f"{', '.join(REHEARSAL_POLICIES)}")
-        if not values["gate_holdout"] < 1:
-            raise ConfigError(f"STREAMREC_GATE_HOLDOUT={values['gate_holdout']!r} must be below 1")
-        if values["log_level"] not in LOG_LEVELS:
-            raise ConfigError(f"STREAMREC_LOG_LEVEL={values['log_level']!r} must be one of {', '.join(LOG_LEVELS)}")
-        return cls(**values)
+        return cls._validated({name: value for name in cls.model_fields
+                               if (value := env.get(cls.env_name(name), "").strip())})
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` (setting name to value), validated like :meth:`from_env`."""
+        return self._validated({**self.model_dump(), **changes})
+
+    @classmethod
+    def _validated(cls, values: dict[str, Any]) -> Config:
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(cls._complaint(exc.errors()[0])) from None
+
+    @classmethod
+    def _complaint(cls, error: dict[str, Any]) -> str:
+        """One pydantic error as ``STREAMREC_<NAME>=<value> <what is wrong>``."""
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name not in cls.model_fields:
+            return f"{name!r} is not a setting"
+        kind, ctx = error["type"], error.get("ctx", {})
+        if kind.startswith("int_"):
+            problem = "is not a whole number"
+        elif kind.startswith("float_"):
+            problem = "is not a number"
+        elif kind in ("greater_than", "greater_than_equal"):
+            problem = "must be positive"
+        elif kind == "less_than":
+            problem = f"must be below {ctx['lt']:g}"
+        elif kind == "literal_error":
+            problem = f"must be one of {', '.join(get_args(cls.model_fields[name].annotation))}"
+        elif kind == "value_error":
+            problem = str(ctx["error"])
+        else:
+            problem = error["msg"]
+        return f"{cls.env_name(name)}={error['input']!r} {problem}"
+
+    def new_rehearsal_memory(self):
+        """An empty rehearsal memory of the configured policy, capacity, seed and half-life."""
+        return make_memory(self.rehearsal_policy, self.rehearsal_capacity, self.seed, self.rehearsal_half_life_s)
 
     def shown(self, name: str) -> str:
         """A setting's value for display: secrets as ``(set)`` or ``(unset)``, URLs without passwords."""
         value = getattr(self, name)
-        if name in SECRETS:
+        if not type(self).model_fields[name].repr:
             return "(set)" if value else "(unset)"
         if name == "database_url":
             return make_url(value).render_as_string(hide_password=True)
         return str(value)
 
+    def __repr_args__(self):
+        return [(name, self.shown(name)) for name in type(self).model_fields]
+
     def __repr__(self) -> str:
-        return f"Config({', '.join(f'{f.name}={self.shown(f.name)}' for f in fields(self))})"
+        return f"Config({', '.join(f'{name}={shown}' for name, shown in self.__repr_args__())})"
+
+    __str__ = __repr__
 
     @property
     def bootstrap_servers(self) -> str:
@@ -203,9 +260,68 @@ class Config:
     @property
     def python_log_level(self) -> str:
         """``log_level`` as the :mod:`logging` module names it."""
-        return {"crit": "CRITICAL", "warn": "WARNING"}.get(self.log_level, self.log_level.upper())
+        return PYTHON_LOG_LEVELS[self.log_level]
 
     def sqlite_path(self) -> Path | None:
         """The database file when the store is SQLite, else None."""
         prefix = "sqlite:///"
         return Path(self.database_url[len(prefix):]) if self.database_url.startswith(prefix) else None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the environment sees it: variable, default (as a string) and doc."""
+
+    env: str
+    default: str
+    help: str
+
+
+def _shown_default(value) -> str:
+    """A default as it is written in the environment (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+SETTINGS: dict[str, Setting] = {name: Setting(Config.env_name(name), _shown_default(field.default),
+                                               field.description or "")
+                                for name, field in Config.model_fields.items()}
+
+README_BEGIN, README_END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def settings_table() -> str:
+    """The README's markdown table: variable, default and meaning of every setting.
+
+    >>> print(settings_table().splitlines()[2])
+    | `STREAMREC_KAFKA_URL` | `kafka://127.0.0.1:9092` | Kafka bootstrap servers, `kafka://host:port[;host:port]`. |
+    """
+    rows = [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS.values()]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows]) + "\n"
+
+
+def with_settings_table(text: str) -> str:
+    """``text`` (the README) with :func:`settings_table` between its ``settings`` markers."""
+    pattern = re.compile(f"(?<={re.escape(README_BEGIN)}\n).*?(?={re.escape(README_END)})", re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"no {README_BEGIN} ... {README_END} lines to put the settings table between")
+    return pattern.sub(lambda _: settings_table(), text, count=1)
+
+
+def write_readme(path: str | Path) -> bool:
+    """Regenerate the settings table in the README at ``path``; return whether it changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    updated = with_settings_table(text)
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Print the settings table, or rewrite it in a README.")
+    parser.add_argument("--write-readme", metavar="README", help="rewrite the table between the settings markers")
+    args = parser.parse_args()
+    if args.write_readme:
+        print(f"{args.write_readme}: {'updated' if write_readme(args.write_readme) else 'already up to date'}")
+    else:
+        print(settings_table(), end="")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from store.db import finite_json, upsert
 from store.models import model_versions, text_embeddings, training_runs
@@ -60,6 +60,22 @@ def finish_run(engine: Engine, run_id: int, version: dict | None = None, log: li
             status="failed" if error else "succeeded", version_id=version_id, finished_at=now_ms(),
             error=error, log=finite_json(log)))
     return version_id
+
+
+def run_totals(engine: Engine) -> dict[str, int]:
+    """Training runs per status (``running``, ``succeeded``, ``failed``), versions per status
+    (``promoted``, ``rejected``, ``rolled_back``), and finished ``jobs`` with their ``job_seconds``."""
+    with engine.connect() as conn:
+        runs = dict(conn.execute(select(training_runs.c.status, func.count()).group_by(training_runs.c.status)).all())
+        jobs, job_ms = conn.execute(select(func.count(), func.coalesce(func.sum(
+            training_runs.c.finished_at - training_runs.c.started_at), 0)).where(
+            training_runs.c.finished_at.is_not(None))).one()
+        versions = dict(conn.execute(select(model_versions.c.status, func.count())
+                                     .group_by(model_versions.c.status)).all())
+    return {"running": runs.get("running", 0), "succeeded": runs.get("succeeded", 0),
+            "failed": runs.get("failed", 0), "promoted": versions.get("promoted", 0),
+            "rejected": versions.get("rejected", 0), "rolled_back": versions.get("rolled_back", 0),
+            "jobs": int(jobs), "job_seconds": int(job_ms) / 1000}
 
 
 def fail_running(engine: Engine, run_ids: list[int], error: str) -> int:

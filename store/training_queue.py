@@ -6,8 +6,9 @@ events, under a lease it renews while it trains (:func:`renew_lease`). The versi
 publishes marks them ``trained`` in the publishing transaction, fenced by the lease
 (:func:`complete_job`): a trainer that lost its lease publishes nothing. A lease that expires
 (its trainer killed, its host gone, cut off by the network) is taken over by whichever
-trainer claims next. A window whose job fails is retried alone, and after ``max_tries``
-attempts it is marked ``failed`` with the reason, while later windows keep training.
+trainer claims next. A window whose job raised an error (or whose trainer died twice) is
+retried alone, and after ``max_tries`` attempts it is marked ``failed`` with the reason,
+while later windows keep training.
 
 On Postgres, concurrent claims skip each other's rows (``SELECT ... FOR UPDATE SKIP
 LOCKED``); on SQLite, the single writer serialises them. Either way the leasing UPDATE only
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
-from store.models import training_runs, windows
+from store.models import model_versions, training_runs, windows
 
 CANDIDATES = 10_000  # most windows looked at by one claim
 
@@ -37,7 +38,7 @@ class Job:
     window_ids: list[int]
     n_events: int
     lease_expires_at: int
-    retry: bool  # the oldest window failed before: it is trained alone
+    retry: bool  # the window failed before (an error, or its trainer died twice): it is trained alone
 
     @property
     def newest(self) -> int:
@@ -56,45 +57,64 @@ def claim_job(engine: Engine, trainer_id: str, now_ms: int, *, lease_s: float, m
 
     A job takes windows in id order while their events stay within ``max_events`` (always at
     least one window). It waits until the free windows hold ``min_events`` events or the oldest
-    sealed ``max_wait_s`` ago. A window that failed before is leased alone. Windows whose lease
+    sealed ``max_wait_s`` ago. A window that failed before (see :func:`_suspect`) is leased alone. Windows whose lease
     expired after ``max_tries`` attempts are marked failed, and the runs of the trainer that
     held them are closed as failed.
     """
     try:
         with engine.begin() as conn:
             _fail_exhausted(conn, now_ms, max_tries)
-            rows = conn.execute(
-                select(windows.c.id, windows.c.n_events, windows.c.sealed_at, windows.c.train_attempts,
-                       windows.c.lease_owner)
-                .where(_free(now_ms)).order_by(windows.c.id).limit(CANDIDATES)
-                .with_for_update(skip_locked=True)).all()
+            columns = (windows.c.id, windows.c.n_events, windows.c.sealed_at, windows.c.train_attempts,
+                       windows.c.train_error, windows.c.lease_owner)
+            free = conn.execute(select(*columns).where(_free(now_ms)).order_by(windows.c.id).limit(CANDIDATES)).all()
+            if not free:
+                return None
+            if sum(r.n_events for r in free) < min_events and now_ms - free[0].sealed_at < max_wait_s * 1000:
+                return None
+            # lock only as many rows as the job needs, skipping rows other trainers are claiming right now
+            rows = conn.execute(select(*columns).where(_free(now_ms)).order_by(windows.c.id)
+                                .limit(len(_job_of(free, max_events))).with_for_update(skip_locked=True)).all()
             if not rows:
                 return None
-            waiting = sum(r.n_events for r in rows)
-            if waiting < min_events and now_ms - rows[0].sealed_at < max_wait_s * 1000:
-                return None
-            taken, total = [rows[0]], rows[0].n_events
-            if rows[0].train_attempts == 0:
-                for row in rows[1:]:
-                    if row.train_attempts or total + row.n_events > max_events:
-                        break
-                    taken.append(row)
-                    total += row.n_events
+            taken = _job_of(rows, max_events)
+            total = sum(r.n_events for r in taken)
             ids = [r.id for r in taken]
             expires = now_ms + round(lease_s * 1000)
             leased = conn.execute(update(windows).where(windows.c.id.in_(ids), _free(now_ms)).values(
                 train_state="leased", lease_owner=trainer_id, lease_expires_at=expires,
                 train_attempts=windows.c.train_attempts + 1)).rowcount
             if leased != len(ids):
-                conn.rollback()  # another trainer took some of them meanwhile (SQLite): try again later
-                return None
+                raise _Raced  # another trainer took some of them meanwhile (SQLite): roll back, try later
             _fail_runs_of(conn, {r.lease_owner for r in taken if r.lease_owner}, now_ms,
                           "the trainer's lease expired before it finished (process, host or network gone)")
-            return Job(ids, total, expires, retry=rows[0].train_attempts > 0)
+            return Job(ids, total, expires, retry=_suspect(taken[0]))
+    except _Raced:
+        return None
     except OperationalError as exc:
         if "locked" in str(exc.orig or exc).lower():  # SQLite: another writer holds the store
             return None
         raise
+
+
+class _Raced(Exception):
+    """A claim lost a race for some of its rows."""
+
+
+def _suspect(row) -> bool:
+    """A window whose job raised an error, or whose trainer died twice: it may be the cause."""
+    return row.train_error is not None or row.train_attempts >= 2
+
+
+def _job_of(rows, max_events: int) -> list:
+    """The oldest rows within ``max_events`` (at least one); a suspect row goes alone."""
+    taken, total = [rows[0]], rows[0].n_events
+    if not _suspect(rows[0]):
+        for row in rows[1:]:
+            if _suspect(row) or total + row.n_events > max_events:
+                break
+            taken.append(row)
+            total += row.n_events
+    return taken
 
 
 def _fail_exhausted(conn: Connection, now_ms: int, max_tries: int) -> None:
@@ -154,14 +174,18 @@ def release_job(engine: Engine, trainer_id: str, job: Job, error: str, max_tries
 
 
 def backlog(engine: Engine, now_ms: int) -> dict:
-    """What waits to be trained: windows and events, the oldest wait, leases held, windows failed."""
+    """What waits to be trained (windows, events, the oldest wait), leases held, windows failed, and
+    ``serving_staleness_s``: seconds since the newest window of the serving version sealed."""
     with engine.connect() as conn:
         rows = conn.execute(select(windows.c.train_state, func.count(), func.coalesce(func.sum(windows.c.n_events), 0),
                                    func.min(windows.c.sealed_at)).group_by(windows.c.train_state)).all()
         failed = conn.execute(select(windows.c.id, windows.c.train_error).where(windows.c.train_state == "failed")
                               .order_by(windows.c.id.desc()).limit(20)).all()
-        newest_trained = conn.execute(select(func.max(windows.c.sealed_at)).where(
-            windows.c.train_state == "trained")).scalar()
+        serving = conn.execute(select(model_versions.c.windows).where(model_versions.c.status == "promoted")
+                               .order_by(model_versions.c.promoted_at.desc(), model_versions.c.id.desc())
+                               .limit(1)).scalar()
+        serving_sealed_at = conn.execute(select(func.max(windows.c.sealed_at)).where(
+            windows.c.id.in_(serving))).scalar() if serving else None
     by_state = {state: (int(n), int(events), oldest) for state, n, events, oldest in rows}
     waiting = [by_state.get(s, (0, 0, None)) for s in ("pending", "leased")]
     oldest = min((w[2] for w in waiting if w[2] is not None), default=None)
@@ -172,5 +196,6 @@ def backlog(engine: Engine, now_ms: int) -> dict:
         "windows_trained": by_state.get("trained", (0, 0, None))[0],
         "windows_failed": by_state.get("failed", (0, 0, None))[0],
         "failed": [{"window_id": i, "error": e} for i, e in failed],
-        "newest_trained_sealed_at": newest_trained,
+        "by_state": {state: n for state, (n, _, _) in by_state.items()},
+        "serving_staleness_s": None if serving_sealed_at is None else round((now_ms - serving_sealed_at) / 1000, 1),
     }

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 from sqlalchemy import desc, select
 
-from runtime.config import SETTINGS, Config, ConfigError
+from replay.memory import POLICIES
+from runtime.config import SETTINGS, Config, ConfigError, settings_table
 
 
-def load_config() -> Config:
+def load_config(**changes) -> Config:
+    """The settings from the environment, with ``changes``; a bad value ends the command with its message."""
     try:
-        return Config.from_env()
+        return Config.from_env().replace(**changes)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -83,8 +86,12 @@ def topics() -> None:
 
 
 @main.command("config")
-def show_config() -> None:
+@click.option("--markdown", is_flag=True, help="Print the README's table of every setting and its default instead.")
+def show_config(markdown: bool) -> None:
     """Print every setting, its environment variable and current value."""
+    if markdown:
+        click.echo(settings_table(), nl=False)
+        return
     config = load_config()
     print_table([{"variable": s.env, "value": config.shown(name), "meaning": s.help}
                  for name, s in SETTINGS.items()], ["variable", "value", "meaning"])
@@ -160,16 +167,47 @@ def replay_store():
 @main.command()
 @click.option("--limit", default=20, show_default=True, help="How many of the newest windows.")
 def windows(limit: int) -> None:
-    """Sealed replay windows, newest first, and the open window."""
+    """Sealed replay windows, newest first, with their training state; the open window; the backlog."""
+    from store.registry import now_ms
+    from store.training_queue import backlog
+
     store = replay_store()
     open_events, oldest = store.open_window()
     click.echo(f"open window: {open_events:,} events, first ingested {ms_to_iso(oldest)}")
+    waiting = backlog(store.engine, now_ms())
+    click.echo(f"training backlog: {waiting['windows_waiting']} windows ({waiting['events_waiting']:,} events) "
+               f"waiting, the oldest for {waiting['oldest_waiting_s'] or 0:.0f}s; {waiting['windows_failed']} failed; "
+               f"serving version trained on a window sealed {waiting['serving_staleness_s'] or 0:.0f}s ago")
+
+    def training(w: dict) -> str:
+        if w["train_state"] == "leased":
+            return f"leased by {w['lease_owner']} (try {w['train_attempts']})"
+        if w["train_state"] == "trained":
+            return f"trained: version {w['version_id']}"
+        if w["train_state"] == "failed":
+            return f"failed: {(w['train_error'] or '')[:80]}"
+        return "pending" + (f" (after {w['train_attempts']} tries: {(w['train_error'] or '')[:60]})"
+                            if w["train_attempts"] else "")
+
     print_table([{"id": w["id"], "sealed": ms_to_iso(w["sealed_at"]), "reason": w["seal_reason"],
                   "events": w["n_events"], "from": ms_to_iso(w["ts_min"]), "to": ms_to_iso(w["ts_max"]),
                   "per storefront": " ".join(f"{s}:{sum(c.values())}" for s, c in w["counts"].items()),
-                  "trigger": w["trigger_claimed_by"] or "pending"}
+                  "training": training(w)}
                  for w in store.list_windows(limit)],
-                ["id", "sealed", "reason", "events", "from", "to", "per storefront", "trigger"])
+                ["id", "sealed", "reason", "events", "from", "to", "per storefront", "training"])
+
+
+@main.command()
+def trainer() -> None:
+    """Run a trainer: lease sealed windows from the store, train, publish (on CUDA when present).
+
+    Run any number, on any host, with the workers' settings; set STREAMREC_WORKER_TRAINS=false on
+    the workers when trainers run on their own (GPU) hosts. Ctrl-C or SIGTERM stops it after the
+    job in flight."""
+    from training.loop import main as run_trainer_process
+
+    load_config()
+    run_trainer_process()
 
 
 @main.command()
@@ -245,7 +283,25 @@ def rollback() -> None:
     click.echo(f"Version {retired} rolled back; version {serving} serves now.")
 
 
-BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only")  # learner.backtest
+class ImportedChoice(click.Choice):
+    """A choice among the names in ``module.attribute``, imported only once a command needs them."""
+
+    def __init__(self, module: str, attribute: str):
+        self.where, self.case_sensitive = (module, attribute), True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        module, attribute = self.where
+        return tuple(getattr(importlib.import_module(module), attribute))
+
+
+BACKTEST_STRATEGY = ImportedChoice("learner.backtest", "STRATEGIES")  # importing it loads torch: not for every command
+
+
+def __getattr__(name: str):
+    if name == "BACKTEST_STRATEGIES":
+        return BACKTEST_STRATEGY.choices
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @main.command()
@@ -255,7 +311,7 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
               help="ITEMS.csv: item_id,title[,category,description,storefront] (without it, items have no text).")
 @click.option("--windows", type=click.IntRange(min=2), default=10, show_default=True,
               help="Windows the stream is split into, in time order.")
-@click.option("--strategy", type=click.Choice(BACKTEST_STRATEGIES), default="rehearsal", show_default=True)
+@click.option("--strategy", type=BACKTEST_STRATEGY, default="rehearsal", show_default=True)
 @click.option("--k", type=click.IntRange(min=1), default=20, show_default=True, help="Cutoff of Recall@K and NDCG@K.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write RESULT.json here (default: stdout).")
 @click.option("--split", type=click.Choice(["events", "time"]), default="events", show_default=True,
@@ -270,7 +326,7 @@ BACKTEST_STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", 
 @click.option("--dim", type=click.IntRange(min=2), default=None, help="Model width (a multiple of its 2 heads).")
 @click.option("--rehearsal-ratio", type=click.FloatRange(min=0), default=None)
 @click.option("--rehearsal-capacity", type=click.IntRange(min=1), default=None)
-@click.option("--rehearsal-policy", type=click.Choice(["reservoir", "frequency", "recency"]), default=None)
+@click.option("--rehearsal-policy", type=click.Choice(tuple(POLICIES)), default=None)
 @click.option("--distill-weight", type=click.FloatRange(min=0), default=None)
 @click.option("--history-windows", type=click.IntRange(min=1), default=None,
               help="Earlier windows read as users' history when fine-tuning.")
@@ -290,7 +346,6 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     Writes Recall@K, NDCG@K and cold-item Recall@K per window, forgetting, backward transfer
     and training times as JSON (protocol in learner/backtest.py and the README).
     """
-    import dataclasses
     import json
     from pathlib import Path
 
@@ -312,7 +367,7 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
              "history_windows": "history_windows"}
-    config = dataclasses.replace(load_config(), **{names[n]: v for n, v in overrides.items() if v is not None})
+    config = load_config(**{names[n]: v for n, v in overrides.items() if v is not None})
     try:
         events = load_events(events_path)
         catalog = load_items(items_path) if items_path else None

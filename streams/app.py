@@ -8,9 +8,10 @@ Reads like a table of contents of the running system:
 * ``dead_letter_topic``: rejected messages with their reason and source offset;
 * ``replay``: seals replay windows and keeps the rehearsal memory (:mod:`streams.sealing`),
   announcing each sealed window on ``windows_topic`` (one partition);
-* ``training_trigger``: the agent that takes each sealed window's training trigger, once
-  across the cluster, and queues it on ``training`` (:mod:`training.service`), which fine-tunes,
-  gates and publishes a model version per window in a separate process;
+* ``window_notices``: the agent that records each sealed window's notice once across the cluster;
+* ``training``: this worker's trainer process and the training backlog (:mod:`training.service`);
+  trainers lease sealed windows from the store (:mod:`training.loop`) and fine-tune,
+  gate and publish one model version per job of one or more windows;
 * ``serving``: the newest promoted model, user histories and trending items, refreshed from
   the store and hot-swapped (:mod:`streams.serving`), answering the HTTP API of
   :mod:`streams.web` (``/recommend``, ``/similar``, ``/search``, ``POST /events``, ``/models``);
@@ -23,14 +24,18 @@ import asyncio
 import logging
 
 import faust
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from runtime.blocking import StoreThread
 from runtime.config import Config
-from store.ingest import ingest_totals
+from store.drift_metrics import open_alerts
+from store.ingest import IngestWriter, ingest_totals
 from streams.ingest_processes import IngestProcesses
+from streams.metrics import render
 from streams.schema import DeadLetter, WindowSealed
-from streams.sealing import WORKER_NAME, ReplayService
+from streams.sealing import SealingService
 from streams.serving import ServingService
-from streams.topics import ensure_topics
+from streams.topics import LagReader, ensure_topics
 from streams.web import add_views
 from training.service import TrainingService
 
@@ -63,11 +68,14 @@ dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
 windows_topic = app.topic(config.windows_topic, value_type=WindowSealed, partitions=1)
 events_topic = app.topic(config.events_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 catalog_topic = app.topic(config.catalog_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
-training = TrainingService(config, WORKER_NAME)
-replay = ReplayService(config, windows_topic, on_trigger=training.submit)
+training = TrainingService(config)
+replay = SealingService(config, windows_topic)
 ingest = IngestProcesses(config, dead_letter_topic, on_commit=replay.poke)
 serving = ServingService(config)
 add_views(app, config, serving, events_topic, catalog_topic)
+metrics_thread = StoreThread("streamrec-metrics")
+lag_reader = LagReader(config, lambda: IngestWriter(ingest.engine, config.ingest_group, 0).load_offsets(
+    [(topic, p) for topic in (config.events_topic, config.catalog_topic) for p in range(config.topic_partitions)]))
 
 
 @app.task
@@ -80,10 +88,10 @@ async def start_services() -> None:
 
 
 @app.agent(windows_topic)
-async def training_trigger(notices):
-    """Take the training trigger of every sealed window (this worker owns the one partition)."""
+async def window_notices(notices):
+    """Record the notice of every sealed window (this worker owns the one partition)."""
     async for notice in notices:
-        await replay.take_trigger(notice)
+        await replay.take_notice(notice)
 
 
 @app.page("/health")
@@ -93,6 +101,24 @@ async def health(web, request):
     return web.json({"status": "ok" if ingest.ready else "starting",
                      "ingest": ingest.describe(), "replay": replay.totals, "training": training.describe(),
                      "serving": serving.describe(), "assigned": assigned})
+
+
+@app.page("/metrics")
+async def metrics(web, request):
+    """The worker and the cluster's training in Prometheus' text format (:mod:`streams.metrics`)."""
+    if ingest.engine is None:
+        return web.json({"error": "store not ready"}, status=503)
+
+    def read() -> dict:
+        try:
+            lag = lag_reader.read()
+        except Exception as exc:  # Kafka unreachable: the other metrics still answer
+            logging.getLogger(__name__).warning("consumer lag not measured: %s", exc)
+            lag = {}
+        return {"ingest": ingest_totals(ingest.engine), "lag": lag, "backlog": training.backlog,
+                "runs": training.runs, "open_alerts": len(open_alerts(ingest.engine))}
+
+    return web.bytes(render(await metrics_thread.run(read)), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
 @app.page("/stats")

@@ -1,11 +1,12 @@
 """The worker's replay stage: seal due windows and announce each on the control topic.
 
 Sealing runs on its own store thread, woken after every ingest commit (a window may be
-full) and every second (a window may be old enough). Each sealed window's notice goes
-to the single-partition ``<prefix>-windows`` topic from an outbox in the store, so a
-crash between sealing and sending only delays the notice. The one worker that owns that
-partition takes each window's training trigger; the store lets exactly one claim win, so
-a notice delivered twice still triggers one training job.
+full) and every second (a window may be old enough). A sealed window is pending training
+in the store from the moment it seals: trainers lease it from there
+(:mod:`store.training_queue`). Each window's notice also goes to the single-partition
+``<prefix>-windows`` topic from an outbox in the store (so a crash between sealing and
+sending only delays it), for anyone who wants to follow sealing; the one worker that owns
+that partition records the notice in the store once, however often it is delivered.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 
 import mode
 from sqlalchemy.exc import DBAPIError
 
-from replay.memory import make_memory
 from replay.windows import WindowPolicy
 from runtime.blocking import StoreThread
 from runtime.config import Config
@@ -37,30 +36,24 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class ReplayService(mode.Service):
-    """Seals replay windows, publishes their notices and takes training triggers."""
+class SealingService(mode.Service):
+    """Seals replay windows and publishes their notices."""
 
-    def __init__(self, config: Config, windows_topic, on_trigger: Callable[[int], None] | None = None, **kwargs):
-        """``on_trigger(window_id)`` hands a won training trigger on; it must not block."""
+    def __init__(self, config: Config, windows_topic, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.windows_topic = windows_topic
-        self.on_trigger = on_trigger
         self.store_thread = StoreThread("streamrec-replay")
-        self.totals = {"sealed": 0, "triggers": 0}
+        self.totals = {"sealed": 0, "notices": 0}
         self.engine = None
         self.store: ReplayStore | None = None
         self._poked = asyncio.Event()
-
-    def new_memory(self):
-        c = self.config
-        return make_memory(c.rehearsal_policy, c.rehearsal_capacity, c.seed, c.rehearsal_half_life_s)
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
         await self.store_thread.run(migrate, self.engine)
         self.store = ReplayStore(self.engine, WindowPolicy(self.config.window_max_events,
-                                                           self.config.window_max_age_s), self.new_memory)
+                                                           self.config.window_max_age_s), self.config.new_rehearsal_memory)
 
     async def on_stop(self) -> None:
         self.store_thread.shutdown()
@@ -102,13 +95,12 @@ class ReplayService(mode.Service):
         await asyncio.gather(*sent)
         await self.store_thread.run(self.store.mark_notices_published, [w.id for w in pending])
 
-    async def take_trigger(self, notice: WindowSealed) -> bool:
-        """Claim the training trigger of a sealed window; hand it on if this worker won it."""
+    async def take_notice(self, notice: WindowSealed) -> bool:
+        """Record a sealed window's notice as received by this worker, once across the cluster."""
         if not await self.store_thread.run(self.store.claim_trigger, notice.window_id, WORKER_NAME, now_ms()):
-            log.info("Window %d: training trigger already taken", notice.window_id)
+            log.info("Window %d: notice already received", notice.window_id)
             return False
-        self.totals["triggers"] += 1
-        log.info("Window %d: training triggered (%d events)", notice.window_id, notice.n_events)
-        if self.on_trigger is not None:
-            self.on_trigger(notice.window_id)
+        self.totals["notices"] += 1
+        log.info("Window %d sealed (%d events, %s); it waits for a trainer", notice.window_id, notice.n_events,
+                 notice.seal_reason)
         return True

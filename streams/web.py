@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from pathlib import Path
 
 import faust
@@ -29,6 +30,7 @@ from store.registry import (
     rollback,
     serving_version,
 )
+from streams.metrics import REQUEST_SECONDS
 from streams.serving import ServingService
 from streams.validation import Invalid, Validator
 
@@ -92,7 +94,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             for method in ("get", "post"):
                 handler = cls.__dict__.get(method)
                 if handler is not None:
-                    setattr(cls, method, _answering_problems(handler))
+                    setattr(cls, method, _answering_problems(handler, path))
             return app.page(path)(cls)
         return register
 
@@ -251,15 +253,19 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             return self.bytes(OPENAPI.read_bytes(), content_type="application/yaml")
 
 
-def _answering_problems(handler):
+def _answering_problems(handler, path: str):
+    """``handler`` answering :class:`HTTPProblem` as JSON errors, its latency observed per ``path``."""
     async def answer(self, request, **kwargs):
+        started = time.perf_counter()
         try:
-            return await handler(self, request, **kwargs)
+            response = await handler(self, request, **kwargs)
         except HTTPProblem as problem:
             headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
-            return self.json({"error": problem.message, **problem.extra}, status=problem.status, headers=headers)
+            response = self.json({"error": problem.message, **problem.extra}, status=problem.status, headers=headers)
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            return self.json({"error": "internal error; the worker log has the details"}, status=500)
+            response = self.json({"error": "internal error; the worker log has the details"}, status=500)
+        REQUEST_SECONDS.labels(path, request.method, str(response.status)).observe(time.perf_counter() - started)
+        return response
     answer.__doc__ = handler.__doc__
     return answer

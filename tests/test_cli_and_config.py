@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runtime.config import SETTINGS, Config, ConfigError
+from replay.memory import POLICIES
+from runtime.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    settings_table,
+    with_settings_table,
+)
 from streamrec.cli import main
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
@@ -56,6 +63,36 @@ def test_cli_reports_bad_settings_without_a_traceback(monkeypatch):
 def test_readme_documents_every_setting():
     for setting in SETTINGS.values():
         assert f"| `{setting.env}` | `{setting.default}` |" in README, setting.env
+
+
+def test_readme_settings_table_is_generated():
+    assert with_settings_table(README) == README, "run: python -m runtime.config --write-readme README.md"
+    result = CliRunner().invoke(main, ["config", "--markdown"])
+    assert result.exit_code == 0 and result.output == settings_table()
+
+
+def test_settings_round_trip_and_replace():
+    config = Config.from_env({"STREAMREC_API_TOKEN": "t", "STREAMREC_WEB_PORT": " 7000 ", "STREAMREC_SEED": " "})
+    assert (config.web_port, config.seed) == (7000, 1)  # stripped; blank means the default
+    assert Config.from_env({s.env: str(getattr(config, name)) for name, s in SETTINGS.items()}) == config
+    changed = config.replace(model_dim=32, rehearsal_policy="recency")
+    assert (changed.model_dim, changed.rehearsal_policy, config.model_dim) == (32, "recency", 64)
+    with pytest.raises(ConfigError, match="STREAMREC_MODEL_DIM=0 must be positive"):
+        config.replace(model_dim=0)
+    with pytest.raises(ConfigError, match="must be below 1"):
+        Config.from_env({"STREAMREC_GATE_HOLDOUT": "1"})
+    with pytest.raises(ValueError):
+        config.seed = 2  # frozen
+    assert Config.from_env({"STREAMREC_GATE_TOLERANCE": "0", "STREAMREC_DISTILL_WEIGHT": "0"}).gate_tolerance == 0
+    with pytest.raises(ConfigError, match="must be one of " + ", ".join(POLICIES)):  # the implemented policies
+        Config.from_env({"STREAMREC_REHEARSAL_POLICY": "x"})
+
+
+def test_from_env_reads_only_the_given_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("STREAMREC_SEED", "7")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("STREAMREC_MODEL_DIM=8\n")
+    assert (Config.from_env({}).seed, Config.from_env().seed, Config.from_env().model_dim) == (1, 7, 64)
 
 
 def test_readme_starts_with_the_run_and_test_commands():

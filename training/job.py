@@ -1,18 +1,22 @@
-"""One training job: fine-tune the serving version on a sealed window, gate it, publish it.
+"""One training job: fine-tune the serving version on sealed windows, gate it, publish it.
 
-Runs in the training process (:mod:`learner.process`), never in the worker's event loop.
-The steps, each reading from or writing to the store:
+A job is one or more consecutive sealed windows leased together (:mod:`training.loop`), so
+that however fast windows seal, what waits is at most one job. It runs in a training
+process, never in the worker's event loop. The steps, each reading from or writing to the store:
 
-1. the window's events, the ``STREAMREC_HISTORY_WINDOWS`` windows before it (users' history,
-   context only), the rehearsal memory (minus the window's own events) and the catalog;
-2. the newest ``STREAMREC_GATE_HOLDOUT`` share of the window is held out for the gate;
+1. the windows' events, the ``STREAMREC_HISTORY_WINDOWS`` windows before them (users'
+   history, context only), the rehearsal memory (minus the job's own events) and the catalog;
+2. the newest ``STREAMREC_GATE_HOLDOUT`` share of the job's events is held out for the gate;
 3. the serving version (checksum verified), or a fresh model when there is none, is
-   extended with new ids and fine-tuned with rehearsal, distillation and early stopping;
+   extended with new ids and fine-tuned with rehearsal, distillation and early stopping,
+   within ``STREAMREC_TRAIN_MAX_SECONDS``;
 4. the gate: candidate and baseline (the serving version, or popularity for the first model)
-   are ranked on the held-out events with full ranking; the candidate is promoted unless its
-   Recall@20 is more than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
-5. the version (safetensors weights, sha256, lineage, metrics), the window's drift metrics
-   (:mod:`training.drift_recording`) and the run's outcome are written in one transaction.
+   are ranked on the held-out events with full ranking; the candidate is promoted unless it
+   was judged on fewer than ``STREAMREC_GATE_MIN_EVENTS`` events or its Recall@20 is more
+   than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
+5. the version (safetensors weights, sha256, lineage, metrics), every window's drift metrics
+   (:mod:`training.drift_recording`), the windows' training state (fenced by the lease) and
+   the run's outcome are written in one transaction.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from learner.model import ModelConfig
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay import codec
-from replay.memory import make_memory
 from runtime.config import Config
 from store.catalog import load_catalog
+from store.db import make_engine
 from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
 from store.replay import ReplayStore
+from store.training_queue import complete_job
 from training.drift_recording import WindowDrift
 from training.versions import load_newest, load_serving
 
@@ -57,18 +62,20 @@ def text_encoder() -> TextEncoder:
 
 
 def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
+    """The model and fine-tune configuration of the settings (the backtest maps them the same way)."""
     model = ModelConfig(dim=config.model_dim, max_len=config.max_history)
     train = TrainConfig(epochs=config.train_epochs, batch_size=config.train_batch_size, lr=config.learning_rate,
-                        purchase_weight=config.purchase_weight, seed=config.seed)
+                        purchase_weight=config.purchase_weight, seed=config.seed,
+                        max_seconds=config.train_max_seconds)
     return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
                                  distillation_weight=config.distill_weight)
 
 
 @dataclass
 class WindowData:
-    """What a training job reads from the store for one window."""
+    """What a training job reads from the store for its windows."""
 
-    window_id: int
+    window_ids: list[int]
     train_part: pd.DataFrame
     held_out: pd.DataFrame
     history: pd.DataFrame
@@ -76,26 +83,46 @@ class WindowData:
     catalog: pd.DataFrame
     serving: tuple[dict, ModelBundle] | None
     base: tuple[dict, ModelBundle] | None  # the serving version, else the newest one trained
+    frames: dict[int, pd.DataFrame]  # each window's events
+
+    @property
+    def window_id(self) -> int:
+        """The newest window of the job."""
+        return self.window_ids[-1]
 
     @property
     def judged_with(self) -> pd.DataFrame:
         """History the held-out events are ranked with: earlier windows and the trained part."""
         return pd.concat([self.history, self.train_part], ignore_index=True)
 
+    def one_window(self, window_id: int, share: float) -> WindowData:
+        """The view of one window of the job that its drift metrics judge: the job's earlier
+        windows join the history, and the window is split as the gate splits."""
+        earlier = [self.frames[w] for w in self.window_ids if w < window_id]
+        train_part, held_out = split_holdout(self.frames[window_id], share)
+        return WindowData([window_id], train_part, held_out, pd.concat([self.history, *earlier], ignore_index=True),
+                          self.rehearsal, self.catalog, self.serving, self.base, {window_id: self.frames[window_id]})
 
-def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
-    replay = ReplayStore(engine, new_memory=lambda: make_memory(
-        config.rehearsal_policy, config.rehearsal_capacity, config.seed, config.rehearsal_half_life_s))
-    window = codec.to_frame(replay.load_window(window_id))
-    earlier = sorted(w["id"] for w in replay.list_windows() if w["id"] < window_id)[-config.history_windows:]
+
+def read_job(engine: Engine, config: Config, window_ids: list[int]) -> WindowData:
+    """The windows ``window_ids`` (oldest first) and everything their training job reads with them."""
+    replay = ReplayStore(engine, new_memory=config.new_rehearsal_memory)
+    frames = {w: codec.to_frame(replay.load_window(w)) for w in window_ids}
+    job = pd.concat(list(frames.values()), ignore_index=True)
+    earlier = sorted(w["id"] for w in replay.list_windows() if w["id"] < window_ids[0])[-config.history_windows:]
     memory = codec.to_frame(replay.memory().events)
-    train_part, held_out = split_holdout(window, config.gate_holdout)
+    train_part, held_out = split_holdout(job, config.gate_holdout)
     serving = load_serving(engine)
     return WindowData(
-        window_id, train_part, held_out,
+        list(window_ids), train_part, held_out,
         history=codec.to_frame(codec.concat([replay.load_window(w) for w in earlier])),
-        rehearsal=memory[~memory["event_id"].isin(set(window["event_id"]))],
-        catalog=load_catalog(engine), serving=serving, base=serving or load_newest(engine))
+        rehearsal=memory[~memory["event_id"].isin(set(job["event_id"]))],
+        catalog=load_catalog(engine), serving=serving, base=serving or load_newest(engine), frames=frames)
+
+
+def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
+    """:func:`read_job` of one window."""
+    return read_job(engine, config, [window_id])
 
 
 def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> tuple[bool, str, dict]:
@@ -108,7 +135,8 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
         baseline_name = "popularity"
         baseline_metrics = evaluate(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len),
                                     data.held_out, data.judged_with)
-    promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name)
+    promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name,
+                            min_events=config.gate_min_events)
     return promoted, reason, {"candidate": candidate_metrics, "baseline": baseline_metrics,
                               "baseline_name": baseline_name, "held_out_events": len(data.held_out),
                               "trained_events": len(data.train_part)}
@@ -122,7 +150,7 @@ def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, s
     created = now_ms()
     return {
         "parent_id": data.base[0]["id"] if data.base else None, "status": "promoted" if promoted else "rejected",
-        "reason": reason, "windows": [data.window_id], "rehearsal_size": len(data.rehearsal), "metrics": metrics,
+        "reason": reason, "windows": data.window_ids, "rehearsal_size": len(data.rehearsal), "metrics": metrics,
         "duration_s": round(time.perf_counter() - started, 3), "device": str(device.torch_device),
         "n_items": len(candidate.vocab.items), "n_users": len(candidate.vocab.users),
         "created_at": created, "promoted_at": created if promoted else None,
@@ -130,17 +158,18 @@ def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, s
     }
 
 
-def train_window(engine: Engine, config: Config, window_id: int,
-                 drift: WindowDrift | None = None) -> tuple[dict, list[dict]]:
-    """Fine-tune, judge and describe a candidate for ``window_id``: (model_versions row, epoch log).
+def train_job(engine: Engine, config: Config, window_ids: list[int],
+              drifts: dict[int, WindowDrift] | None = None) -> tuple[dict, list[dict]]:
+    """Fine-tune, judge and describe a candidate for the windows: (model_versions row, epoch log).
 
-    ``drift`` measures the window's drift metrics before training and once the candidate is judged.
+    ``drifts`` (one per window) measure each window's input and concept drift before training,
+    and the newest window's model drift and forgetting once the candidate is judged.
     """
     started = time.perf_counter()
     device = pick_device()
-    data = read_window(engine, config, window_id)
-    if drift is not None:
-        drift.before_training(data, device)
+    data = read_job(engine, config, window_ids)
+    for window_id, drift in (drifts or {}).items():
+        drift.before_training(data.one_window(window_id, config.gate_holdout), device)
     model_config, finetune_config = config_for(config)
     cache = StoredTextEmbeddings(engine)
     base = data.base[1] if data.base else ModelBundle.build(
@@ -155,14 +184,11 @@ def train_window(engine: Engine, config: Config, window_id: int,
     except (OperationalError, InterfaceError) as exc:  # a cache: the next job embeds these texts again
         log.warning("text embeddings not cached: %s", exc.orig or exc)
     verdict = judge(data, candidate, config, device)
-    log.info("window %d: %s %s", window_id, "promoted" if verdict[0] else "rejected", verdict[1])
-    if drift is not None:
-        drift.after_judging(data, candidate, device)
+    log.info("windows %s: %s %s", _span(window_ids), "promoted" if verdict[0] else "rejected", verdict[1])
+    if drifts:
+        drifts[data.window_id].after_judging(data, candidate, device)
     return version_row(data, candidate, verdict, started, device), epoch_log
 
-
-worker_pid: int | None = None
-"""Set in the training process: the worker it serves (a job whose worker is gone stops retrying)."""
 
 PUBLISH_RETRY_S = 900.0
 """How long a finished training job keeps retrying to publish while the store is unreachable."""
@@ -176,30 +202,52 @@ def retry_store(write, what: str, give_up_after_s: float = PUBLISH_RETRY_S):
         try:
             return write()
         except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() + delay > deadline or worker_pid not in (None, os.getppid()):
-                raise  # out of time, or the worker is gone and will fail this run
+            if time.monotonic() + delay > deadline:
+                raise
             log.warning("%s: store unreachable, retrying in %.1fs (%s)", what, delay, exc.orig or exc)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 
 
-def run_training_job(database_url: str, env: dict[str, str], window_id: int, worker: str) -> dict:
-    """The training process's entry point: one run, recorded in ``training_runs`` whatever happens."""
-    from store.db import make_engine
+def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: str,
+            lease_holder: str | None = None) -> dict:
+    """Train and publish one job, recorded in ``training_runs`` whatever happens; returns its outcome.
 
-    config = Config.from_env(env)
-    engine = make_engine(database_url)
-    run_id = start_run(engine, window_id, f"{worker}/train:{os.getpid()}")
-    drift = WindowDrift(engine, config, window_id)
+    ``lease_holder`` fences the publication: it lands only if that trainer still holds the
+    windows' lease (:class:`store.training_queue.LeaseLost` otherwise, and nothing is written).
+    """
+    run_id = start_run(engine, window_ids, trainer_id)
+    drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
     try:
-        version, epoch_log = train_window(engine, config, window_id, drift)
+        version, epoch_log = train_job(engine, config, window_ids, drifts)
     except Exception as exc:
-        log.exception("training on window %d failed", window_id)
-        finish_run(engine, run_id, error=f"{type(exc).__name__}: {exc}")
-        engine.dispose()
+        log.exception("training on windows %s failed", _span(window_ids))
+        error = f"{type(exc).__name__}: {exc}"
+        retry_store(lambda: finish_run(engine, run_id, error=error),
+                    f"recording the failed run of windows {_span(window_ids)}")
         raise
-    version_id = retry_store(lambda: finish_run(engine, run_id, version, epoch_log, also=drift.write),
-                             f"publishing the version of window {window_id}")
-    engine.dispose()
-    return {"run_id": run_id, "version_id": version_id, "status": version["status"], "reason": version["reason"],
-            "duration_s": version["duration_s"]}
+
+    def publish(conn, version_id):
+        complete_job(conn, lease_holder, window_ids, version_id)
+        for drift in drifts.values():
+            drift.write(conn, version_id)
+
+    version_id = retry_store(lambda: finish_run(engine, run_id, version, epoch_log, also=publish),
+                             f"publishing the version of windows {_span(window_ids)}")
+    return {"run_id": run_id, "version_id": version_id, "windows": window_ids, "status": version["status"],
+            "reason": version["reason"], "duration_s": version["duration_s"],
+            "trained_events": version["metrics"]["trained_events"]}
+
+
+def run_training_job(database_url: str, env: dict[str, str], window_ids: int | list[int], worker: str) -> dict:
+    """Train windows outside the lease queue (tests, benchmarks): one run as ``<worker>/train:<pid>``."""
+    engine = make_engine(database_url)
+    try:
+        ids = [window_ids] if isinstance(window_ids, int) else list(window_ids)
+        return run_job(engine, Config.from_env(env), ids, f"{worker}/train:{os.getpid()}")
+    finally:
+        engine.dispose()
+
+
+def _span(window_ids: list[int]) -> str:
+    return str(window_ids[0]) if len(window_ids) == 1 else f"{window_ids[0]}-{window_ids[-1]}"

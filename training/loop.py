@@ -1,0 +1,128 @@
+"""The trainer: lease the oldest untrained windows, train them as one job, publish, repeat.
+
+``streamrec trainer`` runs it alone (any number of trainers, on any host; CUDA with bf16
+when present); a worker runs one as its training process while ``STREAMREC_WORKER_TRAINS``
+is true. Trainers share nothing but the store: each claims work under a lease it renews
+while it trains (:mod:`store.training_queue`), so work whose trainer died is taken over by
+another once the lease expires, whatever host either runs on.
+
+``python -m training.loop`` is the process entry point; SIGTERM or SIGINT stops it once the
+job in flight is published. A supervisor that cannot wait kills it: nothing is published,
+its lease runs out, and another trainer (or this one restarted) trains the windows again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+from runtime.config import Config
+from store.db import make_engine, migrate
+from store.registry import now_ms
+from store.training_queue import Job, LeaseLost, claim_job, release_job, renew_lease
+from training.job import run_job
+
+log = logging.getLogger(__name__)
+
+
+def new_trainer_id() -> str:
+    """A trainer's identity in leases and runs: random, so a restarted process never passes for
+    the one it replaces (``trainer-<random>@<host>:<pid>``; host and pid are for people only)."""
+    return f"trainer-{uuid.uuid4().hex[:8]}@{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseKeeper:
+    """Renews a job's lease every third of its length, in a thread, until the job ends."""
+
+    def __init__(self, engine, trainer_id: str, job: Job, lease_s: float):
+        self.engine, self.trainer_id, self.job, self.lease_s = engine, trainer_id, job, lease_s
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.lease_s / 3):
+            try:
+                if not renew_lease(self.engine, self.trainer_id, self.job, now_ms(), self.lease_s):
+                    self.lost = True
+                    log.warning("lease on windows %s lost: another trainer may take them", self.job.window_ids)
+                    return
+            except Exception as exc:  # store unreachable: keep trying while the lease lasts
+                log.warning("could not renew the lease on windows %s: %s", self.job.window_ids, exc)
+
+
+def train_next(engine, config: Config, trainer_id: str) -> dict | None:
+    """Claim one job and train it; its outcome, or None when nothing is due."""
+    job = claim_job(engine, trainer_id, now_ms(), lease_s=config.train_lease_s, max_events=config.train_max_events,
+                    min_events=config.train_min_events, max_wait_s=config.train_max_wait_s,
+                    max_tries=config.train_max_tries)
+    if job is None:
+        return None
+    log.info("%s: training windows %s (%d events%s)", trainer_id, job.window_ids, job.n_events,
+             ", retried alone" if job.retry else "")
+    with LeaseKeeper(engine, trainer_id, job, config.train_lease_s):
+        try:
+            return run_job(engine, config, job.window_ids, trainer_id, lease_holder=trainer_id)
+        except LeaseLost as exc:
+            log.warning("%s: nothing published: %s", trainer_id, exc)
+            return {"windows": job.window_ids, "status": "lease_lost", "reason": str(exc)}
+        except Exception as exc:
+            failed = release_job(engine, trainer_id, job, f"{type(exc).__name__}: {exc}", config.train_max_tries)
+            if failed:
+                log.error("windows %s failed %d times and will not be trained: %s", failed,
+                          config.train_max_tries, exc)
+            return {"windows": job.window_ids, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def run_trainer(config: Config, trainer_id: str | None = None, stop: threading.Event | None = None,
+                poll_s: float = 1.0) -> None:
+    """Train jobs until ``stop`` is set; between jobs, look for work every ``poll_s`` seconds."""
+    trainer_id = trainer_id or new_trainer_id()
+    stop = stop or threading.Event()
+    engine = make_engine(config.database_url)
+    migrate(engine)
+    log.info("%s: looking for sealed windows to train in %s", trainer_id, config.shown("database_url"))
+    try:
+        while not stop.is_set():
+            try:
+                outcome = train_next(engine, config, trainer_id)
+            except Exception as exc:  # the store is unreachable: wait and look again
+                log.error("%s: could not claim work: %s", trainer_id, exc)
+                outcome = None
+            if outcome is None:
+                stop.wait(poll_s)
+            elif outcome["status"] in ("promoted", "rejected"):
+                log.info("windows %s: version %d %s in %.1fs: %s", outcome["windows"], outcome["version_id"],
+                         outcome["status"], outcome["duration_s"], outcome["reason"])
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    """Entry point of a training process: settings from the environment, stop on SIGTERM/SIGINT."""
+    config = Config.from_env()
+    logging.basicConfig(level=config.python_log_level,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
+    run_trainer(config, stop=stop)
+    log.info("trainer stopped after %.0fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
