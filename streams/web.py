@@ -108,6 +108,12 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         if storefront is not None and storefront not in serving.storefronts():
             raise HTTPProblem(404, f"unknown storefront {storefront[:100]!r}", parameter="storefront")
 
+    async def in_store(fn, *args):
+        """``fn(serving.engine, *args)`` on the serving service's store thread; 503 until it has a store."""
+        if serving.engine is None:
+            raise HTTPProblem(503, "the worker is starting: store not ready", retry_after_s=config.serving_poll_s)
+        return await serving.store_thread.run(fn, serving.engine, *args)
+
     def authorise(request) -> None:
         if not config.api_token:
             raise HTTPProblem(403, "state-changing endpoints are disabled: STREAMREC_API_TOKEN is not set")
@@ -218,8 +224,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
         async def get(self, request):
             """The serving version, what this worker has loaded, and the newest versions."""
             limit = int_param(request, "limit", 10, 1, 100)
-            current, versions = await serving.store_thread.run(
-                lambda: (serving_version(serving.engine), list_versions(serving.engine, limit)))
+            current, versions = await in_store(lambda engine: (serving_version(engine), list_versions(engine, limit)))
             return self.json({"serving": current, "loaded": serving.describe(), "versions": versions})
 
     @view("/models/{version_id}/promote")
@@ -230,7 +235,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             if not version_id.isdigit():
                 raise HTTPProblem(400, f"version must be a whole number, got {version_id[:50]!r}")
             try:
-                await serving.store_thread.run(promote, serving.engine, int(version_id))
+                await in_store(promote, int(version_id))
             except RegistryError as exc:
                 raise HTTPProblem(404, str(exc))
             return self.json({"serving": int(version_id)})
@@ -241,7 +246,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             """Retire the serving version; the one promoted before it serves again."""
             authorise(request)
             try:
-                retired, serving_now = await serving.store_thread.run(rollback, serving.engine)
+                retired, serving_now = await in_store(rollback)
             except RegistryError as exc:
                 raise HTTPProblem(409, str(exc))
             return self.json({"retired": retired, "serving": serving_now})

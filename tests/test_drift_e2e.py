@@ -41,7 +41,7 @@ def test_every_window_and_storefront_gets_every_drift_metric(broker, database_ur
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS=str(WINDOW_EVENTS),
                      STREAMREC_WINDOW_MAX_AGE_S="120", STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9",
                      STREAMREC_REHEARSAL_CAPACITY="2000", STREAMREC_DRIFT_REFERENCE_WINDOWS="1",
-                     STREAMREC_DRIFT_PROBE_EVENTS="300")
+                     STREAMREC_DRIFT_PROBE_EVENTS="300", STREAMREC_TRAIN_MAX_EVENTS=str(WINDOW_EVENTS))
     worker = Worker(env, tmp_path / "worker.log")
     engine = make_engine(database_url)
     try:

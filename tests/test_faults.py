@@ -125,7 +125,8 @@ def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_p
 def test_workers_killed_during_training_leave_no_half_version_and_training_resumes(
         broker, database_url, topic_prefix, tmp_path):
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="1500",
-                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9")
+                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9",
+                     STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5")
     engine = make_engine(database_url)
     events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:3_000]
     worker = Worker(env, tmp_path / "worker-0.log")
@@ -140,14 +141,15 @@ def test_workers_killed_during_training_leave_no_half_version_and_training_resum
                              f"a training run is under way\n{worker.tail()}", interval_s=0.5)
             os.kill(worker.proc.pid, signal.SIGKILL)  # the training process dies with it
             worker.proc.wait()
-            killed.append(run["window_id"])
+            killed.append(run["windows"])
             worker = Worker(env, tmp_path / f"worker-{kill + 1}.log")
             worker.wait_ready(120)
-        runs = wait_until(lambda: (r := _runs(engine)) and {x["window_id"] for x in r if x["status"] == "succeeded"}
-                          >= {1, 2} and r, 400, f"both windows end up trained\n{worker.tail()}", interval_s=1)
+        runs = wait_until(lambda: (r := _runs(engine)) and {w for x in r if x["status"] == "succeeded"
+                                                            for w in x["windows"]} >= {1, 2} and r,
+                          400, f"both windows end up trained\n{worker.tail()}", interval_s=1)
         assert not [r for r in runs if r["status"] == "running"]
         failed = [r for r in runs if r["status"] == "failed"]
-        assert len(failed) == 3 and all("died" in r["error"] for r in failed), failed
+        assert len(failed) == 3 and all("lease expired" in r["error"] for r in failed), failed
         with engine.connect() as conn:
             versions = conn.execute(select(model_versions)).mappings().all()
         assert {v["id"] for v in versions} == {r["version_id"] for r in runs if r["status"] == "succeeded"}

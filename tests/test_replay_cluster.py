@@ -50,7 +50,7 @@ def test_two_workers_share_the_stream_and_trigger_each_window_once(broker, datab
         assert all(h["ingest"]["accepted"] > 0 for h in health), health  # both workers ingested
         assert sum(h["ingest"]["accepted"] for h in health) == EVENTS
         assert sum(h["replay"]["sealed"] for h in health) == len(windows)  # no window sealed twice
-        assert sum(h["replay"]["triggers"] for h in health) == len(windows)  # one trigger per window
+        assert sum(h["replay"]["notices"] for h in health) == len(windows)  # one notice recorded per window
         assert sum(w["n_events"] for w in windows) == EVENTS
         assert len({w["trigger_claimed_by"] for w in windows}) == 1  # the owner of the windows partition
         assert all(w.alive() for w in workers)

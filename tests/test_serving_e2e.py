@@ -2,13 +2,16 @@
 
 A first version is trained here and published; the worker then ingests MovieLens events,
 trains a second version on its first window, and answers requests. Every answer is checked
-against ``streams/openapi.yaml``. A promotion during a burst of requests must switch the
+against ``streams/openapi.yaml``: its status must be listed for its path and method, and its
+body must match the schema listed for that status. A promotion during a burst of requests must switch the
 version within 5 s with no failed request and no answer from a third version.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -50,7 +53,45 @@ def check_shape(body: dict, schema_name: str) -> None:
     jsonschema.validate(body, {**OPENAPI["components"]["schemas"][schema_name], "components": OPENAPI["components"]})
 
 
+def documented_responses(method: str, path: str) -> tuple[str, dict]:
+    """(path template, responses) of the OpenAPI file's operation that ``method path`` (query allowed) calls."""
+    bare = path.split("?", 1)[0]
+    templates = [bare] if bare in OPENAPI["paths"] else [
+        t for t in OPENAPI["paths"] if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", t), bare)]
+    operations = [(t, OPENAPI["paths"][t][method.lower()]["responses"])
+                  for t in templates if method.lower() in OPENAPI["paths"][t]]
+    assert operations, f"streams/openapi.yaml documents no {method} operation for {bare}"
+    return operations[0]
+
+
+@functools.cache
+def response_validator(method: str, template: str, status: int, content_type: str):
+    """A validator of the body the OpenAPI file lists for this status of the operation."""
+    response = OPENAPI["paths"][template][method.lower()]["responses"][str(status)]
+    if "$ref" in response:
+        response = OPENAPI["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    content = response.get("content", {})
+    assert content_type in content, (
+        f"{method} {template} answered HTTP {status} as {content_type}; streams/openapi.yaml lists {sorted(content)}")
+    schema = {**content[content_type]["schema"], "components": OPENAPI["components"]}
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def check_answer(method: str, path: str, status: int, content_type: str, body) -> None:
+    """Fail unless the OpenAPI file lists this status for the path and method, with a schema the body matches."""
+    template, responses = documented_responses(method, path)
+    assert str(status) in responses, (
+        f"{method} {path} answered HTTP {status}, a status streams/openapi.yaml does not list for {method} "
+        f"{template} (it lists {', '.join(sorted(responses))})")
+    error = jsonschema.exceptions.best_match(response_validator(method, template, status, content_type).iter_errors(body))
+    assert error is None, f"{method} {path} answered HTTP {status} with a body unlike streams/openapi.yaml's: {error}"
+
+
 class Client:
+    """Every request of this test goes through :meth:`call`, which checks the answer with :func:`check_answer`."""
+
     def __init__(self, port: int):
         self.base = f"http://127.0.0.1:{port}"
 
@@ -62,9 +103,12 @@ class Client:
         request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
+                status, content_type, raw = response.status, response.headers.get_content_type(), response.read()
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            status, content_type, raw = error.code, error.headers.get_content_type(), error.read()
+        answer = json.loads(raw) if content_type == "application/json" else raw.decode(errors="replace")
+        check_answer(method, path, status, content_type, answer)
+        return status, answer
 
     def get(self, path: str) -> tuple[int, dict]:
         return self.call("GET", path)
@@ -147,6 +191,10 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
             status, answer = api.get(path)
             check_shape(answer, "Error")
             assert status == code and needle in answer["error"], (path, status, answer)
+        status, answer = api.get("/models?limit=101")
+        assert status == 400 and answer["parameter"] == "limit", answer
+        assert api.call("POST", "/models/999999/promote", token=TOKEN)[0] == 404
+        assert api.call("POST", "/models/newest/promote", token=TOKEN)[0] == 400
 
         # events over HTTP: a token is required; good events are produced, bad ones reported
         good = [{"event_id": f"http-{i}", "type": "click", "user_id": "http-shopper", "item_id": events[i]["item_id"],
@@ -181,13 +229,16 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
                 answers.append((time.monotonic(), status, answer.get("model_version")))
 
         with ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(hammer)
-            time.sleep(2)
-            promoted_at = time.monotonic()
-            assert api.call("POST", f"/models/{target}/promote", token=TOKEN) == (200, {"serving": target})
-            time.sleep(7)
-            stop.set()
+            hammers = [pool.submit(hammer) for _ in range(4)]
+            try:
+                time.sleep(2)
+                promoted_at = time.monotonic()
+                assert api.call("POST", f"/models/{target}/promote", token=TOKEN) == (200, {"serving": target})
+                time.sleep(7)
+            finally:
+                stop.set()
+        for done in hammers:
+            done.result()  # re-raises what stopped a hammer, such as an undocumented answer
         assert all(status == 200 for _, status, _ in answers), [a for a in answers if a[1] != 200][:3]
         assert {version for _, _, version in answers} == {first_version, target}
         first_new = min(t for t, _, version in answers if version == target)

@@ -5,7 +5,8 @@
   leases the oldest pending windows, renews the lease while it trains, and whichever trainer
   finds a lease expired takes the windows over;
 * ``training_runs.windows``: every window a run (one job) trained on;
-* ``drift_metrics.value`` may be NULL: a measurement that was not a finite number.
+* ``drift_metrics.value`` may be NULL: a measurement that was not a finite number;
+* view ``training_windows``: each window's training state for ops (readable by ``streamrec_ops``).
 
 Windows trained before this revision (a succeeded run names them) are marked trained.
 
@@ -41,6 +42,14 @@ def _alter_drift_value(nullable: bool) -> None:
         op.execute(view)
 
 
+TRAINING_VIEW = """
+CREATE VIEW training_windows AS
+SELECT id AS window_id, sealed_at, n_events, train_state, lease_owner, lease_expires_at, train_attempts,
+       train_error, version_id
+FROM windows
+"""
+
+
 def upgrade() -> None:
     with op.batch_alter_table('windows') as batch:
         batch.add_column(sa.Column('train_state', sa.String(length=8), nullable=False, server_default='pending',
@@ -60,6 +69,7 @@ def upgrade() -> None:
                                    comment='ids of every window the job trained on'))
         batch.alter_column('window_id', existing_type=sa.BigInteger(), comment='the newest window of the job')
     _alter_drift_value(nullable=True)
+    op.execute(TRAINING_VIEW)
     op.execute("UPDATE windows SET train_state = 'trained', version_id = "
                "(SELECT max(r.version_id) FROM training_runs r WHERE r.window_id = windows.id "
                "AND r.status = 'succeeded') "
@@ -67,6 +77,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute('DROP VIEW training_windows')
     op.execute('DELETE FROM drift_metrics WHERE value IS NULL')
     _alter_drift_value(nullable=False)
     with op.batch_alter_table('training_runs') as batch:

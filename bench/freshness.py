@@ -1,0 +1,176 @@
+"""Freshness: how long a sealed window waits before a model trained on it serves, under a steady stream.
+
+    python -m bench.freshness [--rate 2000] [--seconds 300] [--trainers 0] [--database-url URL]
+
+Starts the bundled broker, one worker and ``--trainers`` standalone trainers (0: the worker
+trains, as ``./dev run`` does; otherwise workers only ingest, seal and serve), on a fresh
+Postgres database (``--database-url``, default a new database on 127.0.0.1:5432) with the
+default settings. It sends the MovieLens catalog, then replays MovieLens-100k ratings as a live
+stream (fresh event ids, stamped now, user and item ids as in the file) at ``--rate`` events/s
+(0: as fast as the producer goes) for ``--seconds``, then waits up to ``--drain`` seconds for
+the training backlog to empty. Every five seconds it samples events stored and the training
+backlog (windows and events waiting).
+
+Per window it reports when it sealed, the version whose job trained it, and when that version
+began serving (its promotion; workers load it within ``STREAMREC_SERVING_POLL_S`` plus the
+build time). Seal-to-serving latency is the difference; a window whose version the gate
+rejected never served. Prints p50/p95 latency, the backlog over time and the events/s
+sustained, and appends the run to ``bench/results/freshness.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from runtime.config import Config
+from runtime.processes import free_port, spawn, start_broker, start_worker, stop
+from store.db import make_engine, migrate
+from store.models import model_versions, windows
+from store.registry import now_ms
+from store.replay import ReplayStore
+from store.training_queue import backlog
+from streams import movielens
+from streams.producer import StorefrontProducer
+
+RESULTS = Path(__file__).parent / "results" / "freshness.json"
+POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def fresh_postgres() -> str:
+    name = f"streamrec_fresh_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+
+
+def produce(config: Config, rate: float, seconds: float, sent: list[int], stop_at: list[float]) -> None:
+    """Replay MovieLens ratings as live events at ``rate``/s (0: unthrottled) for ``seconds``."""
+    ratings = movielens.to_events(movielens.load_ratings(), now_ms())
+    chunk = 500 if rate else 5_000
+    started = time.monotonic()
+    with StorefrontProducer.from_config(config, linger_ms=20) as producer:
+        i = 0
+        while time.monotonic() - started < seconds:
+            now = now_ms()
+            batch = [ratings[(i + j) % len(ratings)] | {"event_id": f"live-{i + j}", "ts": now} for j in range(chunk)]
+            report = producer.send_events(batch)
+            if not report.ok:
+                raise RuntimeError(f"producer failed: {report.failed[:3]}")
+            i += chunk
+            sent[0] = i
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+    stop_at[0] = time.monotonic()
+
+
+def window_latencies(engine) -> list[dict]:
+    """Per sealed window: sealed_at, its version, that version's status and promotion time."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(windows.c.id, windows.c.sealed_at, windows.c.n_events, windows.c.train_state,
+                                   windows.c.version_id, model_versions.c.status, model_versions.c.promoted_at)
+                            .select_from(windows.outerjoin(model_versions, model_versions.c.id == windows.c.version_id))
+                            .order_by(windows.c.id)).mappings().all()
+    return [{**r, "latency_s": (r["promoted_at"] - r["sealed_at"]) / 1000 if r["promoted_at"] else None}
+            for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000.0, help="events/s (0: as fast as the producer goes)")
+    parser.add_argument("--seconds", type=float, default=300.0, help="how long the stream runs")
+    parser.add_argument("--drain", type=float, default=300.0, help="most seconds to wait for the backlog after")
+    parser.add_argument("--trainers", type=int, default=0, help="standalone trainers (0: the worker trains)")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-freshness-"))
+    database_url = args.database_url or fresh_postgres()
+    port = free_port()
+    broker = start_broker(port, log=tmp / "broker.log")
+    env = {**os.environ, "STREAMREC_KAFKA_URL": f"kafka://127.0.0.1:{port}", "STREAMREC_DATABASE_URL": database_url,
+           "STREAMREC_TOPIC_PREFIX": f"fresh{uuid.uuid4().hex[:6]}", "STREAMREC_WEB_PORT": str(free_port()),
+           "STREAMREC_LOG_LEVEL": "info", "STREAMREC_WORKER_TRAINS": "false" if args.trainers else "true",
+           "PYTHONUNBUFFERED": "1"}
+    config = Config.from_env(env)
+    engine = make_engine(database_url)
+    migrate(engine)
+    worker = start_worker(env, log=tmp / "worker.log")
+    trainers = [spawn([sys.executable, "-m", "training.loop"], env=env, log=tmp / f"trainer-{n}.log")
+                for n in range(args.trainers)]
+    samples: list[dict] = []
+    try:
+        time.sleep(8)
+        with StorefrontProducer.from_config(config) as producer:
+            assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
+        sent, stopped = [0], [0.0]
+        sender = threading.Thread(target=produce, args=(config, args.rate, args.seconds, sent, stopped), daemon=True)
+        store, started = ReplayStore(engine), time.monotonic()
+        sender.start()
+        while True:
+            if worker.poll() is not None:
+                sys.exit(f"worker exited; see {tmp / 'worker.log'}")
+            waiting = backlog(engine, now_ms())
+            samples.append({"s": round(time.monotonic() - started, 1), "sent": sent[0], "stored": store.stored_events(),
+                            "windows_waiting": waiting["windows_waiting"], "events_waiting": waiting["events_waiting"],
+                            "trained": waiting["windows_trained"]})
+            streaming = sender.is_alive()
+            if not streaming and (waiting["windows_waiting"] == 0 or time.monotonic() - stopped[0] > args.drain):
+                break
+            time.sleep(5)
+        per_window = window_latencies(engine)
+    finally:
+        for proc in (*trainers, worker, broker):
+            stop(proc)
+        engine.dispose()
+    report(args, per_window, samples, stopped[0] - started, tmp)
+
+
+def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path) -> None:
+    during = [s for s in samples if s["s"] <= stream_s]
+    stored_rate = during[-1]["stored"] / stream_s if during else 0.0
+    served = [w["latency_s"] for w in per_window if w["latency_s"] is not None]
+    p50, p95 = (float(np.percentile(served, q)) for q in (50, 95)) if served else (float("nan"),) * 2
+    backlog_during = [s["windows_waiting"] for s in during]
+    third = max(1, len(backlog_during) // 3)
+    result = {
+        "rate": args.rate or "max", "seconds": args.seconds, "trainers": args.trainers or "worker", "cpus": os.cpu_count(),
+        "events_sent": samples[-1]["sent"], "events_stored_per_s": round(stored_rate),
+        "windows_sealed": len(per_window), "windows_trained": sum(w["train_state"] == "trained" for w in per_window),
+        "windows_served": len(served), "versions": len({w["version_id"] for w in per_window if w["version_id"]}),
+        "latency_p50_s": round(p50, 1), "latency_p95_s": round(p95, 1),
+        "backlog_max_windows": max(backlog_during, default=0),
+        "backlog_first_third_mean": round(float(np.mean(backlog_during[:third])), 2) if backlog_during else 0,
+        "backlog_last_third_mean": round(float(np.mean(backlog_during[-third:])), 2) if backlog_during else 0,
+        "backlog_after_stream": samples[-1]["windows_waiting"], "samples": samples, "windows": per_window,
+    }
+    print(f"\nrate {result['rate']} events/s for {args.seconds:.0f}s, trainers: {result['trainers']}, "
+          f"{result['cpus']} CPUs, logs in {logs}\n")
+    print("| seconds | sent | stored | windows waiting | events waiting | windows trained |\n|---:|---:|---:|---:|---:|---:|")
+    for s in samples[::max(1, len(samples) // 12)] + samples[-1:]:
+        print(f"| {s['s']:.0f} | {s['sent']:,} | {s['stored']:,} | {s['windows_waiting']} | {s['events_waiting']:,} | "
+              f"{s['trained']} |")
+    print(f"\n{result['windows_sealed']} windows sealed, {result['windows_trained']} trained in "
+          f"{result['versions']} versions, {result['windows_served']} served; seal-to-serving p50 "
+          f"{result['latency_p50_s']}s, p95 {result['latency_p95_s']}s; backlog mean {result['backlog_first_third_mean']} "
+          f"windows in the first third of the stream, {result['backlog_last_third_mean']} in the last, max "
+          f"{result['backlog_max_windows']}; {result['events_stored_per_s']:,} events/s stored")
+    RESULTS.parent.mkdir(exist_ok=True)
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps(runs + [result], indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
