@@ -20,21 +20,60 @@ log = logging.getLogger(__name__)
 
 
 class Rehearsal(Plugin):
-    """Mixes replayed events into every epoch's targets.
+    """Mixes replayed users' sequences into every epoch's targets (rehearsal at the sequence level).
 
-    Each epoch draws ``ratio`` rehearsal events per window target (at most all of
-    ``memory``) with :class:`replay.sampler.RehearsalSampler`; their histories come from the
-    trainer's context like any target's.
+    Each epoch draws rehearsal events with :class:`replay.sampler.RehearsalSampler` and takes
+    their users in a seeded random order; a drawn user's newest ``max_len + 1`` events of the
+    rehearsal memory and the trainer's context all become targets, so one training sequence
+    carries up to ``max_len`` rehearsed targets rather than one. Users are added until the
+    rehearsed targets reach ``ratio`` per window target (the last user may pass it).
+
+    Examples
+    --------
+    >>> from learner.bundle import ModelBundle
+    >>> from learner.model import ModelConfig
+    >>> from learner.trainer import TrainConfig
+    >>> memory = pd.DataFrame({"event_id": [f"m{i}" for i in range(60)], "type": "click",
+    ...     "user_id": [f"u{i % 3}" for i in range(60)], "item_id": [f"i{i % 7}" for i in range(60)],
+    ...     "storefront": "s", "ts": range(60), "session_id": None})
+    >>> window = memory.assign(event_id=lambda f: "w" + f["event_id"], ts=lambda f: f["ts"] + 100).iloc[:20]
+    >>> bundle = ModelBundle.build(ModelConfig(dim=8, heads=1, max_len=4, use_text=False), events=memory, seed=0)
+    >>> trainer = Trainer(bundle, TrainConfig(epochs=1), plugins=[Rehearsal(memory, ratio=0.5, seed=1)])
+    >>> trainer.targets, trainer.context, trainer.epoch = window, memory.iloc[:0], 1
+    >>> trainer.epoch_targets = window
+    >>> plugin = trainer.plugins[0]
+    >>> plugin.before_training(trainer); plugin.before_epoch(trainer)
+    >>> len(trainer.epoch_targets) - len(window), trainer.epoch_targets["user_id"].iloc[20:].nunique()
+    (10, 2)
     """
 
     def __init__(self, memory: pd.DataFrame, ratio: float = 0.5, seed: int = 0):
         self.memory = memory
         self.sampler = RehearsalSampler(ratio, seed)
+        self.seed = seed
+
+    def before_training(self, trainer: Trainer) -> None:
+        """Each rehearsal user's newest ``max_len + 1`` events of the memory and the context."""
+        users = set(self.memory["user_id"])
+        known = pd.concat([self.memory, trainer.context[trainer.context["user_id"].isin(users)]], ignore_index=True)
+        known = known.drop_duplicates("event_id").sort_values(["user_id", "ts", "event_id"], kind="stable")
+        tails = known.groupby("user_id", sort=False).tail(trainer.bundle.model.config.max_len + 1)
+        self.tails = {user: rows for user, rows in tails.groupby("user_id", sort=False)}
 
     def before_epoch(self, trainer: Trainer) -> None:
+        budget = round(self.sampler.ratio * len(trainer.targets))
         rows = self.sampler.indices(len(self.memory), len(trainer.targets), draw_id=trainer.epoch)
-        if len(rows):
-            trainer.epoch_targets = pd.concat([trainer.epoch_targets, self.memory.iloc[rows]], ignore_index=True)
+        if not len(rows) or not budget:
+            return
+        users = self.memory["user_id"].iloc[rows].unique()
+        users = users[np.random.default_rng([self.seed, trainer.epoch]).permutation(len(users))]
+        chosen, total = [], 0
+        for user in users:
+            chosen.append(self.tails[user])
+            total += len(self.tails[user])
+            if total >= budget:
+                break
+        trainer.epoch_targets = pd.concat([trainer.epoch_targets, *chosen], ignore_index=True)
 
 
 class Distillation(Plugin):

@@ -173,6 +173,14 @@ def release_job(engine: Engine, trainer_id: str, job: Job, error: str, max_tries
     return list(failed)
 
 
+def return_job(engine: Engine, trainer_id: str, job: Job) -> None:
+    """Hand a job back at once, uncounted (its trainer was asked to stop): the windows wait again."""
+    with engine.begin() as conn:
+        conn.execute(update(windows).where(windows.c.id.in_(job.window_ids), windows.c.lease_owner == trainer_id)
+                     .values(train_state="pending", lease_owner=None, lease_expires_at=None,
+                             train_attempts=windows.c.train_attempts - 1))
+
+
 def backlog(engine: Engine, now_ms: int) -> dict:
     """What waits to be trained (windows, events, the oldest wait), leases held, windows failed, and
     ``serving_staleness_s``: seconds since the newest window of the serving version sealed."""

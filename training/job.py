@@ -220,6 +220,9 @@ def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: s
     drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
     try:
         version, epoch_log = train_job(engine, config, window_ids, drifts)
+    except (KeyboardInterrupt, SystemExit):
+        finish_run(engine, run_id, error="the trainer was stopped before it finished")
+        raise
     except Exception as exc:
         log.exception("training on windows %s failed", _span(window_ids))
         error = f"{type(exc).__name__}: {exc}"

@@ -6,9 +6,10 @@ is true. Trainers share nothing but the store: each claims work under a lease it
 while it trains (:mod:`store.training_queue`), so work whose trainer died is taken over by
 another once the lease expires, whatever host either runs on.
 
-``python -m training.loop`` is the process entry point; SIGTERM or SIGINT stops it once the
-job in flight is published. A supervisor that cannot wait kills it: nothing is published,
-its lease runs out, and another trainer (or this one restarted) trains the windows again.
+``python -m training.loop`` is the process entry point. SIGTERM or SIGINT stops it at once:
+the job in flight publishes nothing, its run is closed as failed, and its windows go back to
+the queue uncounted, so another trainer (or this one restarted) trains them right away. A
+trainer killed outright leaves its lease to expire instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uuid
 from runtime.config import Config
 from store.db import make_engine, migrate
 from store.registry import now_ms
-from store.training_queue import Job, LeaseLost, claim_job, release_job, renew_lease
+from store.training_queue import Job, LeaseLost, claim_job, release_job, renew_lease, return_job
 from training.job import run_job
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ def train_next(engine, config: Config, trainer_id: str) -> dict | None:
     with LeaseKeeper(engine, trainer_id, job, config.train_lease_s):
         try:
             return run_job(engine, config, job.window_ids, trainer_id, lease_holder=trainer_id)
+        except (KeyboardInterrupt, SystemExit):
+            return_job(engine, trainer_id, job)
+            log.info("%s: stopped; windows %s handed back", trainer_id, job.window_ids)
+            raise
         except LeaseLost as exc:
             log.warning("%s: nothing published: %s", trainer_id, exc)
             return {"windows": job.window_ids, "status": "lease_lost", "reason": str(exc)}
@@ -116,12 +121,17 @@ def main() -> None:
     config = Config.from_env()
     logging.basicConfig(level=config.python_log_level,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    run_trainer(config, stop=stop)
-    log.info("trainer stopped after %.0fs", time.monotonic() - started)
+    try:
+        run_trainer(config)
+    except KeyboardInterrupt:
+        log.info("trainer stopped after %.0fs", time.monotonic() - started)
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM stops a trainer the way Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
