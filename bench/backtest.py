@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from learner.backtest import STRATEGIES
 from streams import movielens
 
-STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only")
 # Batch size and learning rate of tests/test_learner_movielens.py (tuned on MovieLens) instead
 # of the worker's 128 and 0.001; at most 8 epochs (worker: 10) and half a rehearsal event per
 # window event (worker: 1) to keep the whole run near 20 minutes on 2 CPUs; every other setting

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def produce(config: Config, rate: float, seconds: float, sent: list[int], stop_a
     stop_at[0] = time.monotonic()
 
 
+def wait_ready(web_port: int, worker, timeout_s: float = 120.0) -> None:
+    """Until the worker's ingest processes hold their partitions (``/health`` says ``ok``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            sys.exit("the worker exited before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=2) as answer:
+                if json.loads(answer.read())["status"] == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"the worker was not ready after {timeout_s:.0f}s")
+
+
 def window_latencies(engine) -> list[dict]:
     """Per sealed window: sealed_at, its version, that version's status and promotion time."""
     with engine.connect() as conn:
@@ -112,7 +129,7 @@ def main() -> None:
                 for n in range(args.trainers)]
     samples: list[dict] = []
     try:
-        time.sleep(8)
+        wait_ready(config.web_port, worker)
         with StorefrontProducer.from_config(config) as producer:
             assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
         sent, stopped = [0], [0.0]

@@ -31,9 +31,9 @@ class Quality:
 
 
 def quality(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None, k: int = K,
-            batch_size: int = 512) -> Quality:
+            batch_size: int = 512, max_events: int | None = None, seed: int = 0) -> Quality:
     """Quality of ``scorer`` on ``events``, each predicted from the user's events before it in
-    ``history`` and earlier ``events``.
+    ``history`` and earlier ``events`` (on a seeded sample of ``max_events`` of them, if given).
 
     Examples
     --------
@@ -44,18 +44,21 @@ def quality(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None =
     >>> q.recall, q.n, round(q.loss, 3)
     (1.0, 2, 0.752)
     """
-    result = evaluate(scorer, events, history, ks=(k,), batch_size=batch_size, with_loss=True)
+    result = evaluate(scorer, events, history, ks=(k,), batch_size=batch_size, with_loss=True,
+                      max_events=max_events, seed=seed)
     return Quality(result[f"recall@{k}"], result[f"ndcg@{k}"], result["loss"], result["examples"])
 
 
 def by_storefront(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None,
-                  k: int = K) -> dict[str, Quality]:
-    """:func:`quality` of each storefront's events; a user's events in other storefronts count as history."""
+                  k: int = K, max_events: int | None = None, seed: int = 0) -> dict[str, Quality]:
+    """:func:`quality` of each storefront's events (at most ``max_events`` of each, sampled); a
+    user's events in other storefronts count as history."""
     history = events_frame(history)
     out = {}
     for storefront in sorted(events["storefront"].unique()):
         mine = events["storefront"] == storefront
-        out[storefront] = quality(scorer, events[mine], pd.concat([history, events[~mine]], ignore_index=True), k)
+        out[storefront] = quality(scorer, events[mine], pd.concat([history, events[~mine]], ignore_index=True), k,
+                                  max_events=max_events, seed=seed)
     return out
 
 

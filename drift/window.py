@@ -114,10 +114,12 @@ def forgetting(storefront: str, probe: Quality, first_recall: float | None, refe
 
 
 def window_drift(window: pd.DataFrame, context: Context, *, catalog: pd.DataFrame | None = None, serving=None,
-                 serving_name: str = "", history: pd.DataFrame | None = None) -> list[MetricValue]:
+                 serving_name: str = "", history: pd.DataFrame | None = None,
+                 quality_events: int | None = None, seed: int = 0) -> list[MetricValue]:
     """Input drift and (with a ``serving`` scorer) prequential quality, for every storefront of ``window``.
 
-    ``history`` is what the serving model reads as users' earlier events.
+    ``history`` is what the serving model reads as users' earlier events; ``quality_events``
+    bounds the events the prequential quality of each storefront is measured on (a seeded sample).
     """
     out: list[MetricValue] = []
     storefronts = sorted(window["storefront"].unique())
@@ -129,7 +131,8 @@ def window_drift(window: pd.DataFrame, context: Context, *, catalog: pd.DataFram
                            seen_items=context.seen_items, seen_users=context.seen_users, previous_shares=shares,
                            previous_label=context.previous_label, reference_label=reference_label)
     if serving is not None:
-        for storefront, quality in by_storefront(serving, window, history).items():
+        for storefront, quality in by_storefront(serving, window, history, max_events=quality_events,
+                                                 seed=seed).items():
             out += concept_drift(storefront, quality, context.series, serving_name)
     return out
 

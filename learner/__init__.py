@@ -1,4 +1,5 @@
-"""Learner stage: continual fine-tuning of the recommender, published behind a quality gate.
+"""Learner: the recommender and how it learns continually (the training jobs that run it are in
+:mod:`training`; this package knows no store, Kafka or settings).
 
 Map of the package (one job per module):
 
@@ -16,12 +17,11 @@ Map of the package (one job per module):
   ``Plugin`` hooks.
 * ``plugins``    -- ``Rehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on one sealed window.
-* ``evaluate``   -- full-ranking Recall@K / NDCG@K; ``BundleScorer`` and ``Popularity``.
+* ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss): the one ranking routine;
+  ``BundleScorer`` and the ``Popularity`` baseline.
+* ``gate``       -- the gate's held-out split and verdict.
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
-* ``serving``    -- ``load_serving``: the newest promoted version from the store, checksum verified.
-* ``job``        -- one training job: read a sealed window, fine-tune, gate, publish a version.
-* ``drift``      -- a training job's drift metrics: what :mod:`drift` compares with, read from the store.
-* ``service``    -- the worker's training service: queued jobs in a child process, off the event loop.
+* ``recommend``  -- ``Recommender``: the serving snapshot (top-k, similar items, search re-ranking).
 * ``eventlog``   -- EVENTS.csv / ITEMS.csv loaders; errors name the line and column.
 * ``backtest``   -- offline continual-learning backtest of an event log: strategies, R matrix,
   forgetting and backward transfer (``streamrec backtest``).

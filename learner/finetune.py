@@ -24,6 +24,7 @@ class FineTuneConfig:
     distillation_temperature: float = 1.0
     holdout: float = 0.1
     patience: int = 2
+    validation_events: int | None = 2000  # early stopping ranks at most this many held-out events an epoch
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -45,7 +46,7 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
                    encoder=encoder, cache=cache)
     plugins: list[Plugin] = []
     if config.holdout:
-        plugins.append(EarlyStopping(config.holdout, config.patience))
+        plugins.append(EarlyStopping(config.holdout, config.patience, max_events=config.validation_events))
     if config.rehearsal_ratio and len(rehearsal):
         plugins.append(Rehearsal(rehearsal, config.rehearsal_ratio, seed=config.train.seed))
     if config.distillation_weight and previous is not None:

@@ -126,11 +126,13 @@ class EarlyStopping(Plugin):
 
     The held-out events are neither targets nor context during training; they are evaluated
     with the window's training part and the trainer's context as history, the way the next
-    window will be.
+    window will be, on the same seeded sample of at most ``max_events`` of them every epoch.
     """
 
-    def __init__(self, holdout: float = 0.1, patience: int = 2, metric: str = "recall@20"):
+    def __init__(self, holdout: float = 0.1, patience: int = 2, metric: str = "recall@20",
+                 max_events: int | None = 2000):
         self.holdout = holdout
+        self.max_events = max_events
         self.patience = patience
         self.metric = metric
 
@@ -144,7 +146,7 @@ class EarlyStopping(Plugin):
     def after_epoch(self, trainer: Trainer) -> None:
         ks = (int(self.metric.split("@")[1]),)
         scorer = BundleScorer(trainer.bundle, trainer.device)
-        value = evaluate(scorer, self.validation, self.history, ks=ks)[self.metric]
+        value = evaluate(scorer, self.validation, self.history, ks=ks, max_events=self.max_events)[self.metric]
         trainer.epoch_log[-1][f"validation_{self.metric}"] = value
         log.info("epoch %d validation %s %.4f (best %.4f at epoch %d)", trainer.epoch, self.metric, value,
                  self.best, self.best_epoch)

@@ -116,15 +116,18 @@ class Config(BaseSettings):
                                                                "share below the serving one.")
     gate_min_events: PositiveInt = Field(200, description="The gate never promotes a candidate judged on fewer "
                                                           "held-out events than this (it is kept as rejected).")
+    gate_max_events: PositiveInt = Field(5000, description="Most held-out events the gate ranks (a seeded sample; "
+                                                           "the rest count as history), so judging a job costs the "
+                                                           "same whatever its size.")
     worker_trains: bool = Field(True, description="Whether each worker runs a trainer process; set false where "
                                                   "`streamrec trainer` runs on its own (GPU) hosts.")
     train_min_events: PositiveInt = Field(2000, description="A training job waits until sealed, untrained windows "
                                                             "hold this many events...")
     train_max_wait_s: NonNegativeFloat = Field(600, description="... or until the oldest of them sealed this many "
                                                              "seconds ago.")
-    train_max_events: PositiveInt = Field(50000, description="Most events of the sealed windows one job trains on "
+    train_max_events: PositiveInt = Field(200000, description="Most events of the sealed windows one job trains on "
                                                              "together (it takes at least one window).")
-    train_max_seconds: PositiveFloat = Field(60, description="Training time budget of one job (on top: reading, "
+    train_max_seconds: PositiveFloat = Field(30, description="Training time budget of one job (on top: reading, "
                                                              "judging, drift metrics, publishing).")
     train_lease_s: PositiveFloat = Field(60, description="A trainer's lease on its job's windows; renewed while it "
                                                          "trains, taken over by another trainer once expired.")
@@ -132,6 +135,9 @@ class Config(BaseSettings):
                                                         "alone) before it is marked failed.")
     drift_reference_windows: PositiveInt = Field(3, description="First windows of each storefront that input drift "
                                                                 "is compared with.")
+    drift_quality_events: PositiveInt = Field(5000, description="Most events of each window and storefront the "
+                                                                "prequential quality is measured on (a seeded "
+                                                                "sample).")
     drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "
                                                               "seeded sample of its first window's held-out slice).")
     seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).")

@@ -123,7 +123,8 @@ class WindowDrift:
         else:
             serving, name = None, ""
         return window_drift(window, context, catalog=data.catalog, serving=serving, serving_name=name,
-                            history=data.history)
+                            history=data.history, quality_events=self.config.drift_quality_events,
+                            seed=self.config.seed)
 
     def _after(self, data, candidate: ModelBundle, device) -> list[MetricValue]:
         window = pd.concat([data.train_part, data.held_out], ignore_index=True)

@@ -127,14 +127,16 @@ def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
 
 def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> tuple[bool, str, dict]:
     """The gate's verdict on ``candidate`` for the held-out events of ``data``: (promote, reason, metrics)."""
-    candidate_metrics = evaluate(BundleScorer(candidate, device), data.held_out, data.judged_with)
+    def judged(scorer) -> dict:  # both on the same sample of at most STREAMREC_GATE_MAX_EVENTS events
+        return evaluate(scorer, data.held_out, data.judged_with, max_events=config.gate_max_events, seed=config.seed)
+
+    candidate_metrics = judged(BundleScorer(candidate, device))
     if data.serving is not None:
         baseline_name = f"version {data.serving[0]['id']}"
-        baseline_metrics = evaluate(BundleScorer(data.serving[1], device), data.held_out, data.judged_with)
+        baseline_metrics = judged(BundleScorer(data.serving[1], device))
     else:
         baseline_name = "popularity"
-        baseline_metrics = evaluate(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len),
-                                    data.held_out, data.judged_with)
+        baseline_metrics = judged(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len))
     promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name,
                             min_events=config.gate_min_events)
     return promoted, reason, {"candidate": candidate_metrics, "baseline": baseline_metrics,
