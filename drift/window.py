@@ -171,8 +171,8 @@ class DriftTracker:
         self.record(values)
         ctx = self.context
         ctx.previous, ctx.previous_label = window, f"window {self.windows}"
-        ctx.seen_items.update(window["item_id"])
-        ctx.seen_users.update(window["user_id"])
+        ctx.seen_items.update(window["item_id"].unique())
+        ctx.seen_users.update(window["user_id"].unique())
         for storefront, events in window.groupby("storefront"):
             frames = self._reference.setdefault(storefront, [])
             if len(frames) < self.reference_windows:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 
 PAD = 0
 UNKNOWN = 1
@@ -45,8 +46,15 @@ class IdMap:
         return added
 
     def index(self, keys: Iterable[str]) -> np.ndarray:
-        """Indices of ``keys`` (int64); unknown keys map to ``UNKNOWN``."""
+        """Indices of ``keys`` (int64); unknown keys map to ``UNKNOWN``.
+
+        A pandas column is looked up once per distinct key (factorised first), not once per row.
+        """
         get = self._index.get
+        if isinstance(keys, pd.Series | pd.Index):
+            codes, uniques = pd.factorize(keys)
+            looked_up = np.fromiter((get(k, UNKNOWN) for k in uniques), dtype=np.int64, count=len(uniques))
+            return np.where(codes >= 0, looked_up[codes], UNKNOWN) if len(uniques) else np.full(len(codes), UNKNOWN)
         return np.fromiter((get(k, UNKNOWN) for k in keys), dtype=np.int64)
 
     def keys(self) -> list[str]:

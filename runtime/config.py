@@ -135,7 +135,7 @@ class Config(BaseSettings):
                                                         "alone) before it is marked failed.")
     drift_reference_windows: PositiveInt = Field(3, description="First windows of each storefront that input drift "
                                                                 "is compared with.")
-    drift_quality_events: PositiveInt = Field(5000, description="Most events of each window and storefront the "
+    drift_quality_events: PositiveInt = Field(2000, description="Most events of each window and storefront the "
                                                                 "prequential quality is measured on (a seeded "
                                                                 "sample).")
     drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "

@@ -126,6 +126,14 @@ def outcome_totals(engine: Engine) -> dict[str, int]:
     return totals
 
 
+def stored_offsets(engine: Engine, group_id: str) -> dict[TopicPartition, int]:
+    """The next offset stored with the data of every partition ``group_id`` has ingested."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(consumer_offsets.c.topic, consumer_offsets.c.partition,
+                                   consumer_offsets.c.next_offset).where(consumer_offsets.c.group_id == group_id)).all()
+    return {(t, p): o for t, p, o in rows}
+
+
 class IngestWriter:
     """Transactional sink of the ingest path for one consumer group."""
 
@@ -137,11 +145,7 @@ class IngestWriter:
     def load_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Stored next offsets of ``partitions`` (absent when never stored)."""
         wanted = set(partitions)
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(consumer_offsets.c.topic, consumer_offsets.c.partition,
-                                       consumer_offsets.c.next_offset)
-                                .where(consumer_offsets.c.group_id == self.group_id)).all()
-        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+        return {tp: o for tp, o in stored_offsets(self.engine, self.group_id).items() if tp in wanted}
 
     def write(self, batch: IngestBatch) -> WriteResult:
         """Commit ``batch``; raises OffsetConflict (and writes nothing) if fenced off."""

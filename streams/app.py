@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from store.drift_metrics import open_alerts
-from store.ingest import IngestWriter, ingest_totals
+from store.ingest import ingest_totals, stored_offsets
 from streams.ingest_processes import IngestProcesses
 from streams.metrics import render
 from streams.schema import DeadLetter, WindowSealed
@@ -74,8 +74,7 @@ ingest = IngestProcesses(config, dead_letter_topic, on_commit=replay.poke)
 serving = ServingService(config)
 add_views(app, config, serving, events_topic, catalog_topic)
 metrics_thread = StoreThread("streamrec-metrics")
-lag_reader = LagReader(config, lambda: IngestWriter(ingest.engine, config.ingest_group, 0).load_offsets(
-    [(topic, p) for topic in (config.events_topic, config.catalog_topic) for p in range(config.topic_partitions)]))
+lag_reader = LagReader(config, lambda: stored_offsets(ingest.engine, config.ingest_group))
 
 
 @app.task

@@ -106,8 +106,8 @@ class WindowDrift:
                 context.reference[storefront] = (pd.concat([self._frame(i) for i in ids], ignore_index=True),
                                                  _label(ids))
         for frame in (data.history, data.rehearsal):
-            context.seen_items.update(frame["item_id"])
-            context.seen_users.update(frame["user_id"])
+            context.seen_items.update(frame["item_id"].unique())
+            context.seen_users.update(frame["user_id"].unique())
         return context
 
     # -- the two steps
