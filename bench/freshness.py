@@ -141,8 +141,8 @@ def main() -> None:
                 sys.exit(f"worker exited; see {tmp / 'worker.log'}")
             waiting = backlog(engine, now_ms())
             samples.append({"s": round(time.monotonic() - started, 1), "sent": sent[0], "stored": store.stored_events(),
-                            "windows_waiting": waiting["windows_waiting"], "events_waiting": waiting["events_waiting"],
-                            "trained": waiting["windows_trained"]})
+                            "windows_waiting": waiting["windows_waiting"], "in_training": waiting["windows_training"],
+                            "events_waiting": waiting["events_waiting"], "trained": waiting["windows_trained"]})
             streaming = sender.is_alive()
             if not streaming and (waiting["windows_waiting"] == 0 or time.monotonic() - stopped[0] > args.drain):
                 break
@@ -161,6 +161,9 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
     served = [w["latency_s"] for w in per_window if w["latency_s"] is not None]
     p50, p95 = (float(np.percentile(served, q)) for q in (50, 95)) if served else (float("nan"),) * 2
     backlog_during = [s["windows_waiting"] for s in during]
+    steady = [s for s in during if s["s"] >= 60]  # after the first minute (worker start, first model build)
+    trend = (float(np.polyfit([s["s"] for s in steady], [s["windows_waiting"] for s in steady], 1)[0]) * 60
+             if len(steady) >= 3 else float("nan"))
     third = max(1, len(backlog_during) // 3)
     result = {
         "rate": args.rate or "max", "seconds": args.seconds, "trainers": args.trainers or "worker", "cpus": os.cpu_count(),
@@ -171,19 +174,22 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
         "backlog_max_windows": max(backlog_during, default=0),
         "backlog_first_third_mean": round(float(np.mean(backlog_during[:third])), 2) if backlog_during else 0,
         "backlog_last_third_mean": round(float(np.mean(backlog_during[-third:])), 2) if backlog_during else 0,
+        "backlog_trend_windows_per_min": round(trend, 2),
         "backlog_after_stream": samples[-1]["windows_waiting"], "samples": samples, "windows": per_window,
     }
     print(f"\nrate {result['rate']} events/s for {args.seconds:.0f}s, trainers: {result['trainers']}, "
           f"{result['cpus']} CPUs, logs in {logs}\n")
-    print("| seconds | sent | stored | windows waiting | events waiting | windows trained |\n|---:|---:|---:|---:|---:|---:|")
+    print("| seconds | sent | stored | windows waiting | of them in training | events waiting | windows trained |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|")
     for s in samples[::max(1, len(samples) // 12)] + samples[-1:]:
-        print(f"| {s['s']:.0f} | {s['sent']:,} | {s['stored']:,} | {s['windows_waiting']} | {s['events_waiting']:,} | "
-              f"{s['trained']} |")
+        print(f"| {s['s']:.0f} | {s['sent']:,} | {s['stored']:,} | {s['windows_waiting']} | {s['in_training']} | "
+              f"{s['events_waiting']:,} | {s['trained']} |")
     print(f"\n{result['windows_sealed']} windows sealed, {result['windows_trained']} trained in "
           f"{result['versions']} versions, {result['windows_served']} served; seal-to-serving p50 "
           f"{result['latency_p50_s']}s, p95 {result['latency_p95_s']}s; backlog mean {result['backlog_first_third_mean']} "
           f"windows in the first third of the stream, {result['backlog_last_third_mean']} in the last, max "
-          f"{result['backlog_max_windows']}; {result['events_stored_per_s']:,} events/s stored")
+          f"{result['backlog_max_windows']}, trend after the first minute {trend:+.2f} windows/min; "
+          f"{result['events_stored_per_s']:,} events/s stored")
     RESULTS.parent.mkdir(exist_ok=True)
     runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     RESULTS.write_text(json.dumps(runs + [result], indent=1, default=str) + "\n")

@@ -23,9 +23,10 @@ class Rehearsal(Plugin):
     """Mixes replayed users' sequences into every epoch's targets (rehearsal at the sequence level).
 
     Each epoch draws rehearsal events with :class:`replay.sampler.RehearsalSampler` and takes
-    their users in a seeded random order; a drawn user's newest ``max_len + 1`` events of the
-    rehearsal memory and the trainer's context all become targets, so one training sequence
-    carries up to ``max_len`` rehearsed targets rather than one. Users are added until the
+    their users in a seeded random order; the ``max_len + 1`` events of a drawn user's timeline
+    (rehearsal memory and the trainer's context) that end at the user's newest memory event all
+    become targets, so one training sequence carries up to ``max_len`` rehearsed targets rather
+    than one. Users are added until the
     rehearsed targets reach ``ratio`` per window target (the last user may pass it).
 
     Examples
@@ -53,12 +54,23 @@ class Rehearsal(Plugin):
         self.seed = seed
 
     def before_training(self, trainer: Trainer) -> None:
-        """Each rehearsal user's newest ``max_len + 1`` events of the memory and the context."""
+        """Each rehearsal user's sequence: the ``max_len + 1`` events of the user's timeline (memory
+        and context) that end at the user's newest memory event."""
         users = set(self.memory["user_id"])
         known = pd.concat([self.memory, trainer.context[trainer.context["user_id"].isin(users)]], ignore_index=True)
         known = known.drop_duplicates("event_id").sort_values(["user_id", "ts", "event_id"], kind="stable")
-        tails = known.groupby("user_id", sort=False).tail(trainer.bundle.model.config.max_len + 1)
-        self.tails = {user: rows for user, rows in tails.groupby("user_id", sort=False)}
+        self.known = known.reset_index(drop=True)
+        in_memory = self.known["event_id"].isin(set(self.memory["event_id"])).to_numpy()
+        user_ids = self.known["user_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+        ends = np.r_[starts[1:], len(user_ids)]
+        span = trainer.bundle.model.config.max_len + 1
+        self.rows: dict[str, np.ndarray] = {}
+        for start, end in zip(starts, ends):
+            memory_rows = np.flatnonzero(in_memory[start:end])
+            if len(memory_rows):
+                last = start + int(memory_rows[-1])
+                self.rows[user_ids[start]] = np.arange(max(start, last - span + 1), last + 1)
 
     def before_epoch(self, trainer: Trainer) -> None:
         budget = round(self.sampler.ratio * len(trainer.targets))
@@ -69,11 +81,12 @@ class Rehearsal(Plugin):
         users = users[np.random.default_rng([self.seed, trainer.epoch]).permutation(len(users))]
         chosen, total = [], 0
         for user in users:
-            chosen.append(self.tails[user])
-            total += len(self.tails[user])
+            chosen.append(self.rows[user])
+            total += len(self.rows[user])
             if total >= budget:
                 break
-        trainer.epoch_targets = pd.concat([trainer.epoch_targets, *chosen], ignore_index=True)
+        trainer.epoch_targets = pd.concat([trainer.epoch_targets, self.known.iloc[np.concatenate(chosen)]],
+                                          ignore_index=True)
 
 
 class Distillation(Plugin):

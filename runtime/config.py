@@ -127,7 +127,7 @@ class Config(BaseSettings):
                                                              "seconds ago.")
     train_max_events: PositiveInt = Field(200000, description="Most events of the sealed windows one job trains on "
                                                              "together (it takes at least one window).")
-    train_max_seconds: PositiveFloat = Field(30, description="Training time budget of one job (on top: reading, "
+    train_max_seconds: PositiveFloat = Field(20, description="Training time budget of one job (on top: reading, "
                                                              "judging, drift metrics, publishing).")
     train_lease_s: PositiveFloat = Field(60, description="A trainer's lease on its job's windows; renewed while it "
                                                          "trains, taken over by another trainer once expired.")
