@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import math
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     return engine
+
+
+def now_ms() -> int:
+    """The time as the store records it: epoch milliseconds, UTC."""
+    return time.time_ns() // 1_000_000
 
 
 def finite_json(value):

@@ -7,13 +7,12 @@ run killed at any point leaves no half-written version, only a run still marked 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from store.db import finite_json, upsert
+from store.db import finite_json, now_ms, upsert
 from store.models import model_versions, text_embeddings, training_runs
 
 VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]
@@ -21,10 +20,6 @@ VERSION_COLUMNS = [c for c in model_versions.c if c.name != "weights"]
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done, with the reason."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def start_run(engine: Engine, window_ids: int | list[int], worker: str) -> int:
@@ -76,14 +71,6 @@ def run_totals(engine: Engine) -> dict[str, int]:
             "failed": runs.get("failed", 0), "promoted": versions.get("promoted", 0),
             "rejected": versions.get("rejected", 0), "rolled_back": versions.get("rolled_back", 0),
             "jobs": int(jobs), "job_seconds": int(job_ms) / 1000}
-
-
-def fail_running(engine: Engine, run_ids: list[int], error: str) -> int:
-    """Mark runs that are still 'running' as failed with ``error`` (their process died)."""
-    with engine.begin() as conn:
-        return conn.execute(update(training_runs).where(
-            training_runs.c.id.in_(run_ids), training_runs.c.status == "running").values(
-            status="failed", finished_at=now_ms(), error=error)).rowcount
 
 
 def serving_version(engine: Engine) -> dict | None:

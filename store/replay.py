@@ -216,15 +216,8 @@ class ReplayStore:
         with self.engine.begin() as conn:
             conn.execute(update(windows).where(windows.c.id.in_(window_ids)).values(notice_published=True))
 
-    def reclaim_trigger(self, window_id: int, dead_worker: str, worker: str, now_ms: int) -> bool:
-        """Take over the trigger ``dead_worker`` held; True for exactly one caller."""
-        with self.engine.begin() as conn:
-            return conn.execute(update(windows).where(windows.c.id == window_id,
-                                                      windows.c.trigger_claimed_by == dead_worker)
-                                .values(trigger_claimed_by=worker, trigger_claimed_at=now_ms)).rowcount == 1
-
     def claim_trigger(self, window_id: int, worker: str, now_ms: int) -> bool:
-        """Take the training trigger of a window; True for exactly one caller per window."""
+        """Record that ``worker`` received a window's notice; True for exactly one caller per window."""
         with self.engine.begin() as conn:
             return conn.execute(update(windows).where(windows.c.id == window_id,
                                                       windows.c.trigger_claimed_by.is_(None))

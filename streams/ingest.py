@@ -21,7 +21,6 @@ import asyncio
 import logging
 import signal
 import sys
-import time
 
 import mode
 import orjson
@@ -33,16 +32,12 @@ from sqlalchemy.exc import DBAPIError
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from runtime.processes import die_with_parent
-from store.db import make_engine
+from store.db import make_engine, now_ms
 from store.ingest import IngestBatch, IngestWriter, OffsetConflict
 from streams.schema import EVENT_TYPES
 from streams.validation import MAX_ID_LENGTH, Invalid, Validator
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _label(obj: dict | None, name: str, allowed=None) -> str:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 
 import mode
 from sqlalchemy.exc import DBAPIError
@@ -23,17 +22,13 @@ from sqlalchemy.exc import DBAPIError
 from replay.windows import WindowPolicy
 from runtime.blocking import StoreThread
 from runtime.config import Config
-from store.db import make_engine, migrate
+from store.db import make_engine, migrate, now_ms
 from store.replay import ReplayStore
 from streams.schema import WindowSealed
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class SealingService(mode.Service):
