@@ -13,8 +13,9 @@ Map of the package (one job per module):
 * ``model``      -- ``SASRec``: causal transformer; item vector = id embedding + projected text.
 * ``bundle``     -- ``ModelBundle``: model + vocabulary + text hashes; build, extend for new ids,
   item and user vectors for serving.
-* ``trainer``    -- ``Trainer`` loop (full-softmax next-item loss, purchases weighted) and the
-  ``Plugin`` hooks.
+* ``trainer``    -- ``Trainer`` loop (next-item loss, full or sampled softmax with the log-Q
+  correction, purchases weighted) and the ``Plugin`` hooks.
+* ``softmax``    -- which softmax a step uses (``full``, ``sampled``, ``auto`` by catalog size).
 * ``plugins``    -- ``Rehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on one sealed window.
 * ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss): the one ranking routine;

@@ -85,18 +85,20 @@ class SASRec(nn.Module):
     def n_items(self) -> int:
         return self.item_ids.num_embeddings
 
-    def item_vectors(self) -> torch.Tensor:
-        """[n_items, dim] vectors of every item row (padding row is zero).
+    def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_items, dim] vectors of every item row (padding row is zero), or of ``rows`` only.
 
-        In training mode a random ``id_dropout`` share of id vectors is zeroed.
+        Only the rows asked for are computed, so a training step that needs a few thousand
+        items costs the same whatever the catalog's size. In training mode a random
+        ``id_dropout`` share of id vectors is zeroed.
         """
-        ids = self.item_ids.weight
+        ids = self.item_ids.weight if rows is None else self.item_ids(rows)
         if self.training and self.config.id_dropout and self.config.use_text:
             keep = torch.rand(len(ids), 1, device=ids.device) >= self.config.id_dropout
             ids = ids * keep
         if not self.config.use_text:
             return ids
-        return ids + self.text_projection(self.item_text)
+        return ids + self.text_projection(self.item_text if rows is None else self.item_text[rows])
 
     def forward(self, batch: SequenceBatch, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence states [B, L, dim]; position t summarises events up to t."""

@@ -13,7 +13,7 @@ from learner.bundle import ModelBundle
 from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
 from learner.sequences import SequenceBatch
-from learner.trainer import Plugin, Step, Trainer
+from learner.trainer import Plugin, Step, Trainer, scores_over
 from replay.sampler import RehearsalSampler
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,18 @@ class Distillation(Plugin):
     def loss(self, trainer: Trainer, step: Step) -> torch.Tensor:
         inputs = self._teacher_inputs(step.inputs)
         with torch.no_grad():
-            vectors = self.model.item_vectors()
-            teacher = self.model.logits(self.model(inputs, vectors)[step.mask], vectors)[:, UNKNOWN + 1:]
-        student = step.logits[:, UNKNOWN + 1:self.sizes[0]]
+            if step.candidates is None:  # full softmax: every item the teacher knows
+                vectors = self.model.item_vectors()
+                teacher = self.model.logits(self.model(inputs, vectors)[step.mask], vectors)[:, UNKNOWN + 1:]
+            else:  # sampled softmax: the step's candidates the teacher knows
+                old = step.candidates < self.sizes[0]
+                if not old.any():
+                    return None
+                teacher = scores_over(self.model, inputs, step.mask, step.candidates[old])[1]
+        if step.candidates is None:
+            student = step.logits[:, UNKNOWN + 1:self.sizes[0]]
+        else:
+            student = step.logits[:, old]
         t = self.temperature
         kl = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
                       log_target=True, reduction="batchmean")

@@ -1,4 +1,15 @@
-"""The training loop: next-item softmax over the full catalog, extended by plugins."""
+"""The training loop: next-item softmax, over the full catalog or a sampled part of it, extended by plugins.
+
+Sampled softmax (``loss="sampled"``): each step scores its targets against the batch's own
+target items (in-batch negatives) plus ``negatives`` items drawn uniformly from the catalog,
+and only those items' vectors (and the input items') are built, so a step costs the same at
+a thousand items or a million. Each candidate's logit is corrected by the log of its expected
+count among the candidates (log-Q correction: its count among the batch's targets, an
+estimate of how often popularity puts it there, plus ``negatives / catalog size``), so the
+sampled loss estimates the full softmax instead of favouring popular items (Bengio and
+Senécal, 2008; Jean et al., ACL 2015; Yi et al., RecSys 2019). ``loss="auto"`` is sampled
+above :data:`learner.softmax.SAMPLED_ABOVE_ITEMS` items and full below.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +24,12 @@ import torch.nn.functional as F
 
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
+from learner.idmap import UNKNOWN
 from learner.sequences import PURCHASE, SequenceBatch, events_frame, training_sequences
+from learner.softmax import sampled_for
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -32,13 +46,18 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     max_seconds: float | None = None
+    loss: str = "auto"
+    negatives: int = 1024
+
 
 
 @dataclass
 class Step:
     """One batch: inputs, targets [B, L] (0: none), and what the model made of it.
 
-    ``states`` [N, dim] and ``logits`` [N, n_items] are at the N target positions (``mask``).
+    ``states`` [N, dim] and ``logits`` are at the N target positions (``mask``): [N, n_items]
+    over every item row, or with the sampled softmax [N, C] over the ``candidates`` item rows
+    (before the log-Q correction); ``candidates`` is None with the full softmax.
     """
 
     inputs: SequenceBatch
@@ -47,6 +66,7 @@ class Step:
     mask: torch.Tensor
     states: torch.Tensor
     logits: torch.Tensor
+    candidates: torch.Tensor | None = None
 
 
 class Plugin:
@@ -71,6 +91,18 @@ class Plugin:
 
     def after_training(self, trainer: Trainer) -> None:
         """After the last epoch."""
+
+
+def scores_over(model, inputs: SequenceBatch, mask: torch.Tensor,
+                candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states at the ``mask`` positions, their scores over the sorted item rows ``candidates``),
+    building only the vectors of the inputs' items and the candidates."""
+    pad = torch.zeros(1, dtype=candidates.dtype, device=candidates.device)
+    rows = torch.unique(torch.cat([pad, inputs.items.flatten(), candidates]))  # rows[0] is PAD: local 0 pads
+    vectors = model.item_vectors(rows)
+    local = SequenceBatch(torch.searchsorted(rows, inputs.items), inputs.types, inputs.storefronts, inputs.users)
+    states = model(local, vectors)[mask]
+    return states, states.float() @ vectors[torch.searchsorted(rows, candidates)].float().T
 
 
 class Trainer:
@@ -110,6 +142,7 @@ class Trainer:
                                            weight_decay=self.config.weight_decay)
         self.targets, self.context = window, events_frame(history)
         self.epoch = self.step = 0
+        self.sampled = sampled_for(self.config.loss, self.model.n_items)
         self.stop = False
         self.deadline = None if self.config.max_seconds is None else time.perf_counter() + self.config.max_seconds
         self.epoch_log: list[dict] = []
@@ -158,12 +191,15 @@ class Trainer:
         targets, target_types = self.device.put(targets), self.device.put(target_types)
         mask = targets > 0
         with self.device.autocast():
-            vectors = self.model.item_vectors()
-            states = self.model(inputs, vectors)[mask]
-            logits = self.model.logits(states, vectors)
-            step = Step(inputs, targets, target_types, mask, states, logits)
+            if self.sampled:
+                step, logits, labels = self._sampled_step(inputs, targets, target_types, mask)
+            else:
+                vectors = self.model.item_vectors()
+                states = self.model(inputs, vectors)[mask]
+                logits = self.model.logits(states, vectors)
+                step, labels = Step(inputs, targets, target_types, mask, states, logits), targets[mask]
             weights = torch.where(target_types[mask] == PURCHASE, self.config.purchase_weight, 1.0)
-            cross_entropy = F.cross_entropy(logits, targets[mask], reduction="none")
+            cross_entropy = F.cross_entropy(logits, labels, reduction="none")
             loss = (weights * cross_entropy).sum() / weights.sum()
             for plugin in self.plugins:
                 extra = plugin.loss(self, step)
@@ -174,3 +210,16 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.optimizer.step()
         return loss.item(), int(mask.sum())
+
+    def _sampled_step(self, inputs: SequenceBatch, targets: torch.Tensor, target_types: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[Step, torch.Tensor, torch.Tensor]:
+        """The step's states over its candidates only: (step, corrected logits, label columns)."""
+        n_items, device = self.model.n_items, targets.device
+        positives = targets[mask]
+        drawn = torch.randint(UNKNOWN + 1, n_items, (self.config.negatives,), device=device)
+        candidates = torch.unique(torch.cat([positives, drawn]))
+        in_batch = torch.bincount(torch.searchsorted(candidates, positives), minlength=len(candidates))
+        expected = in_batch.float() + self.config.negatives / max(1, n_items - UNKNOWN - 1)
+        states, logits = scores_over(self.model, inputs, mask, candidates)
+        step = Step(inputs, targets, target_types, mask, states, logits, candidates)
+        return step, logits - expected.log(), torch.searchsorted(candidates, positives)

@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from learner.softmax import LOSSES, SAMPLED_ABOVE_ITEMS
 from replay.memory import POLICIES, make_memory
 
 # Faust's log level names, and what the logging module calls each.
@@ -105,6 +106,11 @@ class Config(BaseSettings):
     model_dim: PositiveInt = Field(64, description="Width of item and user vectors (new models only).")
     max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.")
     train_epochs: PositiveInt = Field(10, description="Most epochs per fine-tune (early stopping may end sooner).")
+    train_loss: Literal[LOSSES] = Field(
+        "auto", description=f"Training loss: {either(LOSSES)} (`auto`: the full softmax up to {SAMPLED_ABOVE_ITEMS:,} "
+                            "items, sampled softmax with the log-Q correction above).")
+    train_negatives: PositiveInt = Field(1024, description="Sampled softmax: items drawn uniformly per step as "
+                                                           "negatives, next to the batch's own targets.")
     train_batch_size: PositiveInt = Field(128, description="Sequences per training step.")
     learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.")
     purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.")

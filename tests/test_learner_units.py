@@ -16,7 +16,7 @@ from learner.finetune import FineTuneConfig, fine_tune
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig
 from learner.sequences import history_batch, next_item_examples, training_sequences
-from learner.trainer import TrainConfig, Trainer
+from learner.trainer import TrainConfig, Trainer, scores_over
 from streams import movielens
 
 SMALL = ModelConfig(dim=32, layers=1, heads=2, max_len=20, use_text=False)
@@ -166,3 +166,38 @@ def test_catalog_growth_keeps_old_scores_and_ranks_new_ids(ml_events):
     assert grown.vocab == bundle.vocab and torch.count_nonzero(grown.item_vectors()[len(old_items):]) > 0
     assert torch.equal(bundle.item_vectors()[len(old_items):], new_rows)  # fine_tune trained a copy
     assert 0.0 <= evaluate(BundleScorer(grown), ordered.iloc[4000:4500], ordered.iloc[:4000])["recall@20"] <= 1.0
+
+
+def test_sampled_scores_are_the_full_scores_of_the_candidates(ml_events):
+    bundle = ModelBundle.build(ModelConfig(dim=16, layers=1, heads=2, max_len=20), events=ml_events.iloc[:2000],
+                               seed=3)
+    bundle.model.item_text.normal_()  # a text tower with something in it
+    model = bundle.model.eval()
+    examples = next_item_examples(None, ml_events.iloc[2000:2100], bundle.vocab, 20)
+    inputs, mask = examples.inputs, torch.zeros(len(examples), 20, dtype=torch.bool)
+    mask[:, -1] = True
+    candidates = torch.tensor([3, 7, 50, 400])
+    with torch.no_grad():
+        states, scores = scores_over(model, inputs, mask, candidates)
+        full_states = model(inputs)[mask]
+        full = model.logits(full_states, model.item_vectors())
+        assert torch.allclose(model.item_vectors(candidates), model.item_vectors()[candidates], atol=1e-5)
+    assert torch.allclose(states, full_states, atol=1e-5)
+    assert torch.allclose(scores, full[:, candidates], atol=1e-4)
+
+
+def test_sampled_softmax_learns_and_distils_like_the_full_one(ml_events):
+    events = ml_events.sort_values("ts")
+    train, test = events.iloc[:16000], events.iloc[16000:17000]
+    results = {}
+    for loss in ("full", "sampled"):
+        base = ModelBundle.build(SMALL, events=events, seed=1)
+        settings = FineTuneConfig(train=TrainConfig(epochs=4, batch_size=128, lr=3e-3, seed=1, loss=loss,
+                                                    negatives=256))
+        first, _ = fine_tune(base, train.iloc[:8000], config=settings)
+        second, epochs = fine_tune(first, train.iloc[8000:], history=train.iloc[:8000], previous=first,
+                                   config=settings)
+        assert all(math.isfinite(e["loss"]) for e in epochs)
+        results[loss] = evaluate(BundleScorer(second), test, train, ks=(20,))["recall@20"]
+    popular = evaluate(Popularity(second.vocab, train), test, train, ks=(20,))["recall@20"]
+    assert results["sampled"] > popular and results["sampled"] > 0.8 * results["full"], (results, popular)

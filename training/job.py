@@ -66,7 +66,8 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
     model = ModelConfig(dim=config.model_dim, max_len=config.max_history)
     train = TrainConfig(epochs=config.train_epochs, batch_size=config.train_batch_size, lr=config.learning_rate,
                         purchase_weight=config.purchase_weight, seed=config.seed,
-                        max_seconds=config.train_max_seconds)
+                        max_seconds=config.train_max_seconds, loss=config.train_loss,
+                        negatives=config.train_negatives)
     return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
                                  distillation_weight=config.distill_weight)
 
