@@ -100,7 +100,8 @@ def scores_over(model, inputs: SequenceBatch, mask: torch.Tensor,
     pad = torch.zeros(1, dtype=candidates.dtype, device=candidates.device)
     rows = torch.unique(torch.cat([pad, inputs.items.flatten(), candidates]))  # rows[0] is PAD: local 0 pads
     vectors = model.item_vectors(rows)
-    local = SequenceBatch(torch.searchsorted(rows, inputs.items), inputs.types, inputs.storefronts, inputs.users)
+    local = SequenceBatch(torch.searchsorted(rows, inputs.items.contiguous()), inputs.types, inputs.storefronts,
+                          inputs.users)
     states = model(local, vectors)[mask]
     return states, states.float() @ vectors[torch.searchsorted(rows, candidates)].float().T
 
