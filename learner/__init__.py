@@ -15,7 +15,7 @@ Map of the package (one job per module):
   item and user vectors for serving.
 * ``trainer``    -- ``Trainer`` loop (next-item loss, full or sampled softmax with the log-Q
   correction, purchases weighted) and the ``Plugin`` hooks.
-* ``softmax``    -- which softmax a step uses (``full``, ``sampled``, ``auto`` by catalog size).
+* ``options``    -- the choices settings offer: softmax (``full``, ``sampled``, ``auto``), rehearsal unit.
 * ``plugins``    -- ``Rehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on one sealed window.
 * ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss): the one ranking routine;

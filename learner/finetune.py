@@ -8,7 +8,7 @@ import pandas as pd
 
 from learner.bundle import ModelBundle
 from learner.device import Device
-from learner.plugins import Distillation, EarlyStopping, Rehearsal
+from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
 from learner.sequences import events_frame
 from learner.text import TextEmbeddingCache, TextEncoder
 from learner.trainer import Plugin, TrainConfig, Trainer
@@ -25,6 +25,7 @@ class FineTuneConfig:
     holdout: float = 0.1
     patience: int = 2
     validation_events: int | None = 2000  # early stopping ranks at most this many held-out events an epoch
+    rehearsal_unit: str = "event"  # "event": Rehearsal; "sequence": SequenceRehearsal
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -48,7 +49,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     if config.holdout:
         plugins.append(EarlyStopping(config.holdout, config.patience, max_events=config.validation_events))
     if config.rehearsal_ratio and len(rehearsal):
-        plugins.append(Rehearsal(rehearsal, config.rehearsal_ratio, seed=config.train.seed))
+        rehearse = SequenceRehearsal if config.rehearsal_unit == "sequence" else Rehearsal
+        plugins.append(rehearse(rehearsal, config.rehearsal_ratio, seed=config.train.seed))
     if config.distillation_weight and previous is not None:
         plugins.append(Distillation(previous, config.distillation_weight, config.distillation_temperature))
     epoch_log = Trainer(student, config.train, plugins, device).fit(window, history)

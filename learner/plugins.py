@@ -20,6 +20,24 @@ log = logging.getLogger(__name__)
 
 
 class Rehearsal(Plugin):
+    """Mixes replayed events into every epoch's targets.
+
+    Each epoch draws ``ratio`` rehearsal events per window target (at most all of
+    ``memory``) with :class:`replay.sampler.RehearsalSampler`; their histories come from the
+    trainer's context like any target's.
+    """
+
+    def __init__(self, memory: pd.DataFrame, ratio: float = 0.5, seed: int = 0):
+        self.memory = memory
+        self.sampler = RehearsalSampler(ratio, seed)
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        rows = self.sampler.indices(len(self.memory), len(trainer.targets), draw_id=trainer.epoch)
+        if len(rows):
+            trainer.epoch_targets = pd.concat([trainer.epoch_targets, self.memory.iloc[rows]], ignore_index=True)
+
+
+class SequenceRehearsal(Rehearsal):
     """Mixes replayed users' sequences into every epoch's targets (rehearsal at the sequence level).
 
     Each epoch draws rehearsal events with :class:`replay.sampler.RehearsalSampler` and takes
@@ -39,7 +57,7 @@ class Rehearsal(Plugin):
     ...     "storefront": "s", "ts": range(60), "session_id": None})
     >>> window = memory.assign(event_id=lambda f: "w" + f["event_id"], ts=lambda f: f["ts"] + 100).iloc[:20]
     >>> bundle = ModelBundle.build(ModelConfig(dim=8, heads=1, max_len=4, use_text=False), events=memory, seed=0)
-    >>> trainer = Trainer(bundle, TrainConfig(epochs=1), plugins=[Rehearsal(memory, ratio=0.5, seed=1)])
+    >>> trainer = Trainer(bundle, TrainConfig(epochs=1), plugins=[SequenceRehearsal(memory, ratio=0.5, seed=1)])
     >>> trainer.targets, trainer.context, trainer.epoch = window, memory.iloc[:0], 1
     >>> trainer.epoch_targets = window
     >>> plugin = trainer.plugins[0]
@@ -49,8 +67,7 @@ class Rehearsal(Plugin):
     """
 
     def __init__(self, memory: pd.DataFrame, ratio: float = 0.5, seed: int = 0):
-        self.memory = memory
-        self.sampler = RehearsalSampler(ratio, seed)
+        super().__init__(memory, ratio, seed)
         self.seed = seed
 
     def before_training(self, trainer: Trainer) -> None:

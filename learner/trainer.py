@@ -8,7 +8,7 @@ count among the candidates (log-Q correction: its count among the batch's target
 estimate of how often popularity puts it there, plus ``negatives / catalog size``), so the
 sampled loss estimates the full softmax instead of favouring popular items (Bengio and
 Senécal, 2008; Jean et al., ACL 2015; Yi et al., RecSys 2019). ``loss="auto"`` is sampled
-above :data:`learner.softmax.SAMPLED_ABOVE_ITEMS` items and full below.
+above :data:`learner.options.SAMPLED_ABOVE_ITEMS` items and full below.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import UNKNOWN
+from learner.options import sampled_for
 from learner.sequences import PURCHASE, SequenceBatch, events_frame, training_sequences
-from learner.softmax import sampled_for
 
 log = logging.getLogger(__name__)
 

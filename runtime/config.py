@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from learner.softmax import LOSSES, SAMPLED_ABOVE_ITEMS
+from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS
 from replay.memory import POLICIES, make_memory
 
 # Faust's log level names, and what the logging module calls each.
@@ -99,6 +99,10 @@ class Config(BaseSettings):
     rehearsal_capacity: PositiveInt = Field(20000, description="Most events the rehearsal memory keeps.")
     rehearsal_ratio: NonNegativeFloat = Field(1.0, description="Rehearsal events drawn into a fine-tune per new "
                                                                "window event.")
+    rehearsal_unit: Literal[REHEARSAL_UNITS] = Field(
+        "event", description="What rehearsal replays: `event` (each drawn memory event is a target, predicted from "
+                             "its history) or `sequence` (a drawn user's whole recent sequence is targets; cheaper, "
+                             "but it rehearses fewer users).")
     rehearsal_half_life_s: PositiveFloat = Field(604800, description="Recency policy: an event's weight doubles "
                                                                      "every this many seconds of event time.")
     history_windows: PositiveInt = Field(20, description="Sealed windows before the new one read as users' history "

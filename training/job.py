@@ -69,7 +69,7 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
                         max_seconds=config.train_max_seconds, loss=config.train_loss,
                         negatives=config.train_negatives)
     return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
-                                 distillation_weight=config.distill_weight)
+                                 distillation_weight=config.distill_weight, rehearsal_unit=config.rehearsal_unit)
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Which softmax a training step uses: over the full catalog, or sampled (see :mod:`learner.trainer`).
+"""The learner's choices that settings offer, kept free of torch so that settings can list them.
 
-Kept free of torch so that settings can offer the choices without loading it.
+Which softmax a training step uses (:mod:`learner.trainer`), and at what unit rehearsal
+replays memory (:mod:`learner.plugins`).
 
 >>> sampled_for("auto", 1_000), sampled_for("auto", 1_000_000), sampled_for("full", 1_000_000)
 (False, True, False)
@@ -8,6 +9,7 @@ Kept free of torch so that settings can offer the choices without loading it.
 
 from __future__ import annotations
 
+REHEARSAL_UNITS = ("event", "sequence")
 LOSSES = ("full", "sampled", "auto")
 SAMPLED_ABOVE_ITEMS = 50_000
 """``auto`` trains with the full softmax up to this many items: below it a step's full softmax
