@@ -58,8 +58,8 @@ def time_steps(bundle: ModelBundle, loss: str, steps: int, negatives: int, seed:
     """Median seconds of one training step."""
     trainer = Trainer(bundle, TrainConfig(loss=loss, negatives=negatives, seed=seed), device=pick_device())
     trainer.model = bundle.model.to(trainer.device.torch_device).train()
-    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-3)
     trainer.plugins, trainer.sampled = [], loss == "sampled"
+    trainer.optimizers = trainer._optimizers()
     rng = np.random.default_rng(seed)
     times = []
     for step in range(steps + 2):

@@ -139,11 +139,10 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         generator = torch.Generator().manual_seed(self.config.seed)
         self.model = self.bundle.model.to(self.device.torch_device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+        self.sampled = sampled_for(self.config.loss, self.model.n_items)
+        self.optimizers = self._optimizers()
         self.targets, self.context = window, events_frame(history)
         self.epoch = self.step = 0
-        self.sampled = sampled_for(self.config.loss, self.model.n_items)
         self.stop = False
         self.deadline = None if self.config.max_seconds is None else time.perf_counter() + self.config.max_seconds
         self.epoch_log: list[dict] = []
@@ -156,8 +155,20 @@ class Trainer:
             if self.stop:
                 break
         self._call("after_training")
+        self.model.item_ids.sparse = False
         self.bundle.model = self.model.cpu()
         return self.epoch_log
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW; with the sampled softmax the item id table gets sparse gradients and SparseAdam,
+        so a step updates only the rows it touched, not every row of the catalog."""
+        ids = self.model.item_ids
+        ids.sparse = self.sampled
+        dense = [p for p in self.model.parameters() if p is not ids.weight or not self.sampled]
+        optimizers = [torch.optim.AdamW(dense, lr=self.config.lr, weight_decay=self.config.weight_decay)]
+        if self.sampled:
+            optimizers.append(torch.optim.SparseAdam([ids.weight], lr=self.config.lr))
+        return optimizers
 
     def _call(self, hook: str) -> None:
         for plugin in self.plugins:
@@ -206,10 +217,12 @@ class Trainer:
                 extra = plugin.loss(self, step)
                 if extra is not None:
                     loss = loss + extra
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.optimizer.step()
+        torch.nn.utils.clip_grad_norm_(self.optimizers[0].param_groups[0]["params"], self.config.clip_norm)
+        for optimizer in self.optimizers:
+            optimizer.step()
         return loss.item(), int(mask.sum())
 
     def _sampled_step(self, inputs: SequenceBatch, targets: torch.Tensor, target_types: torch.Tensor,
