@@ -126,7 +126,7 @@ def test_workers_killed_during_training_leave_no_half_version_and_training_resum
         broker, database_url, topic_prefix, tmp_path):
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="1500",
                      STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9",
-                     STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5")
+                     STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5", STREAMREC_TRAIN_MIN_EVENTS="1000")
     engine = make_engine(database_url)
     events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:3_000]
     worker = Worker(env, tmp_path / "worker-0.log")

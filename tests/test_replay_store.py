@@ -120,9 +120,10 @@ def test_cli_lists_windows_and_memory(engine, database_url, monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("open window: 30 events")
-    assert lines[1].split() == ["id", "sealed", "reason", "events", "from", "to", "per", "storefront", "trigger"]
-    assert [line.split()[0] for line in lines[2:]] == ["2", "1"]
-    assert "a:50 b:50" in lines[2] and "pending" in lines[2]
+    assert lines[1].startswith("training backlog: 2 windows (200 events) waiting")
+    assert lines[2].split() == ["id", "sealed", "reason", "events", "from", "to", "per", "storefront", "training"]
+    assert [line.split()[0] for line in lines[3:]] == ["2", "1"]
+    assert "a:50 b:50" in lines[3] and "pending" in lines[3]
     result = CliRunner().invoke(main, ["memory", "--top", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1].split()[:4] == ["reservoir", "30/30", "200", "2"]

@@ -42,7 +42,6 @@ class LeaseKeeper:
 
     def __init__(self, engine, trainer_id: str, job: Job, lease_s: float):
         self.engine, self.trainer_id, self.job, self.lease_s = engine, trainer_id, job, lease_s
-        self.lost = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="lease-keeper", daemon=True)
 
@@ -58,9 +57,7 @@ class LeaseKeeper:
         while not self._done.wait(self.lease_s / 3):
             try:
                 if not renew_lease(self.engine, self.trainer_id, self.job, now_ms(), self.lease_s):
-                    self.lost = True
-                    log.warning("lease on windows %s lost: another trainer may take them", self.job.window_ids)
-                    return
+                    return  # taken over, or just published: the publication is fenced either way
             except Exception as exc:  # store unreachable: keep trying while the lease lasts
                 log.warning("could not renew the lease on windows %s: %s", self.job.window_ids, exc)
 
@@ -72,24 +69,23 @@ def train_next(engine, config: Config, trainer_id: str) -> dict | None:
                     max_tries=config.train_max_tries)
     if job is None:
         return None
-    log.info("%s: training windows %s (%d events%s)", trainer_id, job.window_ids, job.n_events,
-             ", retried alone" if job.retry else "")
-    with LeaseKeeper(engine, trainer_id, job, config.train_lease_s):
-        try:
+    try:  # from here on, whatever interrupts hands the job back
+        log.info("%s: training windows %s (%d events%s)", trainer_id, job.window_ids, job.n_events,
+                 ", retried alone" if job.retry else "")
+        with LeaseKeeper(engine, trainer_id, job, config.train_lease_s):
             return run_job(engine, config, job.window_ids, trainer_id, lease_holder=trainer_id)
-        except (KeyboardInterrupt, SystemExit):
-            return_job(engine, trainer_id, job)
-            log.info("%s: stopped; windows %s handed back", trainer_id, job.window_ids)
-            raise
-        except LeaseLost as exc:
-            log.warning("%s: nothing published: %s", trainer_id, exc)
-            return {"windows": job.window_ids, "status": "lease_lost", "reason": str(exc)}
-        except Exception as exc:
-            failed = release_job(engine, trainer_id, job, f"{type(exc).__name__}: {exc}", config.train_max_tries)
-            if failed:
-                log.error("windows %s failed %d times and will not be trained: %s", failed,
-                          config.train_max_tries, exc)
-            return {"windows": job.window_ids, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    except (KeyboardInterrupt, SystemExit):
+        return_job(engine, trainer_id, job)
+        log.info("%s: stopped; windows %s handed back", trainer_id, job.window_ids)
+        raise
+    except LeaseLost as exc:
+        log.warning("%s: nothing published: %s", trainer_id, exc)
+        return {"windows": job.window_ids, "status": "lease_lost", "reason": str(exc)}
+    except Exception as exc:
+        failed = release_job(engine, trainer_id, job, f"{type(exc).__name__}: {exc}", config.train_max_tries)
+        if failed:
+            log.error("windows %s failed %d times and will not be trained: %s", failed, config.train_max_tries, exc)
+        return {"windows": job.window_ids, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
 
 
 def run_trainer(config: Config, trainer_id: str | None = None, stop: threading.Event | None = None,
