@@ -14,8 +14,10 @@ from learner.idmap import Vocabulary
 from learner.model import ModelConfig, SASRec
 from learner.sequences import events_frame, history_batch
 from learner.text import (
+    TextAdapter,
     TextEmbeddingCache,
     TextEncoder,
+    adapted_encoder,
     catalog_texts,
     embed_texts,
     text_key,
@@ -26,10 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelBundle:
-    """Everything needed to score: model, vocabulary, and the text hash behind each item row.
+    """Everything needed to score: model, vocabulary, text encoder weights, and the text hash
+    behind each item row.
 
-    ``text_hashes`` maps item_id to ``text_key`` of the text its ``item_text`` row was computed
-    from. ``info`` is free-form JSON-able metadata (window, metrics, parent checksum).
+    ``text_hashes`` maps item_id to the key (``TextEncoder.key``) of the text its ``item_text``
+    row was computed from. ``adapter`` holds the text encoder's tuned weights (None: the
+    pretrained MiniLM); the item texts are encoded with it. ``info`` is free-form JSON-able
+    metadata (window, metrics, parent checksum).
 
     Examples
     --------
@@ -46,6 +51,7 @@ class ModelBundle:
     vocab: Vocabulary
     text_hashes: dict[str, str] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    adapter: TextAdapter | None = None
 
     @classmethod
     def build(cls, config: ModelConfig, *, catalog: pd.DataFrame | None = None, events: pd.DataFrame | None = None,
@@ -60,7 +66,7 @@ class ModelBundle:
         torch.manual_seed(seed)
         bundle = cls(SASRec(config, *vocab.sizes()), vocab)
         if config.use_text and catalog is not None:
-            bundle._set_texts(catalog_texts(catalog), encoder, cache)
+            bundle.set_texts(catalog_texts(catalog), encoder, cache)
         return bundle
 
     def copy(self) -> ModelBundle:
@@ -73,14 +79,14 @@ class ModelBundle:
 
         Existing rows are untouched, so scores of old users and items do not change, except
         for items whose catalog text changed: their text row is recomputed. New items get the
-        embedding of their text (so a cold item scores by content), or a zero vector.
-        Returns the number of ids added per map.
+        embedding of their text (so a cold item scores by content), or a zero vector. Texts are
+        encoded by ``encoder`` with this bundle's adapter. Returns the number of ids added per map.
         """
         before = self.vocab.sizes()
         _add_ids(self.vocab, catalog, events)
         self.model.grow(*self.vocab.sizes())
         if self.model.config.use_text and catalog is not None:
-            self._set_texts(catalog_texts(catalog), encoder, cache)
+            self.set_texts(catalog_texts(catalog), self.text_encoder(encoder), cache)
             new_items = torch.arange(before[0], len(self.vocab.items))
             self.model.init_from_text_neighbours(new_items[self.model.item_text[new_items].abs().sum(1) > 0])
         names = ("items", "users", "storefronts")
@@ -88,15 +94,25 @@ class ModelBundle:
         log.info("vocabulary extended by %s to %s", added, self.vocab)
         return added
 
-    def _set_texts(self, texts: dict[str, str], encoder: TextEncoder | None, cache: TextEmbeddingCache | None) -> None:
-        changed = {item: text for item, text in texts.items() if self.text_hashes.get(item) != text_key(text)}
+    def text_encoder(self, base: TextEncoder | None) -> TextEncoder | None:
+        """The encoder of this bundle's texts: ``base`` (the pretrained MiniLM) with this bundle's adapter."""
+        return None if base is None else adapted_encoder(base, self.adapter)
+
+    def set_texts(self, texts: dict[str, str], encoder: TextEncoder | None,
+                  cache: TextEmbeddingCache | None = None) -> int:
+        """Encode the texts (item_id -> text) whose row is missing or was computed from another
+        text or encoder, with ``encoder`` (already this bundle's); returns how many were encoded."""
+        key = (lambda text: text_key(text, self.adapter.id if self.adapter else "")) if encoder is None else encoder.key
+        keys = {item: key(text) for item, text in texts.items()}
+        changed = {item: text for item, text in texts.items() if self.text_hashes.get(item) != keys[item]}
         if not changed:
-            return
+            return 0
         vectors = embed_texts(list(changed.values()), encoder, cache)
         rows = torch.from_numpy(self.vocab.items.index(changed))
         with torch.no_grad():
             self.model.item_text[rows] = torch.from_numpy(vectors).to(self.model.item_text)
-        self.text_hashes.update({item: text_key(text) for item, text in changed.items()})
+        self.text_hashes.update({item: keys[item] for item in changed})
+        return len(changed)
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:

