@@ -40,7 +40,12 @@ popularity counts of the last ``popularity_windows`` windows (the recent past)
 river-mf   ``river.reco.BiasedMF`` learned online, one event at a time in time order (target 1),
            each followed by ``mf_negatives`` uniformly drawn known items (target 0)
 id-only    ``rehearsal`` with ``ModelConfig(use_text=False)``: no text tower
+text-knn   content only, no training: an item's score is the MiniLM cosine between its text and
+           the mean text vector of the user's ``knn_recent`` most recent items
 ========== ===================================================================================
+
+The learned strategies tune the text encoder as the worker's settings say
+(``FineTuneConfig.text``: frozen, top layers or LoRA).
 
 Examples
 --------
@@ -57,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -86,8 +92,8 @@ from learner.text import (
 from replay import codec
 from replay.memory import RehearsalMemory, make_memory
 
-STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only")
-TEXT_STRATEGIES = frozenset({"rehearsal", "naive", "joint"})
+STRATEGIES = ("rehearsal", "naive", "joint", "popularity", "river-mf", "id-only", "text-knn")
+TEXT_STRATEGIES = frozenset({"rehearsal", "naive", "joint", "text-knn"})
 SPLITS = ("events", "time")
 
 
@@ -121,6 +127,7 @@ class BacktestSettings:
     mf_negatives: int = 4
     mf_lr: float = 0.005
     mf_l2: float = 0.0
+    knn_recent: int = 10
     seed: int = 1
 
     def describe(self) -> dict:
@@ -209,7 +216,10 @@ class FineTuned(Strategy):
             previous=self.bundle if self.trained else None, catalog=c.catalog,
             encoder=c.encoder if self.use_text else None, cache=c.cache, config=self.config, device=c.device)
         self.trained = True
-        return {"epochs": len(epochs), "rehearsal_events": 0 if rehearsal is None else len(rehearsal)}
+        facts = {"epochs": len(epochs), "rehearsal_events": 0 if rehearsal is None else len(rehearsal)}
+        if self.bundle.info.get("text_tuned_jobs_ago") == 0:
+            facts["text_tuning"] = self.bundle.info["text_tuning"]
+        return facts
 
     def scorer(self) -> Scorer:
         return BundleScorer(self.bundle, self.context.device)
@@ -361,7 +371,50 @@ class RiverMF(_KnownIds):
                             self.settings.model.max_len)
 
 
-_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FineTuned, Naive, Joint, RecentPopularity, RiverMF, IdOnly)}
+class TextScorer:
+    """Content only: scores are cosines between items' text vectors and the mean text vector of
+    each history's ``recent`` newest items (items without text have a zero vector).
+
+    >>> vocab = Vocabulary()
+    >>> vocab.add_events(["u"], ["a", "b", "c"], ["s"])
+    >>> texts = torch.tensor([[0.0, 0], [0, 0], [1, 0], [0.6, 0.8], [0, 1]])
+    >>> batch = SequenceBatch(torch.tensor([[0, 2]]), torch.ones(1, 2, dtype=torch.long),
+    ...                       torch.ones(1, 2, dtype=torch.long), users=torch.tensor([2]))
+    >>> TextScorer(vocab, texts, recent=10).scores(batch)[0, 2:].tolist()
+    [1.0, 0.6000000238418579, 0.0]
+    """
+
+    def __init__(self, vocab: Vocabulary, item_text: torch.Tensor, recent: int = 10, max_len: int = 50):
+        self.vocab, self.item_text, self.recent, self.max_len = vocab, item_text, recent, max_len
+
+    def scores(self, inputs: SequenceBatch) -> torch.Tensor:
+        items = inputs.items[:, -self.recent:]
+        counts = (items > 0).sum(1, keepdim=True).clamp(min=1)
+        profile = self.item_text[items].sum(1) / counts
+        return profile @ self.item_text.T
+
+
+class TextKnn(_KnownIds):
+    """Content-only peer baseline for cold items: :class:`TextScorer` over MiniLM vectors."""
+
+    name = "text-knn"
+
+    def fit_window(self, window: pd.DataFrame, past: list[pd.DataFrame]) -> dict:
+        self._add(window)
+        return {}
+
+    def scorer(self) -> Scorer:
+        c = self.context
+        item_text = torch.zeros(len(self.vocab.items), TEXT_DIM)
+        texts = catalog_texts(c.catalog) if c.catalog is not None else {}
+        if texts:
+            vectors = embed_texts(list(texts.values()), c.encoder, c.cache)
+            item_text[torch.from_numpy(self.vocab.items.index(texts))] = torch.from_numpy(vectors)
+        return TextScorer(self.vocab, item_text, self.settings.knn_recent, self.settings.model.max_len)
+
+
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (FineTuned, Naive, Joint, RecentPopularity, RiverMF, IdOnly,
+                                                           TextKnn)}
 
 
 def make_strategy(name: str, settings: BacktestSettings, context: Context) -> Strategy:
@@ -558,7 +611,8 @@ class FileTextCache(dict):
         self._saved = len(self)
 
     def save(self) -> None:
-        """Write the file if anything was added since it was read."""
+        """Write the file if anything was added since it was read (a whole file at once: runs
+        sharing it never read half of one)."""
         if len(self) == self._saved:
             return
         from safetensors.numpy import save_file
@@ -567,5 +621,7 @@ class FileTextCache(dict):
         vectors = np.stack([np.asarray(self[k], np.float32) for k in keys]) if keys else np.zeros((0, TEXT_DIM),
                                                                                                    np.float32)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": vectors}, str(self.path), metadata={"keys": json.dumps(keys)})
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        save_file({"vectors": vectors}, str(partial), metadata={"keys": json.dumps(keys)})
+        os.replace(partial, self.path)
         self._saved = len(self)

@@ -9,8 +9,9 @@ sequence state must pick its item among them from text alone: a softmax over
 contrastive loss, as in two-tower retrieval). The loss flows into the encoder, the text
 projection and the sequence model, so items with the same text signal land where shoppers'
 behaviour puts them, and an item with text but no clicks is placed among items shoppers
-treat alike. After training, the whole catalog is re-embedded with the tuned encoder (batched,
-cached per text and adapter) and the bundle carries the adapter.
+treat alike. After training, the whole catalog is re-embedded with the tuned encoder (batched)
+into the bundle's item text rows, and the bundle carries the adapter; text met later (new
+items, search queries) is encoded with the adapter and cached under its id.
 
 The encoder is expensive next to the recommender, so text tuning runs on at most ``steps``
 steps of a job (the CPU budget; raise it on a GPU) and on every ``every``-th training job.
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.bundle import ModelBundle
-from learner.text import TextAdapter, TextEmbeddingCache, TextEncoder, embed_texts, trained_tensors
+from learner.text import TextAdapter, TextEncoder, trained_tensors
 from learner.trainer import Plugin, Step, Trainer
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,16 @@ class TextTuning(Plugin):
     """Tunes the text encoder with the recommender (see the module docstring).
 
     ``texts`` maps item_id to item text (the catalog's); ``base`` is the pretrained encoder
-    (its device and batch settings are used); ``cache`` receives the re-embedded catalog.
-    The trainer's bundle leaves with the new adapter, its texts re-embedded, and
+    (its batch settings are used). The re-embedded catalog lives in the bundle's item text rows
+    only, not in a shared cache: a version's vectors are needed by that version alone. The
+    trainer's bundle leaves with the new adapter, its texts re-embedded, and
     ``info["text_tuning"]``: steps, seconds spent in tuning steps and in re-embedding.
     """
 
-    def __init__(self, config: TextTuningConfig, texts: dict[str, str], base: TextEncoder,
-                 cache: TextEmbeddingCache | None = None, seed: int = 0):
+    def __init__(self, config: TextTuningConfig, texts: dict[str, str], base: TextEncoder, seed: int = 0):
         self.config = config
         self.texts = texts
         self.base = base
-        self.cache = cache
         self.generator = torch.Generator().manual_seed(seed)
 
     def before_training(self, trainer: Trainer) -> None:
@@ -137,11 +137,10 @@ class TextTuning(Plugin):
             return
         started = time.perf_counter()
         adapter = TextAdapter(self.config.tuning, self.config.settings(), trained_tensors(self.encoder.model))
-        self.encoder.adapter = adapter  # the weights are the adapter's: its id keys the cache
+        self.encoder.adapter = adapter  # the encoder's weights now are the adapter's: its keys follow
         bundle.adapter = adapter
-        known = set(self.texts)
-        bundle.text_hashes = {item: key for item, key in bundle.text_hashes.items() if item in known}
-        vectors = embed_texts(list(self.texts.values()), self.encoder, self.cache)
+        bundle.text_hashes = {item: key for item, key in bundle.text_hashes.items() if item in self.texts}
+        vectors = self.encoder.encode(list(self.texts.values()))
         rows = torch.from_numpy(bundle.vocab.items.index(self.texts))
         with torch.no_grad():
             trainer.model.item_text[rows.to(trainer.model.item_text.device)] = torch.from_numpy(vectors).to(

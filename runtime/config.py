@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS
+from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS, TEXT_TUNINGS
 from replay.memory import POLICIES, make_memory
 
 # Faust's log level names, and what the logging module calls each.
@@ -115,6 +115,23 @@ class Config(BaseSettings):
                             "items, sampled softmax with the log-Q correction above).")
     train_negatives: PositiveInt = Field(1024, description="Sampled softmax: items drawn uniformly per step as "
                                                            "negatives, next to the batch's own targets.")
+    text_tuning: Literal[TEXT_TUNINGS] = Field(
+        "frozen", description=f"How the MiniLM text encoder learns from behaviour: {either(TEXT_TUNINGS)} (`frozen`: "
+                              "pretrained weights; `top`: its last layers are trained; `lora`: LoRA adapters, with "
+                              "`peft`). Tuned weights travel inside the version.")
+    text_tune_layers: PositiveInt = Field(1, le=6, description="`top`: how many of MiniLM's 6 layers are trained.")
+    text_lora_rank: PositiveInt = Field(8, description="`lora`: rank of the adapters.")
+    text_lora_alpha: PositiveInt = Field(16, description="`lora`: scaling numerator (the update is scaled by "
+                                                         "alpha / rank).")
+    text_lora_targets: str = Field("query,value", pattern=r"^[a-z._]+(,[a-z._]+)*$",
+                                   description="`lora`: comma-separated MiniLM modules adapted (`query`, `key`, "
+                                               "`value`, `attention.output.dense`; `intermediate.dense`, "
+                                               "`output.dense` for the feed-forward part).")
+    text_tune_every: PositiveInt = Field(1, description="Tune text on every n-th training job (the others keep the "
+                                                        "version's adapter).")
+    text_tune_steps: PositiveInt = Field(30, description="Most training steps of a job that also tune text (bounds "
+                                                         "its CPU cost; raise it on a GPU).")
+    text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.")
     train_batch_size: PositiveInt = Field(128, description="Sequences per training step.")
     learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.")
     purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.")

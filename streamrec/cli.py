@@ -9,6 +9,7 @@ import sys
 import click
 from sqlalchemy import desc, select
 
+from learner.options import TEXT_TUNINGS
 from replay.memory import POLICIES
 from runtime.config import SETTINGS, Config, ConfigError, settings_table
 
@@ -331,6 +332,11 @@ def __getattr__(name: str):
 @click.option("--history-windows", type=click.IntRange(min=1), default=None,
               help="Earlier windows read as users' history when fine-tuning.")
 @click.option("--seed", type=int, default=None)
+@click.option("--text-tuning", type=click.Choice(TEXT_TUNINGS), default=None,
+              help="How the text encoder learns [default: STREAMREC_TEXT_TUNING]; likewise --text-tune-steps, "
+                   "--text-tune-lr.")
+@click.option("--text-tune-steps", type=click.IntRange(min=1), default=None)
+@click.option("--text-tune-lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--popularity-windows", type=click.IntRange(min=1), default=2, show_default=True,
               help="popularity: count the events of this many most recent windows.")
 @click.option("--text-cache", type=click.Path(dir_okay=False), default=None,
@@ -366,7 +372,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     names = {"epochs": "train_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
-             "history_windows": "history_windows"}
+             "history_windows": "history_windows", "text_tuning": "text_tuning",
+             "text_tune_steps": "text_tune_steps", "text_tune_lr": "text_tune_lr"}
     config = load_config(**{names[n]: v for n, v in overrides.items() if v is not None})
     try:
         events = load_events(events_path)

@@ -38,6 +38,7 @@ from learner.finetune import FineTuneConfig, fine_tune
 from learner.gate import gate, split_holdout
 from learner.model import ModelConfig
 from learner.text import TextEncoder
+from learner.text_tuning import TextTuningConfig
 from learner.trainer import TrainConfig
 from replay import codec
 from runtime.config import Config
@@ -68,8 +69,12 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
                         purchase_weight=config.purchase_weight, seed=config.seed,
                         max_seconds=config.train_max_seconds, loss=config.train_loss,
                         negatives=config.train_negatives)
+    text = TextTuningConfig(tuning=config.text_tuning, layers=config.text_tune_layers, rank=config.text_lora_rank,
+                            alpha=config.text_lora_alpha, targets=tuple(config.text_lora_targets.split(",")),
+                            lr=config.text_tune_lr, steps=config.text_tune_steps, every=config.text_tune_every)
     return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
-                                 distillation_weight=config.distill_weight, rehearsal_unit=config.rehearsal_unit)
+                                 distillation_weight=config.distill_weight, rehearsal_unit=config.rehearsal_unit,
+                                 text=text)
 
 
 @dataclass
