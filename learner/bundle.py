@@ -98,6 +98,11 @@ class ModelBundle:
         """The encoder of this bundle's texts: ``base`` (the pretrained MiniLM) with this bundle's adapter."""
         return None if base is None else adapted_encoder(base, self.adapter)
 
+    @property
+    def text_encoder_name(self) -> str:
+        """'frozen' (the pretrained MiniLM), or the adapter's tuning, shape and the start of its id."""
+        return "frozen" if self.adapter is None else f"{self.adapter.describe()} #{self.adapter.id[:8]}"
+
     def set_texts(self, texts: dict[str, str], encoder: TextEncoder | None,
                   cache: TextEmbeddingCache | None = None) -> int:
         """Encode the texts (item_id -> text) whose row is missing or was computed from another

@@ -2,9 +2,10 @@
 
 A :class:`Recommender` is an immutable snapshot: one version's bundle, extended with every
 catalog item known when it was built (items newer than the version start among their
-MiniLM look-alikes, as in training), its item vectors, and the catalog's text embeddings.
-The worker builds a new snapshot off the event loop and swaps the reference, so a request
-always sees exactly one version.
+MiniLM look-alikes, as in training), its item vectors, the catalog's text embeddings and
+the version's text encoder (pretrained MiniLM, or with the version's tuned adapter), which
+encodes search queries. The worker builds a new snapshot off the event loop and swaps the
+reference, so a request always sees exactly one version, encoder included.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Recommender:
         bundle = bundle.copy()
         if len(catalog):
             bundle.extend(catalog=catalog, encoder=encoder, cache=cache)
+        self.text_encoder = bundle.text_encoder(encoder)
+        self.text_encoder_name = bundle.text_encoder_name
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
         self.model = bundle.model.to(self.device.torch_device).eval()
@@ -74,8 +77,11 @@ class Recommender:
         self._storefront_masks = self._masks(catalog, storefront_items or {})
         texts = catalog_texts(catalog)
         self.search_rows = torch.from_numpy(self.vocab.items.index(texts))
-        self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), encoder, cache)).to(
-            self.device.torch_device)
+        if self.model.config.use_text:  # the version's text rows: the catalog's texts, by its encoder
+            self.search_vectors = self.model.item_text[self.search_rows.to(self.device.torch_device)].float()
+        else:
+            self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), self.text_encoder, cache)).to(
+                self.device.torch_device)
 
     def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, torch.Tensor]:
         """Per storefront, which item rows belong to it (its catalog or its events)."""
@@ -148,7 +154,8 @@ class Recommender:
 
     @torch.inference_mode()
     def search(self, query: np.ndarray, k: int, history: Sequence = ()) -> list[Scored]:
-        """Catalog items whose text is nearest to ``query`` (a unit MiniLM vector).
+        """Catalog items whose text is nearest to ``query`` (a unit vector by :attr:`text_encoder`,
+        which with a tuned version has learned from behaviour which texts shoppers treat alike).
 
         With a ``history``, the best :data:`SEARCH_CANDIDATES` text matches are re-ranked by
         ``cosine + PERSONALISATION_WEIGHT * z``, where z is the user's model score of the item

@@ -152,6 +152,7 @@ model_versions = Table(
     Column("promoted_at", BigInteger, comment="epoch ms UTC; the newest promoted version serves"),
     Column("weights", LargeBinary, nullable=False),
     Column("sha256", String(64), nullable=False),
+    Column("text_encoder", String(96), comment="'frozen' or the tuned adapter's tuning, shape and id"),
     Index("ix_model_versions_serving", "status", "promoted_at"),
 )
 

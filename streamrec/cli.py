@@ -251,10 +251,11 @@ def models(limit: int) -> None:
                   "ndcg@20": f"{v['metrics']['candidate']['ndcg@20']:.4f}",
                   "baseline": f"{v['metrics']['baseline']['recall@20']:.4f} ({v['metrics']['baseline_name']})",
                   "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
-                  "device": v["device"], "created": ms_to_iso(v["created_at"])}
+                  "device": v["device"], "text encoder": v["text_encoder"] or "-",
+                  "created": ms_to_iso(v["created_at"])}
                  for v in list_versions(engine, limit)],
                 ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "baseline", "rehearsal",
-                 "items", "seconds", "device", "created"])
+                 "items", "seconds", "device", "text encoder", "created"])
 
 
 @main.command()

@@ -1,4 +1,8 @@
-"""Search queries to MiniLM vectors: cached, and encoded together when they arrive together."""
+"""Search queries to MiniLM vectors: cached, and encoded together when they arrive together.
+
+Each query is encoded by the encoder of the version that answers it (pretrained MiniLM or a
+tuned adapter); the cache is keyed by encoder and text, so a hot swap never mixes them.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ class QueryEncoder:
     """Encodes queries on one thread of their own, one encoder call per batch of waiting queries.
 
     While a batch is being encoded, new queries wait; the next call takes up to ``max_batch``
-    of them at once, so under load the cost per query falls. The ``cache_size`` most recently
-    used vectors are kept.
+    of them at once (queries of one encoder), so under load the cost per query falls. The
+    ``cache_size`` most recently used vectors are kept.
     """
 
     def __init__(self, encoder: TextEncoder, thread: StoreThread, cache_size: int = 4096, max_batch: int = 32):
@@ -25,16 +29,18 @@ class QueryEncoder:
         self.cache_size = cache_size
         self.max_batch = max_batch
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._waiting: dict[str, list[asyncio.Future]] = {}
+        self._waiting: dict[str, tuple[TextEncoder, str, list[asyncio.Future]]] = {}
         self._draining = False
 
-    async def encode(self, text: str) -> np.ndarray:
-        """The unit vector of ``text``."""
-        if text in self._cache:
-            self._cache.move_to_end(text)
-            return self._cache[text]
+    async def encode(self, text: str, encoder: TextEncoder | None = None) -> np.ndarray:
+        """The unit vector of ``text`` by ``encoder`` (default: the one given at construction)."""
+        encoder = encoder or self.encoder
+        key = encoder.key(text)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         future = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(text, []).append(future)
+        self._waiting.setdefault(key, (encoder, text, []))[2].append(future)
         if not self._draining:
             self._draining = True
             asyncio.ensure_future(self._drain())
@@ -43,16 +49,17 @@ class QueryEncoder:
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                texts = list(self._waiting)[:self.max_batch]
-                waiters = [self._waiting.pop(text) for text in texts]
+                encoder = next(iter(self._waiting.values()))[0]
+                keys = [key for key, (e, _, _) in self._waiting.items() if e is encoder][:self.max_batch]
+                batch = [self._waiting.pop(key) for key in keys]
                 try:
-                    vectors = await self.thread.run(self.encoder.encode, texts)
+                    vectors = await self.thread.run(encoder.encode, [text for _, text, _ in batch])
                 except Exception as exc:  # every waiter of the batch gets the error
-                    for future in (f for futures in waiters for f in futures if not f.done()):
+                    for future in (f for _, _, futures in batch for f in futures if not f.done()):
                         future.set_exception(exc)
                     continue
-                for text, futures, vector in zip(texts, waiters, vectors):
-                    self._cache[text] = vector
+                for key, (_, _, futures), vector in zip(keys, batch, vectors):
+                    self._cache[key] = vector
                     for future in futures:
                         if not future.done():
                             future.set_result(vector)

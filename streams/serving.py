@@ -141,8 +141,8 @@ class ServingService(mode.Service):
         previous = self.recommender
         self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
         self.loaded_at, self.load_error = time.time_ns() // 1_000_000, None
-        log.info("Serving version %d (%d items) after %.2fs%s", version["id"], len(recommender.vocab.items) - 2,
-                 time.perf_counter() - started,
+        log.info("Serving version %d (%d items, %s text encoder) after %.2fs%s", version["id"],
+                 len(recommender.vocab.items) - 2, recommender.text_encoder_name, time.perf_counter() - started,
                  "" if previous is None else f", replacing version {previous.version['id']}")
 
     def storefronts(self) -> set[str]:
@@ -153,4 +153,4 @@ class ServingService(mode.Service):
         r = self.recommender
         return {"version": r.version["id"] if r else None, "loaded_at": self.loaded_at,
                 "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
-                "load_error": self.load_error}
+                "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None}

@@ -171,7 +171,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             user_id = request.query.get("user_id")
             recommender = model_or_503(serving.recommender)
             history = serving.histories.recent(user_id) if user_id else []
-            items = recommender.search(await serving.queries.encode(query), k, history)
+            items = recommender.search(await serving.queries.encode(query, recommender.text_encoder), k, history)
             return self.json({"query": query, "user_id": user_id, "k": k, "personalised": bool(history),
                               "model_version": recommender.version["id"], "items": scored(items, recommender)})
 

@@ -145,9 +145,11 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
         baseline_metrics = judged(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len))
     promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name,
                             min_events=config.gate_min_events)
-    return promoted, reason, {"candidate": candidate_metrics, "baseline": baseline_metrics,
-                              "baseline_name": baseline_name, "held_out_events": len(data.held_out),
-                              "trained_events": len(data.train_part)}
+    metrics = {"candidate": candidate_metrics, "baseline": baseline_metrics, "baseline_name": baseline_name,
+               "held_out_events": len(data.held_out), "trained_events": len(data.train_part)}
+    if candidate.info.get("text_tuned_jobs_ago") == 0:  # this job tuned the text encoder: its timings
+        metrics["text_tuning"] = candidate.info["text_tuning"]
+    return promoted, reason, metrics
 
 
 def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, str, dict], started: float,
@@ -162,7 +164,7 @@ def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, s
         "duration_s": round(time.perf_counter() - started, 3), "device": str(device.torch_device),
         "n_items": len(candidate.vocab.items), "n_users": len(candidate.vocab.users),
         "created_at": created, "promoted_at": created if promoted else None,
-        "weights": weights, "sha256": checksum,
+        "weights": weights, "sha256": checksum, "text_encoder": candidate.text_encoder_name,
     }
 
 

@@ -48,4 +48,4 @@ def publish(engine: Engine, bundle: ModelBundle, reason: str, device: str = "cpu
         "parent_id": None, "status": "promoted", "reason": reason, "windows": [], "rehearsal_size": 0,
         "metrics": {}, "duration_s": 0.0, "device": device, "n_items": len(bundle.vocab.items),
         "n_users": len(bundle.vocab.users), "created_at": created, "promoted_at": created,
-        "weights": weights, "sha256": checksum})
+        "weights": weights, "sha256": checksum, "text_encoder": bundle.text_encoder_name})
