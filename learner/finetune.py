@@ -58,6 +58,7 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
         plugins.append(Distillation(previous, config.distillation_weight, config.distillation_temperature))
     student.info["text_tuned_jobs_ago"] = student.info.get("text_tuned_jobs_ago", 0) + 1
     if (config.text.due(bundle) and student.model.config.use_text and catalog is not None and encoder is not None):
-        plugins.append(TextTuning(config.text, catalog_texts(catalog), encoder, seed=config.train.seed))
+        # first: its catalog re-embedding ends the first epoch, before early stopping judges it
+        plugins.insert(0, TextTuning(config.text, catalog_texts(catalog), encoder, seed=config.train.seed))
     epoch_log = Trainer(student, config.train, plugins, device).fit(window, history)
     return student, epoch_log

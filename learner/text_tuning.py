@@ -13,8 +13,13 @@ treat alike. After training, the whole catalog is re-embedded with the tuned enc
 into the bundle's item text rows, and the bundle carries the adapter; text met later (new
 items, search queries) is encoded with the adapter and cached under its id.
 
-The encoder is expensive next to the recommender, so text tuning runs on at most ``steps``
-steps of a job (the CPU budget; raise it on a GPU) and on every ``every``-th training job.
+Text is tuned during the first ``steps`` steps of a job, within its first epoch; the catalog is
+then re-embedded at once, so the rest of the job trains the recommender on the new text
+vectors (a recommender trained on the old ones would score the re-embedded catalog poorly).
+The encoder is expensive next to the recommender, so ``steps`` is the CPU budget (raise it on
+a GPU), and text is tuned on every ``every``-th training job only. The time of tuning steps and
+of the re-embedding is added to the trainer's time budget (``TrainConfig.max_seconds``), so the
+recommender trains as long as it would without text tuning; the job takes that much longer.
 """
 
 from __future__ import annotations
@@ -101,10 +106,10 @@ class TextTuning(Plugin):
         has_text = torch.zeros(len(items), dtype=torch.bool)
         has_text[torch.from_numpy(rows)] = True
         self.has_text = trainer.device.put(has_text)
-        self.steps, self.step_seconds, self.pending = 0, 0.0, None
+        self.steps, self.step_seconds, self.pending, self.done = 0, 0.0, None, False
 
     def loss(self, trainer: Trainer, step: Step) -> torch.Tensor | None:
-        if self.steps >= self.config.steps:
+        if self.done:
             return None
         started = time.perf_counter()
         targets = step.targets[step.mask]
@@ -128,13 +133,35 @@ class TextTuning(Plugin):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
+        self._spent(trainer, time.perf_counter() - self.pending)
         self.step_seconds += time.perf_counter() - self.pending
         self.pending = None
+        if self.steps >= self.config.steps:
+            self._reembed(trainer)
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        """Text is tuned in the first epoch only: the catalog is re-embedded before the epoch is
+        judged (by early stopping, a plugin after this one), and the remaining steps and epochs
+        train the recommender on the new text vectors."""
+        self._reembed(trainer)
 
     def after_training(self, trainer: Trainer) -> None:
-        bundle = trainer.bundle
+        self._reembed(trainer)
+
+    @staticmethod
+    def _spent(trainer: Trainer, seconds: float) -> None:
+        """Text tuning's time is its own: the recommender's time budget moves by it."""
+        if trainer.deadline is not None:
+            trainer.deadline += seconds
+
+    def _reembed(self, trainer: Trainer) -> None:
+        """Once tuning is over: the adapter joins the bundle and the catalog is re-embedded with it."""
+        if self.done:
+            return
+        self.done = True
         if not self.steps:
             return
+        bundle = trainer.bundle
         started = time.perf_counter()
         adapter = TextAdapter(self.config.tuning, self.config.settings(), trained_tensors(self.encoder.model))
         self.encoder.adapter = adapter  # the encoder's weights now are the adapter's: its keys follow
@@ -147,6 +174,7 @@ class TextTuning(Plugin):
                 trainer.model.item_text)
         bundle.text_hashes.update({item: self.encoder.key(text) for item, text in self.texts.items()})
         embed_seconds = time.perf_counter() - started
+        self._spent(trainer, embed_seconds)
         bundle.info["text_tuned_jobs_ago"] = 0
         bundle.info["text_tuning"] = {"adapter": adapter.describe(), "adapter_id": adapter.id, "steps": self.steps,
                                       "step_seconds": round(self.step_seconds, 3), "items_embedded": len(self.texts),

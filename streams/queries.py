@@ -34,6 +34,8 @@ class QueryEncoder:
 
     async def encode(self, text: str, encoder: TextEncoder | None = None) -> np.ndarray:
         """The unit vector of ``text`` by ``encoder`` (default: the one given at construction)."""
+        if not isinstance(text, str):
+            raise TypeError(f"a search query is text, got {type(text).__name__}")
         encoder = encoder or self.encoder
         key = encoder.key(text)
         if key in self._cache:

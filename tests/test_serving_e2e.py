@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,7 +134,8 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
 
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_API_TOKEN=TOKEN, STREAMREC_SERVING_POLL_S="0.5",
                      STREAMREC_WINDOW_MAX_EVENTS="2500", STREAMREC_WINDOW_MAX_AGE_S="3600",
-                     STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9")
+                     STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9",
+                     STREAMREC_TEXT_TUNING="lora", STREAMREC_TEXT_TUNE_STEPS="3")
     worker = Worker(env, tmp_path / "worker.log")
     try:
         worker.wait_ready(120)
@@ -149,6 +151,10 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
                             f"the worker loads the serving version\n{worker.tail()}")
         check_shape(models, "Models")
         assert models["serving"]["id"] == serving_now and models["loaded"]["items"] >= len(catalog)
+        # the trained version tuned the text encoder (LoRA); the hot swap brought its encoder along
+        assert models["versions"][-1]["text_encoder"] == "frozen"
+        assert models["serving"]["text_encoder"].startswith("lora r=8 a=16 query,value #")
+        assert models["loaded"]["text_encoder"] == models["serving"]["text_encoder"]
 
         # a user with history: model recommendations, purchases left out, each explained
         user_events = [e for e in events if e["user_id"] == events[-1]["user_id"]]
@@ -181,6 +187,9 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
         assert status == 200 and any("Star Wars" in i["title"] for i in answer["items"]) and not answer["personalised"]
         status, answer = api.get(f"/search?q=romantic%20comedy&k=5&user_id={user}")
         assert status == 200 and answer["personalised"] and len(answer["items"]) == 5
+        cold_title = next(c["title"] for c in catalog if c["item_id"] == cold_item)  # by the tuned encoder
+        status, answer = api.get(f"/search?q={urllib.parse.quote(cold_title)}&k=3")
+        assert status == 200 and answer["items"][0]["item_id"] == cold_item, (cold_title, answer)
 
         # errors say what is wrong
         for path, code, needle in [("/recommend/x?k=0", 400, "k must be"), ("/recommend/x?k=abc", 400, "k must be"),
