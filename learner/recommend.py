@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN
+from learner.neighbours import ItemIndex
 from learner.sequences import CLICK, PURCHASE, SequenceBatch
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 
@@ -54,11 +54,19 @@ class Recommender:
         Catalog rows (``storefront, item_id, title, description, category``).
     storefront_items
         Items seen in each storefront's events, besides its catalog.
+    ann_above
+        Above this many item rows, ``recommend`` and ``similar`` search HNSW indexes
+        (:class:`learner.neighbours.ItemIndex`) instead of scoring every item (None: never);
+        a filter (storefront) that keeps at most this many rows is still answered exactly.
+    previous
+        The snapshot this one replaces: when it served the same version, its indexes are
+        reused and only new or changed items are inserted.
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
-                 cache: TextEmbeddingCache | None = None, device: Device | None = None):
+                 cache: TextEmbeddingCache | None = None, device: Device | None = None,
+                 ann_above: int | None = None, previous: Recommender | None = None):
         self.version = version
         self.device = device or pick_device()
         bundle = bundle.copy()
@@ -71,7 +79,17 @@ class Recommender:
         self.model = bundle.model.to(self.device.torch_device).eval()
         with torch.inference_mode(), self.device.autocast():
             self.item_vectors = self.model.item_vectors().float()
-        self.unit_vectors = F.normalize(self.item_vectors, dim=1)
+        vectors = self.item_vectors.cpu().numpy()
+        if previous is not None and previous.version["id"] == version["id"] and \
+                previous.item_ids[2:].tolist() == bundle.vocab.items.keys()[:len(previous.item_ids) - 2]:
+            self.recommend_index = previous.recommend_index.extended(vectors)
+            self.similar_index = previous.similar_index.extended(vectors)
+        else:
+            approximate = ann_above is not None and len(vectors) > ann_above
+            exact_below = ann_above if approximate else 0  # a filter keeping at most ann_above rows: exact
+            self.recommend_index = ItemIndex(vectors, "ip", approximate, exact_below)
+            self.similar_index = ItemIndex(vectors, "cos", approximate, exact_below)
+        self.unit_vectors = torch.from_numpy(self.similar_index.vectors)
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
         self._storefront_masks = self._masks(catalog, storefront_items or {})
@@ -83,17 +101,17 @@ class Recommender:
             self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), self.text_encoder, cache)).to(
                 self.device.torch_device)
 
-    def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, torch.Tensor]:
+    def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, np.ndarray]:
         """Per storefront, which item rows belong to it (its catalog or its events)."""
         members: dict[str, set[str]] = {s: set(items) for s, items in seen.items()}
         for storefront, item in zip(catalog["storefront"], catalog["item_id"].astype(str)):
             members.setdefault(storefront, set()).add(item)
         masks = {}
         for storefront, ids in members.items():
-            mask = torch.zeros(len(self.vocab.items), dtype=torch.bool)
-            mask[torch.from_numpy(self.vocab.items.index(ids))] = True
+            mask = np.zeros(len(self.vocab.items), dtype=bool)
+            mask[self.vocab.items.index(ids)] = True
             mask[[PAD, UNKNOWN]] = False
-            masks[storefront] = mask.to(self.device.torch_device)
+            masks[storefront] = mask
         return masks
 
     @property
@@ -127,19 +145,20 @@ class Recommender:
                   exclude: set[str] = frozenset()) -> list[Scored]:
         """Top ``k`` items after ``history`` (non-empty), within ``storefront`` if given, without
         ``exclude``; each explained by the history item most similar to it."""
-        scores = self.item_vectors @ self.user_vector(history)
-        scores[[PAD, UNKNOWN]] = float("-inf")
         if storefront is not None:
-            scores = scores.masked_fill(~self._storefront_masks[storefront], float("-inf"))
+            allowed = self._storefront_masks[storefront].copy()
+        else:
+            allowed = np.ones(len(self.item_ids), dtype=bool)
         if exclude:
-            scores[torch.from_numpy(self.vocab.items.index(exclude))] = float("-inf")
-        top = self._top(scores, k)
+            allowed[self.vocab.items.index(exclude)] = False
+        rows, scores = self.recommend_index.search(self.user_vector(history).cpu().numpy(), k, allowed)
+        top = list(zip(rows.tolist(), scores.tolist()))
         seen = torch.from_numpy(np.unique(self.vocab.items.index(e.item_id for e in history)))
         seen = seen[seen > UNKNOWN]
         if not len(top) or not len(seen):
             return [Scored(self.item_ids[row], score) for row, score in top]
         rows = torch.tensor([row for row, _ in top])
-        similarity = self.unit_vectors[rows] @ self.unit_vectors[seen.to(rows.device)].T
+        similarity = self.unit_vectors[rows] @ self.unit_vectors[seen].T
         best, at = similarity.clamp(-1.0, 1.0).max(dim=1)
         return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
                 for (row, score), a, b in zip(top, at.tolist(), best.tolist())]
@@ -148,9 +167,10 @@ class Recommender:
     def similar(self, item_id: str, k: int) -> list[Scored]:
         """The ``k`` items whose vectors are nearest (cosine) to ``item_id``'s; :class:`UnknownItem` otherwise."""
         row = self._row(item_id)
-        scores = self.unit_vectors @ self.unit_vectors[row]
-        scores[[PAD, UNKNOWN, row]] = float("-inf")
-        return [Scored(self.item_ids[r], s) for r, s in self._top(scores, k)]
+        allowed = np.ones(len(self.item_ids), dtype=bool)
+        allowed[row] = False
+        rows, scores = self.similar_index.search(self.similar_index.vectors[row], k, allowed)
+        return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
     @torch.inference_mode()
     def search(self, query: np.ndarray, k: int, history: Sequence = ()) -> list[Scored]:
@@ -171,8 +191,3 @@ class Recommender:
             scores = scores + PERSONALISATION_WEIGHT * (affinity - affinity.mean()) / affinity.std().clamp(min=1e-6)
         order = scores.argsort(descending=True)[:k]
         return [Scored(self.item_ids[int(rows[i])], float(scores[i])) for i in order.tolist()]
-
-    @staticmethod
-    def _top(scores: torch.Tensor, k: int) -> list[tuple[int, float]]:
-        values, rows = scores.topk(min(k, len(scores)))
-        return [(r, v) for r, v in zip(rows.tolist(), values.float().tolist()) if v != float("-inf")]

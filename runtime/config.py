@@ -170,6 +170,9 @@ class Config(BaseSettings):
     seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).")
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
                                                            "new events and catalog items.")
+    ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend` and `/similar` "
+                                                              "search HNSW indexes (`usearch`) instead of scoring "
+                                                              "every item.")
     trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
                                                                   "this many seconds of event time.")
     post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")

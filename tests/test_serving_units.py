@@ -8,6 +8,7 @@ import random
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -191,3 +192,68 @@ def test_queries_arriving_together_are_encoded_together_and_cached(encoder):
     alone = encoder.encode(queries)
     assert np.allclose(np.stack(vectors[:20]), alone, atol=1e-5) and np.allclose(vectors[20], alone[0], atol=1e-5)
     assert np.allclose(again, alone[-1], atol=1e-5) and counting.calls[calls:] == [["fine on its own"]]
+
+
+def _shops(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The catalog in two storefronts: one sells the even rows, the other the odd ones."""
+    return catalog.assign(storefront=["even" if i % 2 == 0 else "odd" for i in range(len(catalog))])
+
+
+def _bundle_of(recommender: Recommender) -> ModelBundle:
+    return ModelBundle(recommender.model, recommender.vocab, {}, {})
+
+
+@pytest.fixture(scope="module")
+def indexed(recommender, movielens_data, encoder) -> tuple[Recommender, Recommender]:
+    """The same version over the two storefronts, exact and from HNSW indexes (ann_above=0:
+    every search goes through the graph)."""
+    shops = _shops(movielens_data[1])
+    return (Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder),
+            Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, ann_above=0))
+
+
+def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movielens_data):
+    from learner.neighbours import recall_at_k
+
+    exact, approximate = indexed
+    assert approximate.recommend_index.approximate and not exact.recommend_index.approximate
+    events, catalog = movielens_data
+    rng = random.Random(3)
+    train = events.iloc[:20_000]
+    users = train.groupby("user_id").filter(lambda g: len(g) >= 10)["user_id"].unique().tolist()
+    histories = [[history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
+                  for r in train[train["user_id"] == user].itertuples()] for user in rng.sample(users, 40)]
+    queries = torch.stack([approximate.user_vector(h) for h in histories]).numpy()
+    measured = recall_at_k(approximate.recommend_index, exact.recommend_index, queries)
+    assert measured >= 0.95, measured
+    even, overlaps = set(catalog["item_id"].iloc[::2]), []
+    for history in histories[:10]:
+        bought = {e.item_id for e in history[:5]}
+        found = approximate.recommend(history, 20, storefront="even", exclude=bought)
+        ids = [s.item_id for s in found]
+        assert len(ids) == 20 and set(ids) <= even and not set(ids) & bought
+        assert [s.score for s in found] == sorted((s.score for s in found), reverse=True)
+        wanted = {s.item_id for s in exact.recommend(history, 20, storefront="even", exclude=bought)}
+        overlaps.append(len(wanted & set(ids)) / 20)
+        item = history[-1].item_id
+        similar = {s.item_id for s in approximate.similar(item, 10)}
+        overlaps.append(len(similar & {s.item_id for s in exact.similar(item, 10)}) / 10)
+    assert sum(overlaps) / len(overlaps) >= 0.95, overlaps
+
+
+def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movielens_data, encoder):
+    _, indexed = indexed
+    shops = _shops(movielens_data[1])
+    sequel = pd.DataFrame([{"item_id": "m-sequel", "title": "Star Wars: Return of the Padawan (1999)",
+                            "category": "Action, Sci-Fi", "description": None, "storefront": "odd"}])
+    grown = Recommender({"id": 7}, _bundle_of(indexed), pd.concat([shops, sequel], ignore_index=True), {},
+                        encoder, ann_above=0, previous=indexed)
+    assert len(grown.recommend_index.graph) == len(indexed.recommend_index.graph) + 1  # one insert, no rebuild
+    assert len(indexed.recommend_index.graph) == len(indexed.item_ids) - 2  # the old snapshot is untouched
+    similar = [s.item_id for s in grown.similar("m-sequel", 10)]
+    assert "m-sequel" not in similar and len(similar) == 10
+    titles = grown.titles
+    assert any("Star Wars" in titles[i] or "Empire" in titles[i] or "Jedi" in titles[i] for i in similar), similar
+    other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, ann_above=0, previous=grown)
+    assert other_version.recommend_index.graph is not grown.recommend_index.graph
+    assert len(other_version.recommend_index.graph) == len(other_version.item_ids) - 2

@@ -1,0 +1,153 @@
+"""Top-k items for a query vector: exact below a catalog size, an HNSW index (``usearch``) above it.
+
+:class:`ItemIndex` answers "the ``k`` rows whose vectors score highest against this query,
+among the allowed rows" with one interface whatever the catalog's size:
+
+* **exact** (small catalogs): one matrix-vector product over the allowed rows;
+* **approximate** (``approximate=True``): an HNSW graph (``usearch``, half-precision vectors),
+  built and searched with the inner product itself (``metric="ip"``: recommendations; a
+  similarity graph over the inner product, as in ip-NSW, Morozov and Babenko, NeurIPS 2018,
+  reached 0.96-0.99 recall@20 on clustered vectors where the classic reduction of inner
+  product to cosine by an extra coordinate reached 0.35) or cosine (``metric="cos"``: similar
+  items, unit vectors). Filters are applied to what the graph returns: it fetches 8x what is
+  asked divided by the share of rows allowed, and 4x more while too few pass; a filter that
+  keeps few rows (a small storefront) is answered exactly over those rows instead. Returned scores are always the
+  exact float32 scores of the returned rows.
+
+Rows are the model's item rows; rows 0 and 1 (padding, unknown) are never returned.
+
+Examples
+--------
+>>> rng = np.random.default_rng(0)
+>>> vectors = rng.normal(size=(1000, 16)).astype(np.float32)
+>>> exact, approximate = ItemIndex(vectors), ItemIndex(vectors, approximate=True, exact_below=0)
+>>> query = rng.normal(size=16).astype(np.float32)
+>>> exact.search(query, 5)[0].tolist() == approximate.search(query, 5)[0].tolist()
+True
+>>> allowed = np.zeros(1000, dtype=bool); allowed[500:] = True
+>>> bool((approximate.search(query, 5, allowed)[0] >= 500).all())
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RESERVED_ROWS = 2  # padding and unknown
+EXACT_BELOW_ALLOWED = 20_000
+"""By default a filter that keeps fewer rows than this is answered exactly over them (a few ms at most)."""
+
+
+class ItemIndex:
+    """Top-k search over item vectors (see the module docstring).
+
+    Parameters
+    ----------
+    vectors
+        float32 [n_rows, dim], one per item row (rows 0 and 1 are ignored).
+    metric
+        ``"ip"`` (inner product) or ``"cos"`` (cosine).
+    approximate
+        Build an HNSW graph; otherwise every search is exact.
+    exact_below
+        Searches that allow fewer rows than this are exact over them, graph or not.
+    connectivity, expansion_add, expansion_search
+        HNSW's graph degree and its breadth when building and searching (at least what a
+        search fetches). A search changes the graph's breadth: one thread searches an index.
+    """
+
+    def __init__(self, vectors: np.ndarray, metric: str = "ip", approximate: bool = False,
+                 exact_below: int = EXACT_BELOW_ALLOWED, connectivity: int = 16, expansion_add: int = 256,
+                 expansion_search: int = 512):
+        if metric not in ("ip", "cos"):
+            raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.metric, self.exact_below, self.expansion_search = metric, exact_below, expansion_search
+        self.vectors = _unit(vectors) if metric == "cos" else vectors
+        self.graph = None
+        if approximate:
+            from usearch.index import Index
+
+            self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype="f16", connectivity=connectivity,
+                               expansion_add=expansion_add, expansion_search=expansion_search)
+            self._add_to_graph(np.arange(RESERVED_ROWS, len(self.vectors)))
+
+    @property
+    def approximate(self) -> bool:
+        return self.graph is not None
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def _add_to_graph(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self.graph.add(rows.astype(np.uint64), self.vectors[rows])
+
+    def extended(self, vectors: np.ndarray) -> ItemIndex:
+        """An index over ``vectors`` (this index's rows, possibly changed, then new rows) that
+        reuses this one's graph: only new and changed rows are (re)inserted. This index is not
+        changed."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.metric == "cos":
+            vectors = _unit(vectors)
+        out = object.__new__(ItemIndex)
+        out.metric, out.exact_below, out.expansion_search, out.vectors, out.graph = (
+            self.metric, self.exact_below, self.expansion_search, vectors, None)
+        if self.graph is None:
+            return out
+        old = min(len(self.vectors), len(vectors))
+        changed = np.flatnonzero((self.vectors[:old] != vectors[:old]).any(1))
+        changed = changed[changed >= RESERVED_ROWS]
+        out.graph = self.graph.copy()
+        if len(changed):
+            out.graph.remove(changed.astype(np.uint64))
+        out._add_to_graph(np.concatenate([changed, np.arange(max(old, RESERVED_ROWS), len(vectors))]))
+        return out
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the ``k`` best allowed rows, best first; ``allowed`` is a bool mask
+        over rows (None: every row). Fewer than ``k`` when fewer rows are allowed."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if self.metric == "cos":
+            query = _unit(query[None])[0]
+        if allowed is None:
+            allowed = np.ones(len(self.vectors), dtype=bool)
+        allowed = allowed.copy()
+        allowed[:RESERVED_ROWS] = False
+        n_allowed = int(allowed.sum())
+        if self.graph is None or n_allowed < self.exact_below:
+            return self._exact(query, k, np.flatnonzero(allowed))
+        fetch = int(8 * k * len(self.vectors) / n_allowed)  # 8x what passes the filter, on average
+        while True:
+            # the graph's search breadth must cover what is fetched, or far fewer of them are the best
+            self.graph.expansion_search = max(self.expansion_search, fetch)
+            found = self.graph.search(query, min(fetch, len(self.graph))).keys.astype(np.int64)
+            rows = found[allowed[found]]
+            if len(rows) >= k or fetch >= len(self.graph):
+                break
+            fetch *= 4
+        if len(rows) < min(k, n_allowed):  # the graph could not reach enough allowed rows
+            return self._exact(query, k, np.flatnonzero(allowed))
+        return self._exact(query, k, rows)
+
+    def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.vectors[rows] @ query
+        top = np.argpartition(-scores, k)[:k] if len(rows) > k else np.arange(len(rows))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return rows[top], scores[top]
+
+
+def recall_at_k(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, k: int = 20) -> float:
+    """Mean share of the exact top ``k`` that ``index`` returns, over ``queries`` [q, dim].
+
+    >>> rng = np.random.default_rng(1)
+    >>> vectors = rng.normal(size=(500, 8)).astype(np.float32)
+    >>> recall_at_k(ItemIndex(vectors, approximate=True, exact_below=0), ItemIndex(vectors), rng.normal(size=(10, 8)))
+    1.0
+    """
+    found = [len(set(index.search(q, k)[0].tolist()) & set(exact.search(q, k)[0].tolist())) / k for q in queries]
+    return float(np.mean(found))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
