@@ -1,6 +1,7 @@
-"""Catalog scale: the cost of one training step at 10,000 to 1,000,000 items, full and sampled softmax.
+"""Catalog scale at 10,000 to 1,000,000 items: a training step (full and sampled softmax) and serving.
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 1024]
+                          [--part training,serving] [--rate 100] [--seconds 10]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic unit text vectors (no MiniLM run: a million texts would take hours on a CPU,
@@ -9,6 +10,17 @@ sequences of 50 events with Zipf-distributed item ids (a long tail, like a store
 times ``--steps`` training steps (after two warm-up steps) with the sampled softmax and, where
 its logits fit in memory, the full softmax. Prints the median step time, its ratio to the
 sampled step at the smallest catalog, and the process' peak RSS after each size.
+
+Serving: for each size a :class:`learner.recommend.Recommender` snapshot of the same synthetic
+model (no catalog text: ``/search`` is not part of it) with the worker's index threshold
+(``STREAMREC_ANN_ABOVE_ITEMS``); it prints the snapshot's build time (item vectors and, above
+the threshold, both HNSW indexes), Recall@20 of the indexes against exact search for 200
+users' histories, and the latency of ``recommend`` (model forward, index search, explanations)
+and ``similar`` calls issued at ``--rate`` per second for ``--seconds`` (open loop: a call
+that starts late because the one before ran long counts its wait), in process, one thread.
+The vectors of an untrained model are close to random, which is harder for an index than
+a trained model's clustered ones. RSS is the process' after the snapshot is built, the model
+included (the worker adds MiniLM, about 0.1 GiB, and its histories).
 """
 
 from __future__ import annotations
@@ -17,18 +29,25 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from learner.bundle import ModelBundle
 from learner.device import pick_device
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
+from learner.neighbours import ItemIndex, recall_at_k
+from learner.recommend import Recommender
 from learner.sequences import SequenceBatch
 from learner.text import TEXT_DIM
 from learner.trainer import TrainConfig, Trainer
+from runtime.config import Config
 
 FULL_LOGITS_LIMIT_GB = 4.0  # the full softmax is skipped where its logits alone would need more
 
@@ -71,20 +90,86 @@ def time_steps(bundle: ModelBundle, loss: str, steps: int, negatives: int, seed:
     return statistics.median(times)
 
 
+@dataclass(frozen=True)
+class Event:
+    item_id: str
+    type: str = "click"
+    storefront: str = "s"
+
+
+def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
+    """Milliseconds from each call's scheduled start (every 1/rate s) to its end."""
+    out, started = [], time.perf_counter()
+    for i, argument in enumerate(arguments):
+        due = started + i / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+        call(argument)
+        out.append((time.perf_counter() - due) * 1000)
+    return np.array(out)
+
+
+def serving(n: int, rate: float, seconds: float, ann_above: int) -> str:
+    """One row of the serving table for a catalog of ``n`` items."""
+    bundle = synthetic_bundle(n, seed=1)
+    rng = np.random.default_rng(2)
+    keys = bundle.vocab.items.keys()
+    histories = [[Event(keys[i - 2]) for i in batch(n, rng, size=1, length=20)[0].items[0].tolist()]
+                 for _ in range(int(rate * seconds) + 200)]
+    empty = pd.DataFrame(columns=["storefront", "item_id", "title", "description", "category"])
+    started = time.perf_counter()
+    snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above)
+    build = time.perf_counter() - started
+    del bundle
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    recall = "exact"
+    if snapshot.recommend_index.approximate:
+        exact = ItemIndex(snapshot.recommend_index.vectors)
+        users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
+        recall = f"{recall_at_k(snapshot.recommend_index, exact, users):.3f}"
+        del exact
+    for history in histories[:20]:  # warm-up
+        snapshot.recommend(history, 20), snapshot.similar(history[-1].item_id, 20)
+    recommend = paced_latencies(lambda h: snapshot.recommend(h, 20), histories[200:], rate)
+    similar = paced_latencies(lambda h: snapshot.similar(h[-1].item_id, 20), histories[200:], rate)
+    quantiles = lambda ms: " / ".join(f"{q:.1f}" for q in np.percentile(ms, [50, 95, 99]))  # noqa: E731
+    return (f"| {n:,} | {'HNSW' if snapshot.recommend_index.approximate else 'exact'} | {build:.1f} | {recall} "
+            f"| {quantiles(recommend)} | {quantiles(similar)} | {rss:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", default="10000,100000,1000000")
+    parser.add_argument("--part", default="training,serving")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--negatives", type=int, default=1024)
+    parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="serving: how long each kind of call runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
+    if "serving-one" in parts:  # a child process of the serving part: one row
+        print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default),
+              flush=True)
+        return
+    if "serving" in parts:
+        ann_above = Config.model_fields["ann_above_items"].default
+        print(f"Serving, {args.rate:.0f} calls/s for {args.seconds:.0f} s each, indexes above {ann_above:,} items\n")
+        print("| items | search | snapshot build s | index Recall@20 vs exact | recommend p50 / p95 / p99 ms "
+              "| similar p50 / p95 / p99 ms | peak RSS MiB |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for n in sizes:  # one process per size: peak RSS is then the size's own
+            subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
+                            "--rate", str(args.rate), "--seconds", str(args.seconds)], check=True)
+        print()
+    if "training" not in parts:
+        return
     print(f"{os.cpu_count()} CPUs, torch threads {args.threads}, device {pick_device().torch_device}; "
           f"batches of 128 sequences x 50 events, {args.negatives} sampled negatives\n")
     print("| items | loss | step ms (median) | x sampled at the smallest catalog | peak RSS MiB |")
     print("|---:|---|---:|---:|---:|")
     baseline = None
-    for n in [int(x) for x in args.items.split(",")]:
+    for n in sizes:
         bundle = synthetic_bundle(n, seed=1)
         for loss in ("sampled", "full"):
             logits_gb = 128 * 50 * n * 4 * 3 / 2 ** 30  # logits, their softmax and gradient, float32
