@@ -11,8 +11,8 @@ among the allowed rows" with one interface whatever the catalog's size:
   product to cosine by an extra coordinate reached 0.35) or cosine (``metric="cos"``: similar
   items, unit vectors). Filters are applied to what the graph returns: it fetches 8x what is
   asked divided by the share of rows allowed, and 4x more while too few pass; a filter that
-  keeps few rows (a small storefront) is answered exactly over those rows instead. Returned scores are always the
-  exact float32 scores of the returned rows.
+  keeps few rows (a small storefront) is answered exactly over those rows instead. The rows
+  returned are scored exactly from the item vectors (kept in half precision beside a graph).
 
 Rows are the model's item rows; rows 0 and 1 (padding, unknown) are never returned.
 
@@ -63,7 +63,7 @@ class ItemIndex:
             raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.metric, self.exact_below, self.expansion_search = metric, exact_below, expansion_search
-        self.vectors = _unit(vectors) if metric == "cos" else vectors
+        self.vectors = _stored(_unit(vectors) if metric == "cos" else vectors, approximate)
         self.graph = None
         if approximate:
             from usearch.index import Index
@@ -90,6 +90,7 @@ class ItemIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.metric == "cos":
             vectors = _unit(vectors)
+        vectors = _stored(vectors, self.graph is not None)
         out = object.__new__(ItemIndex)
         out.metric, out.exact_below, out.expansion_search, out.vectors, out.graph = (
             self.metric, self.exact_below, self.expansion_search, vectors, None)
@@ -117,7 +118,7 @@ class ItemIndex:
         n_allowed = int(allowed.sum())
         if self.graph is None or n_allowed < self.exact_below:
             if n_allowed * 4 > len(allowed):  # most rows: one product over all of them, then the mask
-                scores = self.vectors @ query
+                scores = (self.vectors @ query).astype(np.float32)
                 scores[~allowed] = -np.inf
                 top = np.argpartition(-scores, min(k, n_allowed))[:min(k, n_allowed)] if n_allowed > k else \
                     np.flatnonzero(allowed)
@@ -138,7 +139,7 @@ class ItemIndex:
         return self._exact(query, k, rows)
 
     def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors[rows] @ query
+        scores = self.vectors[rows].astype(np.float32) @ query
         top = np.argpartition(-scores, k)[:k] if len(rows) > k else np.arange(len(rows))
         top = top[np.argsort(-scores[top], kind="stable")]
         return rows[top], scores[top]
@@ -155,6 +156,12 @@ def recall_at_k(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, k: int 
     """
     found = [len(set(index.search(q, k)[0].tolist()) & set(exact.search(q, k)[0].tolist())) / k for q in queries]
     return float(np.mean(found))
+
+
+def _stored(vectors: np.ndarray, approximate: bool) -> np.ndarray:
+    """The vectors kept for scoring: float32, or float16 beside a graph (half the memory of a
+    large catalog; only the few hundred rows a search returns are scored from them)."""
+    return vectors.astype(np.float16) if approximate else vectors
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

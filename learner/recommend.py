@@ -61,15 +61,18 @@ class Recommender:
     previous
         The snapshot this one replaces: when it served the same version, its indexes are
         reused and only new or changed items are inserted.
+    owned
+        The bundle is this snapshot's (freshly loaded): it is extended in place, not copied,
+        and its item id table and text rows are released once the item vectors are computed.
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
                  cache: TextEmbeddingCache | None = None, device: Device | None = None,
-                 ann_above: int | None = None, previous: Recommender | None = None):
+                 ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False):
         self.version = version
         self.device = device or pick_device()
-        bundle = bundle.copy()
+        bundle = bundle if owned else bundle.copy()
         if len(catalog):
             bundle.extend(catalog=catalog, encoder=encoder, cache=cache)
         self.text_encoder = bundle.text_encoder(encoder)
@@ -100,6 +103,11 @@ class Recommender:
         else:
             self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), self.text_encoder, cache)).to(
                 self.device.torch_device)
+        if owned:  # answering reads the item vectors computed above, never the id table or text rows
+            with torch.no_grad():
+                self.model.item_ids.weight.data = self.model.item_ids.weight.data.new_zeros(0, self.model.config.dim)
+                if self.model.config.use_text:
+                    self.model.item_text = self.model.item_text.new_zeros(0, self.model.item_text.shape[1])
 
     def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, np.ndarray]:
         """Per storefront, which item rows belong to it (its catalog or its events)."""
@@ -158,7 +166,7 @@ class Recommender:
         if not len(top) or not len(seen):
             return [Scored(self.item_ids[row], score) for row, score in top]
         rows = torch.tensor([row for row, _ in top])
-        similarity = self.unit_vectors[rows] @ self.unit_vectors[seen].T
+        similarity = self.unit_vectors[rows].float() @ self.unit_vectors[seen].float().T
         best, at = similarity.clamp(-1.0, 1.0).max(dim=1)
         return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
                 for (row, score), a, b in zip(top, at.tolist(), best.tolist())]

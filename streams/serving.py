@@ -137,7 +137,7 @@ class ServingService(mode.Service):
         recommender = Recommender(version, bundle, load_catalog(self.engine),
                                   {s: set(items) for s, items in self.storefront_items.items()},
                                   self._catalog_encoder, cache, self.device, self.config.ann_above_items,
-                                  previous=self.recommender)
+                                  previous=self.recommender, owned=True)
         cache.save()
         previous = self.recommender
         self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
