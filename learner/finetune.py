@@ -45,6 +45,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     """
     config = config or FineTuneConfig()
     student = bundle.copy()
+    if config.text.tuning == "frozen" and student.adapter is not None:  # back to the pretrained encoder:
+        student.adapter = None  # extending re-embeds every catalog text with it
     rehearsal = events_frame(rehearsal)
     student.extend(catalog=catalog, events=pd.concat([events_frame(window), rehearsal], ignore_index=True),
                    encoder=encoder, cache=cache)

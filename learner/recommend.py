@@ -20,7 +20,7 @@ import torch
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN
-from learner.neighbours import ItemIndex
+from learner.neighbours import EXACT_BELOW_ALLOWED, ItemIndex
 from learner.sequences import CLICK, PURCHASE, SequenceBatch
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 
@@ -57,7 +57,8 @@ class Recommender:
     ann_above
         Above this many item rows, ``recommend`` and ``similar`` search HNSW indexes
         (:class:`learner.neighbours.ItemIndex`) instead of scoring every item (None: never);
-        a filter (storefront) that keeps at most this many rows is still answered exactly.
+        a filter (storefront) that keeps fewer rows than :data:`learner.neighbours.EXACT_BELOW_ALLOWED`
+        (or ``ann_above``) is still answered exactly.
     previous
         The snapshot this one replaces: when it served the same version, its indexes are
         reused and only new or changed items are inserted.
@@ -89,7 +90,7 @@ class Recommender:
             self.similar_index = previous.similar_index.extended(vectors)
         else:
             approximate = ann_above is not None and len(vectors) > ann_above
-            exact_below = ann_above if approximate else 0  # a filter keeping at most ann_above rows: exact
+            exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
             self.recommend_index = ItemIndex(vectors, "ip", approximate, exact_below)
             self.similar_index = ItemIndex(vectors, "cos", approximate, exact_below)
         self.unit_vectors = torch.from_numpy(self.similar_index.vectors)

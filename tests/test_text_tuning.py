@@ -149,3 +149,13 @@ def test_recommender_encodes_queries_and_cold_items_with_the_versions_encoder(tr
     assert not np.allclose(adapted, encoder.encode([text])[0], atol=1e-3)
     query = recommender.text_encoder.encode(["indigo t-shirt from the Harbor collection"])[0]
     assert recommender.search(query, 3)[0].item_id == "harbor-indigo"
+
+
+def test_going_back_to_frozen_re_embeds_the_catalog_with_the_pretrained_encoder(trained, shop, encoder):
+    catalog, events = shop
+    config = FineTuneConfig(train=TrainConfig(epochs=1, batch_size=32), holdout=0)
+    frozen, _ = fine_tune(trained["top"], events, catalog=catalog, encoder=encoder, config=config)
+    assert frozen.adapter is None and frozen.text_encoder_name == "frozen"
+    text = item_text(title("teal", "Harbor"), "T-shirts")
+    row = int(frozen.vocab.items.index(["harbor-teal"])[0])
+    assert np.allclose(frozen.model.item_text[row].numpy(), encoder.encode([text])[0], atol=1e-5)
