@@ -59,7 +59,7 @@ def text_key(text: str, adapter_id: str = "") -> str:
     adapter that encodes it (none for the pretrained encoder).
 
     >>> text_key("Toy Story")[:12], text_key("Toy Story", "ab12")[:12]
-    ('1b7e6e4ba8d6', '8a3b5b2f0a21')
+    ('09c101788b37', '6bfa1336828d')
     """
     return hashlib.sha256(f"{adapter_id}\n{text}".encode("utf-8") if adapter_id else text.encode("utf-8")).hexdigest()
 
