@@ -104,20 +104,19 @@ class ModelBundle:
         return "frozen" if self.adapter is None else f"{self.adapter.describe()} #{self.adapter.id[:8]}"
 
     def set_texts(self, texts: dict[str, str], encoder: TextEncoder | None,
-                  cache: TextEmbeddingCache | None = None) -> int:
+                  cache: TextEmbeddingCache | None = None) -> None:
         """Encode the texts (item_id -> text) whose row is missing or was computed from another
-        text or encoder, with ``encoder`` (already this bundle's); returns how many were encoded."""
+        text or encoder, with ``encoder`` (already this bundle's)."""
         key = (lambda text: text_key(text, self.adapter.id if self.adapter else "")) if encoder is None else encoder.key
         keys = {item: key(text) for item, text in texts.items()}
         changed = {item: text for item, text in texts.items() if self.text_hashes.get(item) != keys[item]}
         if not changed:
-            return 0
+            return
         vectors = embed_texts(list(changed.values()), encoder, cache)
         rows = torch.from_numpy(self.vocab.items.index(changed))
         with torch.no_grad():
             self.model.item_text[rows] = torch.from_numpy(vectors).to(self.model.item_text)
         self.text_hashes.update({item: keys[item] for item in changed})
-        return len(changed)
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:

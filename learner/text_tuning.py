@@ -166,13 +166,7 @@ class TextTuning(Plugin):
         adapter = TextAdapter(self.config.tuning, self.config.settings(), trained_tensors(self.encoder.model))
         self.encoder.adapter = adapter  # the encoder's weights now are the adapter's: its keys follow
         bundle.adapter = adapter
-        bundle.text_hashes = {item: key for item, key in bundle.text_hashes.items() if item in self.texts}
-        vectors = self.encoder.encode(list(self.texts.values()))
-        rows = torch.from_numpy(bundle.vocab.items.index(self.texts))
-        with torch.no_grad():
-            trainer.model.item_text[rows.to(trainer.model.item_text.device)] = torch.from_numpy(vectors).to(
-                trainer.model.item_text)
-        bundle.text_hashes.update({item: self.encoder.key(text) for item, text in self.texts.items()})
+        bundle.set_texts(self.texts, self.encoder)  # every text: its key now names the new adapter
         embed_seconds = time.perf_counter() - started
         self._spent(trainer, embed_seconds)
         bundle.info["text_tuned_jobs_ago"] = 0
