@@ -109,7 +109,8 @@ class BacktestSettings:
     derive their variants from them (no text for id-only, no rehearsal or distillation for
     naive and joint). The baselines' defaults are the best found on MovieLens-100k (10
     windows): popularity over 1, 2 or 3 windows, and river-mf over learning rates 0.002-0.1,
-    1-8 negatives, 16-64 factors and L2 0-0.01.
+    1-8 negatives, 16-64 factors and L2 0-0.01. ``serving_precision`` ranks with the item
+    vectors held as a worker holds them (:class:`learner.evaluate.BundleScorer`).
     """
 
     windows: int = 10
@@ -128,6 +129,7 @@ class BacktestSettings:
     mf_lr: float = 0.005
     mf_l2: float = 0.0
     knn_recent: int = 10
+    serving_precision: str = "float32"
     seed: int = 1
 
     def describe(self) -> dict:
@@ -222,7 +224,7 @@ class FineTuned(Strategy):
         return facts
 
     def scorer(self) -> Scorer:
-        return BundleScorer(self.bundle, self.context.device)
+        return BundleScorer(self.bundle, self.context.device, self.settings.serving_precision)
 
 
 class Naive(FineTuned):

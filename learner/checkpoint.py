@@ -19,7 +19,7 @@ from safetensors.torch import save as save_tensors
 from learner.bundle import ModelBundle
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
-from learner.text import TextAdapter
+from learner.text import TEXT_DTYPE, TextAdapter
 
 FORMAT = "streamrec-bundle/1"
 ADAPTER_PREFIX = "text_adapter."
@@ -78,6 +78,8 @@ def load_bundle(data: bytes, expected_sha256: str) -> ModelBundle:
     tensors = load_tensors(data)
     adapter_tensors = {name[len(ADAPTER_PREFIX):]: tensors.pop(name) for name in list(tensors)
                        if name.startswith(ADAPTER_PREFIX)}
+    if "item_text" in tensors:  # float32 in bundles of earlier releases
+        tensors["item_text"] = tensors["item_text"].to(TEXT_DTYPE)
     model.load_state_dict(tensors, strict=True, assign=True)
     described = metadata.get("text_adapter")
     adapter = None if described is None else TextAdapter(described["tuning"], described["settings"], adapter_tensors)

@@ -20,6 +20,7 @@ import torch
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import UNKNOWN, Vocabulary
+from learner.neighbours import as_served
 from learner.sequences import SequenceBatch, events_frame, next_item_examples
 
 
@@ -34,20 +35,27 @@ class Scorer(Protocol):
 
 
 class BundleScorer:
-    """A trained ``ModelBundle`` as a scorer (eval mode, item vectors computed once)."""
+    """A trained ``ModelBundle`` as a scorer (eval mode, item vectors computed once).
 
-    def __init__(self, bundle: ModelBundle, device: Device | None = None):
+    ``precision`` scores as a worker holding the item vectors that way does
+    (:data:`learner.options.SERVING_PRECISIONS`): users' states and scores both read them.
+    """
+
+    def __init__(self, bundle: ModelBundle, device: Device | None = None, precision: str = "float32"):
         self.device = device or pick_device()
         self.model = bundle.model.to(self.device.torch_device).eval()
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
         with torch.no_grad(), self.device.autocast():
             self.item_vectors = self.model.item_vectors().float()
+        if precision != "float32":
+            self.item_vectors = torch.from_numpy(as_served(self.item_vectors.cpu().numpy(), precision)).to(
+                self.item_vectors.device)
 
     @torch.no_grad()
     def scores(self, inputs: SequenceBatch) -> torch.Tensor:
         with self.device.autocast():
-            states = self.model.user_vectors(inputs.to(self.device))
+            states = self.model(inputs.to(self.device), self.item_vectors)[:, -1]
         return self.model.logits(states, self.item_vectors)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from learner.idmap import PAD, UNKNOWN
 from learner.sequences import SequenceBatch
-from learner.text import TEXT_DIM
+from learner.text import TEXT_DIM, TEXT_DTYPE
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class ModelConfig:
 class SASRec(nn.Module):
     """Causal transformer over a user's recent events; scores are dot products with item vectors.
 
-    Item vector = id embedding + bias-free projection of the item's frozen MiniLM embedding
-    (``item_text``, a buffer; zero for items without text). Padding and unknown rows score
+    Item vector = id embedding + bias-free projection of the item's MiniLM embedding
+    (``item_text``, a float16 buffer, 768 bytes an item; zero for items without text). Padding and unknown rows score
     ``-inf`` in ``logits``. Each input position embeds item, event type, storefront and position.
 
     Examples
@@ -64,7 +64,7 @@ class SASRec(nn.Module):
         self.item_ids = nn.Embedding(n_items, d, padding_idx=PAD)
         if config.use_text:
             self.text_projection = nn.Linear(TEXT_DIM, d, bias=False)
-            self.register_buffer("item_text", torch.zeros(n_items, TEXT_DIM))
+            self.register_buffer("item_text", torch.zeros(n_items, TEXT_DIM, dtype=TEXT_DTYPE))
         if config.user_embeddings:
             self.users = nn.Embedding(n_users, d)
             nn.init.zeros_(self.users.weight)
@@ -98,7 +98,8 @@ class SASRec(nn.Module):
             ids = ids * keep
         if not self.config.use_text:
             return ids
-        return ids + self.text_projection(self.item_text if rows is None else self.item_text[rows])
+        text = self.item_text if rows is None else self.item_text[rows]
+        return ids + self.text_projection(text.to(self.text_projection.weight.dtype))
 
     def forward(self, batch: SequenceBatch, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence states [B, L, dim]; position t summarises events up to t."""
@@ -152,11 +153,31 @@ class SASRec(nn.Module):
         if not len(candidates) or not len(rows):
             return
         vectors = self.item_vectors()
-        projected = self.text_projection(self.item_text)
-        for chunk in rows.split(1024):
-            top, index = (self.item_text[chunk] @ self.item_text[candidates].T).topk(min(k, len(candidates)), dim=1)
+        for chunk in rows.split(256):
+            top, index = _nearest(self.item_text[chunk].float(), self.item_text, candidates, min(k, len(candidates)))
             weights = torch.softmax(top / temperature, dim=1).unsqueeze(-1)
-            self.item_ids.weight[chunk] = (weights * vectors[candidates[index]]).sum(1) - projected[chunk]
+            projected = self.text_projection(self.item_text[chunk].float())
+            self.item_ids.weight[chunk] = (weights * vectors[index]).sum(1) - projected
+
+
+def _nearest(queries: torch.Tensor, texts: torch.Tensor, candidates: torch.Tensor, k: int,
+             block: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dot products, rows) of the ``k`` rows of ``texts`` among ``candidates`` nearest each query,
+    taken a block of candidates at a time so memory stays bounded at any catalog size.
+
+    >>> texts = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    >>> top, rows = _nearest(texts[:2], texts, torch.arange(2, 10), k=3, block=3)
+    >>> torch.equal(rows, (texts[:2] @ texts[2:].T).topk(3).indices + 2)
+    True
+    """
+    best = torch.full((len(queries), 0), float("-inf")), torch.zeros((len(queries), 0), dtype=torch.long)
+    for part in candidates.split(block):
+        scores = queries @ texts[part].float().T
+        values = torch.cat([best[0], scores], dim=1)
+        rows = torch.cat([best[1], part.expand(len(queries), -1)], dim=1)
+        top, at = values.topk(min(k, values.shape[1]), dim=1)
+        best = top, rows.gather(1, at)
+    return best
 
 
 def _grown(table: nn.Embedding, rows: int) -> nn.Embedding:

@@ -12,7 +12,10 @@ among the allowed rows" with one interface whatever the catalog's size:
   items, unit vectors). Filters are applied to what the graph returns: it fetches 8x what is
   asked divided by the share of rows allowed, and 4x more while too few pass; a filter that
   keeps few rows (a small storefront) is answered exactly over those rows instead. The rows
-  returned are scored exactly from the item vectors (kept in half precision beside a graph).
+  returned are scored exactly from the item vectors.
+
+The item vectors are kept as float32, float16 (the default beside a graph) or int8 codes with
+a scale per row (:class:`Int8Rows`, ``precision="int8"``): 4, 2 or 1 byte per dimension.
 
 Rows are the model's item rows; rows 0 and 1 (padding, unknown) are never returned.
 
@@ -33,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from learner.options import SERVING_PRECISIONS as PRECISIONS
+
 RESERVED_ROWS = 2  # padding and unknown
 EXACT_BELOW_ALLOWED = 10_000
 """By default a filter that keeps fewer rows than this is answered exactly over them (about 2 ms at most)."""
@@ -51,6 +56,9 @@ class ItemIndex:
         Build an HNSW graph; otherwise every search is exact.
     exact_below
         Searches that allow fewer rows than this are exact over them, graph or not.
+    precision
+        How the vectors are kept for scoring: ``"float32"``, ``"float16"`` or ``"int8"``
+        (None: float16 beside a graph, else float32).
     connectivity, expansion_add, expansion_search
         HNSW's graph degree and its breadth when building and searching (at least what a
         search fetches). A search changes the graph's breadth: one thread searches an index.
@@ -58,19 +66,24 @@ class ItemIndex:
 
     def __init__(self, vectors: np.ndarray, metric: str = "ip", approximate: bool = False,
                  exact_below: int = EXACT_BELOW_ALLOWED, connectivity: int = 16, expansion_add: int = 256,
-                 expansion_search: int = 512):
+                 expansion_search: int = 512, precision: str | None = None):
         if metric not in ("ip", "cos"):
             raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
+        if precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if metric == "cos":
+            vectors = _unit(vectors)
         self.metric, self.exact_below, self.expansion_search = metric, exact_below, expansion_search
-        self.vectors = _stored(_unit(vectors) if metric == "cos" else vectors, approximate)
+        self.precision = precision or ("float16" if approximate else "float32")
+        self.vectors = _stored(vectors, self.precision)
         self.graph = None
         if approximate:
             from usearch.index import Index
 
             self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype="f16", connectivity=connectivity,
                                expansion_add=expansion_add, expansion_search=expansion_search)
-            self._add_to_graph(np.arange(RESERVED_ROWS, len(self.vectors)))
+            self._add_to_graph(np.arange(RESERVED_ROWS, len(vectors)), vectors)
 
     @property
     def approximate(self) -> bool:
@@ -79,9 +92,9 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def _add_to_graph(self, rows: np.ndarray) -> None:
+    def _add_to_graph(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         if len(rows):
-            self.graph.add(rows.astype(np.uint64), self.vectors[rows])
+            self.graph.add(rows.astype(np.uint64), vectors[rows])
 
     def extended(self, vectors: np.ndarray) -> ItemIndex:
         """An index over ``vectors`` (this index's rows, possibly changed, then new rows) that
@@ -90,20 +103,29 @@ class ItemIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.metric == "cos":
             vectors = _unit(vectors)
-        vectors = _stored(vectors, self.graph is not None)
+        stored = _stored(vectors, self.precision)
         out = object.__new__(ItemIndex)
-        out.metric, out.exact_below, out.expansion_search, out.vectors, out.graph = (
-            self.metric, self.exact_below, self.expansion_search, vectors, None)
+        out.metric, out.exact_below, out.expansion_search, out.precision, out.vectors, out.graph = (
+            self.metric, self.exact_below, self.expansion_search, self.precision, stored, None)
         if self.graph is None:
             return out
-        old = min(len(self.vectors), len(vectors))
-        changed = np.flatnonzero((self.vectors[:old] != vectors[:old]).any(1))
+        old = min(len(self.vectors), len(stored))
+        changed = np.flatnonzero((self.vectors[:old] != stored[:old]).any(1))
         changed = changed[changed >= RESERVED_ROWS]
         out.graph = self.graph.copy()
         if len(changed):
             out.graph.remove(changed.astype(np.uint64))
-        out._add_to_graph(np.concatenate([changed, np.arange(max(old, RESERVED_ROWS), len(vectors))]))
+        out._add_to_graph(np.concatenate([changed, np.arange(max(old, RESERVED_ROWS), len(stored))]), vectors)
         return out
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), dim] vectors of ``rows`` as kept for scoring (unit vectors with ``cos``)."""
+        return np.asarray(self.vectors[rows], dtype=np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the vectors kept for scoring (a graph's own memory not included)."""
+        return self.vectors.nbytes
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the ``k`` best allowed rows, best first; ``allowed`` is a bool mask
@@ -139,7 +161,7 @@ class ItemIndex:
         return self._exact(query, k, rows)
 
     def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors[rows].astype(np.float32) @ query
+        scores = self.rows(rows) @ query
         top = np.argpartition(-scores, k)[:k] if len(rows) > k else np.arange(len(rows))
         top = top[np.argsort(-scores[top], kind="stable")]
         return rows[top], scores[top]
@@ -158,10 +180,58 @@ def recall_at_k(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, k: int 
     return float(np.mean(found))
 
 
-def _stored(vectors: np.ndarray, approximate: bool) -> np.ndarray:
-    """The vectors kept for scoring: float32, or float16 beside a graph (half the memory of a
-    large catalog; only the few hundred rows a search returns are scored from them)."""
-    return vectors.astype(np.float16) if approximate else vectors
+class Int8Rows:
+    """A float matrix as int8 codes with one float32 scale per row (symmetric: the row's
+    largest magnitude maps to 127): a quarter of float32's memory. Indexing returns float32
+    rows; a product with a vector dequantises a block of rows at a time.
+
+    >>> vectors = np.array([[0.5, -1.0], [2.0, 0.25]], dtype=np.float32)
+    >>> rows = Int8Rows(vectors)
+    >>> rows.codes.tolist(), rows[1].astype(float).round(3).tolist(), (rows @ np.ones(2, np.float32)).astype(float).round(3).tolist()
+    ([[64, -127], [127, 16]], [2.0, 0.252], [-0.496, 2.252])
+    """
+
+    BLOCK = 65_536
+
+    def __init__(self, vectors: np.ndarray):
+        scales = np.abs(vectors).max(axis=1) / 127
+        self.scales = scales.astype(np.float32)
+        self.codes = np.round(vectors / np.maximum(scales, 1e-30)[:, None]).astype(np.int8)
+        self.shape, self.dtype = self.codes.shape, np.dtype(np.int8)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        scales = self.scales[rows]
+        return self.codes[rows].astype(np.float32) * (scales[..., None] if np.ndim(scales) else scales)
+
+    def __matmul__(self, query: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.codes[start:start + self.BLOCK].astype(np.float32) @ query
+                               for start in range(0, len(self), self.BLOCK)]) * self.scales
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+
+def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:
+    """float32 ``vectors`` as they read back after being held at ``precision``.
+
+    >>> as_served(np.array([[1.0, 0.3]], dtype=np.float32), "int8").astype(float).round(4).tolist()
+    [[1.0, 0.2992]]
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return np.asarray(_stored(np.ascontiguousarray(vectors, dtype=np.float32), precision)[:], dtype=np.float32)
+
+
+def _stored(vectors: np.ndarray, precision: str) -> np.ndarray | Int8Rows:
+    """The vectors kept for scoring (only the few hundred rows a graph search returns are scored
+    from them, so float16 beside a graph costs no recall and halves the memory)."""
+    if precision == "int8":
+        return Int8Rows(vectors)
+    return vectors.astype(np.float16) if precision == "float16" else vectors
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -65,12 +65,17 @@ class Recommender:
     owned
         The bundle is this snapshot's (freshly loaded): it is extended in place, not copied,
         and its item id table and text rows are released once the item vectors are computed.
+    precision
+        How item vectors are held for answering: ``"float32"``, ``"float16"`` or ``"int8"``
+        (a scale per item; see :class:`learner.neighbours.Int8Rows`); None: float16 beside
+        an HNSW graph, else float32. Users' states are computed from the same vectors.
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
                  cache: TextEmbeddingCache | None = None, device: Device | None = None,
-                 ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False):
+                 ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False,
+                 precision: str | None = None):
         self.version = version
         self.device = device or pick_device()
         bundle = bundle if owned else bundle.copy()
@@ -82,18 +87,18 @@ class Recommender:
         self.max_len = bundle.model.config.max_len
         self.model = bundle.model.to(self.device.torch_device).eval()
         with torch.inference_mode(), self.device.autocast():
-            self.item_vectors = self.model.item_vectors().float()
-        vectors = self.item_vectors.cpu().numpy()
+            vectors = self.model.item_vectors().float().cpu().numpy()
         if previous is not None and previous.version["id"] == version["id"] and \
+                previous.recommend_index.precision == (precision or previous.recommend_index.precision) and \
                 previous.item_ids[2:].tolist() == bundle.vocab.items.keys()[:len(previous.item_ids) - 2]:
             self.recommend_index = previous.recommend_index.extended(vectors)
             self.similar_index = previous.similar_index.extended(vectors)
         else:
             approximate = ann_above is not None and len(vectors) > ann_above
             exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
-            self.recommend_index = ItemIndex(vectors, "ip", approximate, exact_below)
-            self.similar_index = ItemIndex(vectors, "cos", approximate, exact_below)
-        self.unit_vectors = torch.from_numpy(self.similar_index.vectors)
+            self.recommend_index = ItemIndex(vectors, "ip", approximate, exact_below, precision=precision)
+            self.similar_index = ItemIndex(vectors, "cos", approximate, exact_below, precision=precision)
+        del vectors
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
         self._storefront_masks = self._masks(catalog, storefront_items or {})
@@ -145,9 +150,12 @@ class Recommender:
         items = [PAD] * pad + self.vocab.items.index(e.item_id for e in recent).tolist()
         types = [PAD] * pad + [PURCHASE if e.type == "purchase" else CLICK for e in recent]
         shops = [PAD] * pad + self.vocab.storefronts.index(e.storefront for e in recent).tolist()
-        batch = SequenceBatch(*(torch.tensor([row]) for row in (items, types, shops)), users=torch.tensor([UNKNOWN]))
+        rows = np.unique([PAD, *items])  # the history's vectors only, as served (rows[0] is PAD: local 0 pads)
+        local = np.searchsorted(rows, items).tolist()
+        vectors = torch.from_numpy(self.recommend_index.rows(rows)).to(self.device.torch_device)
+        batch = SequenceBatch(*(torch.tensor([row]) for row in (local, types, shops)), users=torch.tensor([UNKNOWN]))
         with self.device.autocast():
-            return self.model(batch.to(self.device), item_vectors=self.item_vectors)[0, -1].float()
+            return self.model(batch.to(self.device), item_vectors=vectors)[0, -1].float()
 
     @torch.inference_mode()
     def recommend(self, history: Sequence, k: int, storefront: str | None = None,
@@ -166,8 +174,8 @@ class Recommender:
         seen = seen[seen > UNKNOWN]
         if not len(top) or not len(seen):
             return [Scored(self.item_ids[row], score) for row, score in top]
-        rows = torch.tensor([row for row, _ in top])
-        similarity = self.unit_vectors[rows].float() @ self.unit_vectors[seen].float().T
+        units = torch.from_numpy(self.similar_index.rows(np.array([row for row, _ in top])))
+        similarity = units @ torch.from_numpy(self.similar_index.rows(seen.numpy())).T
         best, at = similarity.clamp(-1.0, 1.0).max(dim=1)
         return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
                 for (row, score), a, b in zip(top, at.tolist(), best.tolist())]
@@ -196,7 +204,8 @@ class Recommender:
         top = cosine.topk(min(len(cosine), max(k, SEARCH_CANDIDATES) if len(history) else k))
         scores, rows = top.values, self.search_rows[top.indices.cpu()]
         if len(history) and len(rows) > 1:
-            affinity = self.item_vectors[rows.to(self.item_vectors.device)] @ self.user_vector(history)
+            vectors = torch.from_numpy(self.recommend_index.rows(rows.cpu().numpy())).to(scores.device)
+            affinity = vectors @ self.user_vector(history).to(scores.device)
             scores = scores + PERSONALISATION_WEIGHT * (affinity - affinity.mean()) / affinity.std().clamp(min=1e-6)
         order = scores.argsort(descending=True)[:k]
         return [Scored(self.item_ids[int(rows[i])], float(scores[i])) for i in order.tolist()]

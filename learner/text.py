@@ -3,7 +3,7 @@
 The encoder (``TextEncoder``) is all-MiniLM-L6-v2 as pretrained, or with a
 :class:`TextAdapter`: weights tuned on shoppers' behaviour (LoRA matrices or the top
 transformer layers). The cache (``TextEmbeddingCache``) is any mutable mapping from
-``encoder.key(text)`` (sha256 hex of the text and the adapter's id) to a float32 vector, so a
+``encoder.key(text)`` (sha256 hex of the text and the adapter's id) to a vector, so a
 store-backed cache can replace the in-memory ``dict`` without touching the encoder.
 """
 
@@ -25,9 +25,12 @@ from learner.device import Device, pick_device
 from learner.options import TEXT_TUNINGS
 
 TEXT_DIM = 384
+TEXT_DTYPE = torch.float16
+"""How text embeddings are held (in models, versions and the store): 768 bytes an item. Unit
+vectors lose nothing that ranking notices (cosines move by about 1e-4)."""
 
 TextEmbeddingCache: TypeAlias = MutableMapping[str, np.ndarray]
-"""``TextEncoder.key(text)`` -> its float32 [TEXT_DIM] embedding; a plain ``dict`` will do."""
+"""``TextEncoder.key(text)`` -> its [TEXT_DIM] embedding (float32 or float16); a plain ``dict`` will do."""
 
 
 def _clean(value: object) -> str:
@@ -160,6 +163,11 @@ class TextEncoder:
     def key(self, text: str) -> str:
         """The cache key of ``text`` encoded by this encoder."""
         return text_key(text, self.adapter_id)
+
+    def copy(self) -> TextEncoder:
+        """An encoder of the same weights and settings with a model and tokenizer of its own
+        (loaded on first use), for another thread."""
+        return TextEncoder(self.device, self.batch_size, self.max_length, self.adapter, self.trainable)
 
     @property
     def model(self) -> torch.nn.Module:

@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS, TEXT_TUNINGS
+from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS, SERVING_PRECISIONS, TEXT_TUNINGS
 from replay.memory import POLICIES, make_memory
 
 # Faust's log level names, and what the logging module calls each.
@@ -113,7 +113,7 @@ class Config(BaseSettings):
     train_loss: Literal[LOSSES] = Field(
         "auto", description=f"Training loss: {either(LOSSES)} (`auto`: the full softmax up to {SAMPLED_ABOVE_ITEMS:,} "
                             "items, sampled softmax with the log-Q correction above).")
-    train_negatives: PositiveInt = Field(1024, description="Sampled softmax: items drawn uniformly per step as "
+    train_negatives: PositiveInt = Field(4096, description="Sampled softmax: items drawn uniformly per step as "
                                                            "negatives, next to the batch's own targets.")
     text_tuning: Literal[TEXT_TUNINGS] = Field(
         "frozen", description=f"How the MiniLM text encoder learns from behaviour: {either(TEXT_TUNINGS)} (`frozen`: "
@@ -173,6 +173,10 @@ class Config(BaseSettings):
     ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend` and `/similar` "
                                                               "search HNSW indexes (`usearch`) instead of scoring "
                                                               "every item.")
+    serving_precision: Literal[SERVING_PRECISIONS] = Field(
+        "int8", description=f"How workers hold item vectors: {either(SERVING_PRECISIONS)} (4, 2 or 1 byte a "
+                            "dimension; int8 has a scale per item). The gate judges candidates as they will be "
+                            "served.")
     trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
                                                                   "this many seconds of event time.")
     post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")

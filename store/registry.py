@@ -127,13 +127,22 @@ def rollback(engine: Engine) -> tuple[int, int]:
     return promoted[0], promoted[1]
 
 
+FLOAT32_VECTOR_BYTES = 4 * 384
+"""The size of a MiniLM vector stored as float32, as earlier releases did."""
+
+
 class StoredTextEmbeddings(dict):
-    """Text embeddings cached in the store, loaded at once; new ones are saved with :meth:`save`."""
+    """Text embeddings cached in the store, loaded at once; new ones are saved with :meth:`save`.
+
+    Vectors are stored as float16 (768 bytes each); rows written as float32 by earlier
+    releases (1,536 bytes) are read as they are.
+    """
 
     def __init__(self, engine: Engine):
         with engine.connect() as conn:
             rows = conn.execute(select(text_embeddings.c.key, text_embeddings.c.vector)).all()
-        super().__init__((key, np.frombuffer(vector, dtype="<f4")) for key, vector in rows)
+        super().__init__((key, np.frombuffer(vector, dtype="<f4" if len(vector) == FLOAT32_VECTOR_BYTES else "<f2"))
+                         for key, vector in rows)
         self.engine = engine
         self.added: set[str] = set()
 
@@ -144,7 +153,7 @@ class StoredTextEmbeddings(dict):
     def save(self) -> int:
         """Store the embeddings computed since loading (others may store the same ones); returns how many."""
         if self.added:
-            rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f4").tobytes()} for k in sorted(self.added)]
+            rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f2").tobytes()} for k in sorted(self.added)]
             with self.engine.begin() as conn:
                 conn.execute(upsert(conn, text_embeddings).on_conflict_do_nothing(index_elements=["key"]), rows)
         saved, self.added = len(self.added), set()

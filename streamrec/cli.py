@@ -9,7 +9,7 @@ import sys
 import click
 from sqlalchemy import desc, select
 
-from learner.options import TEXT_TUNINGS
+from learner.options import SERVING_PRECISIONS, TEXT_TUNINGS
 from replay.memory import POLICIES
 from runtime.config import SETTINGS, Config, ConfigError, settings_table
 
@@ -338,6 +338,8 @@ def __getattr__(name: str):
                    "--text-tune-lr.")
 @click.option("--text-tune-steps", type=click.IntRange(min=1), default=None)
 @click.option("--text-tune-lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--serving-precision", type=click.Choice(SERVING_PRECISIONS), default=None,
+              help="Rank with item vectors held as a worker holds them [default: STREAMREC_SERVING_PRECISION].")
 @click.option("--popularity-windows", type=click.IntRange(min=1), default=2, show_default=True,
               help="popularity: count the events of this many most recent windows.")
 @click.option("--text-cache", type=click.Path(dir_okay=False), default=None,
@@ -374,7 +376,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
              "history_windows": "history_windows", "text_tuning": "text_tuning",
-             "text_tune_steps": "text_tune_steps", "text_tune_lr": "text_tune_lr"}
+             "text_tune_steps": "text_tune_steps", "text_tune_lr": "text_tune_lr",
+             "serving_precision": "serving_precision"}
     config = load_config(**{names[n]: v for n, v in overrides.items() if v is not None})
     try:
         events = load_events(events_path)
@@ -391,7 +394,7 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
         windows=windows, k=k, split=split, eval_sample=eval_sample, popularity_windows=popularity_windows,
         model=model, finetune=finetune, rehearsal_policy=config.rehearsal_policy,
         rehearsal_capacity=config.rehearsal_capacity, rehearsal_half_life_s=config.rehearsal_half_life_s,
-        history_windows=config.history_windows, seed=config.seed)
+        history_windows=config.history_windows, serving_precision=config.serving_precision, seed=config.seed)
     cache = FileTextCache(text_cache) if text_cache else {}
     try:
         result = run_backtest(events, catalog, strategy, settings, cache=cache, device=pick_device(device),

@@ -20,7 +20,9 @@ class QueryEncoder:
 
     While a batch is being encoded, new queries wait; the next call takes up to ``max_batch``
     of them at once (queries of one encoder), so under load the cost per query falls. The
-    ``cache_size`` most recently used vectors are kept.
+    ``cache_size`` most recently used vectors are kept. Queries are encoded by copies of the
+    encoders asked for (:meth:`prepare`), loaded before the first query needs them and never
+    shared with catalog encoding on another thread (a tokenizer is not safe to share).
     """
 
     def __init__(self, encoder: TextEncoder, thread: StoreThread, cache_size: int = 4096, max_batch: int = 32):
@@ -31,6 +33,21 @@ class QueryEncoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._waiting: dict[str, tuple[TextEncoder, str, list[asyncio.Future]]] = {}
         self._draining = False
+        self._copies: OrderedDict[tuple[str, str], TextEncoder] = OrderedDict()
+
+    def prepare(self, encoder: TextEncoder) -> TextEncoder:
+        """The loaded copy that encodes ``encoder``'s queries (made and warmed on first call; the
+        two most recently used are kept). Blocks: call it off the event loop."""
+        key = encoder.key("")  # the same for encoders of the same weights
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = encoder.copy()
+            copy.model  # loaded now, not by the first query
+            self._copies[key] = copy
+            while len(self._copies) > 2:
+                self._copies.popitem(last=False)
+        self._copies.move_to_end(key)
+        return copy
 
     async def encode(self, text: str, encoder: TextEncoder | None = None) -> np.ndarray:
         """The unit vector of ``text`` by ``encoder`` (default: the one given at construction)."""
@@ -55,7 +72,8 @@ class QueryEncoder:
                 keys = [key for key, (e, _, _) in self._waiting.items() if e is encoder][:self.max_batch]
                 batch = [self._waiting.pop(key) for key in keys]
                 try:
-                    vectors = await self.thread.run(encoder.encode, [text for _, text, _ in batch])
+                    texts = [text for _, text, _ in batch]
+                    vectors = await self.thread.run(lambda: self.prepare(encoder).encode(texts))
                 except Exception as exc:  # every waiter of the batch gets the error
                     for future in (f for _, _, futures in batch for f in futures if not f.done()):
                         future.set_exception(exc)

@@ -137,8 +137,9 @@ class ServingService(mode.Service):
         recommender = Recommender(version, bundle, load_catalog(self.engine),
                                   {s: set(items) for s, items in self.storefront_items.items()},
                                   self._catalog_encoder, cache, self.device, self.config.ann_above_items,
-                                  previous=self.recommender, owned=True)
+                                  previous=self.recommender, owned=True, precision=self.config.serving_precision)
         cache.save()
+        self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender
         self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
         self.loaded_at, self.load_error = time.time_ns() // 1_000_000, None

@@ -186,6 +186,27 @@ def test_sampled_scores_are_the_full_scores_of_the_candidates(ml_events):
     assert torch.allclose(scores, full[:, candidates], atol=1e-4)
 
 
+def test_sampled_loss_is_the_full_loss_when_every_item_is_surely_a_candidate(ml_events):
+    """The log-Q correction removes the sampling, not the popularity: with so many uniform draws
+    that every item is a candidate, the corrected sampled loss is the full softmax loss."""
+    events = ml_events.iloc[:3000]
+    bundle = ModelBundle.build(ModelConfig(dim=16, layers=1, heads=2, max_len=20), events=events, seed=3)
+    trainer = Trainer(bundle, TrainConfig(loss="sampled", negatives=100 * len(bundle.vocab.items)))
+    trainer.model, trainer.epoch_targets = bundle.model.eval(), events
+    counts = torch.bincount(torch.from_numpy(bundle.vocab.items.index(events["item_id"])),
+                            minlength=len(bundle.vocab.items))
+    trainer.target_shares = counts / counts.sum()
+    inputs, targets, types = next(training_sequences(None, events, bundle.vocab, 20).batches(64, torch.Generator()))
+    mask = targets > 0
+    with torch.no_grad():
+        step, logits, labels = trainer._sampled_step(inputs, targets, types, mask)
+        full = bundle.model.logits(step.states, bundle.model.item_vectors())
+    assert len(step.candidates) == len(bundle.vocab.items) - 2  # every item but padding and unknown
+    sampled_loss = torch.nn.functional.cross_entropy(logits, labels)
+    full_loss = torch.nn.functional.cross_entropy(full, targets[mask])
+    assert abs(sampled_loss.item() - full_loss.item()) < 1e-4, (sampled_loss, full_loss)
+
+
 def test_sampled_softmax_learns_and_distils_like_the_full_one(ml_events):
     events = ml_events.sort_values("ts")
     train, test = events.iloc[:16000], events.iloc[16000:17000]

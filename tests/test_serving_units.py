@@ -161,6 +161,13 @@ class CountingEncoder:
     def key(self, text: str) -> str:
         return self.encoder.key(text)
 
+    def copy(self):
+        return self
+
+    @property
+    def model(self):
+        return self.encoder.model
+
     def encode(self, texts: list[str]):
         self.calls.append(list(texts))
         return self.encoder.encode(texts)

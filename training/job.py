@@ -136,10 +136,10 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
     def judged(scorer) -> dict:  # both on the same sample of at most STREAMREC_GATE_MAX_EVENTS events
         return evaluate(scorer, data.held_out, data.judged_with, max_events=config.gate_max_events, seed=config.seed)
 
-    candidate_metrics = judged(BundleScorer(candidate, device))
+    candidate_metrics = judged(BundleScorer(candidate, device, config.serving_precision))
     if data.serving is not None:
         baseline_name = f"version {data.serving[0]['id']}"
-        baseline_metrics = judged(BundleScorer(data.serving[1], device))
+        baseline_metrics = judged(BundleScorer(data.serving[1], device, config.serving_precision))
     else:
         baseline_name = "popularity"
         baseline_metrics = judged(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len))
