@@ -1,7 +1,7 @@
 """Catalog scale at 10,000 to 1,000,000 items: a training step (full and sampled softmax) and serving.
 
-    python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 1024]
-                          [--part training,serving] [--rate 100] [--seconds 10]
+    python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
+                          [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic unit text vectors (no MiniLM run: a million texts would take hours on a CPU,
@@ -12,21 +12,25 @@ its logits fit in memory, the full softmax. Prints the median step time, its rat
 sampled step at the smallest catalog, and the process' peak RSS after each size.
 
 Serving: for each size a :class:`learner.recommend.Recommender` snapshot of the same synthetic
-model (no catalog text: ``/search`` is not part of it) with the worker's index threshold
-(``STREAMREC_ANN_ABOVE_ITEMS``); it prints the snapshot's build time (item vectors and, above
-the threshold, both HNSW indexes), Recall@20 of the indexes against exact search for 200
-users' histories, and the latency of ``recommend`` (model forward, index search, explanations)
-and ``similar`` calls issued at ``--rate`` per second for ``--seconds`` (open loop: a call
-that starts late because the one before ran long counts its wait), in process, one thread.
-The vectors of an untrained model are close to random, which is harder for an index than
-a trained model's clustered ones. RSS is the process' once the snapshot is built and the
-synthetic bundle it was built from is released (the worker adds MiniLM, about 0.1 GiB, and its
-histories), and in brackets its peak, which includes building the synthetic bundle.
+model (its synthetic text vectors stand for the catalog's texts) with the worker's index
+threshold (``STREAMREC_ANN_ABOVE_ITEMS``) and item vectors held at ``--precision`` (the
+worker's ``STREAMREC_SERVING_PRECISION``); it prints the snapshot's build time (item vectors
+and, above the threshold, the three HNSW indexes), Recall@20 of ``recommend``'s search against
+exact float32 search for 200 users' histories, and the latency of ``recommend`` (model
+forward, index search, explanations) and ``similar`` calls issued at ``--rate`` per second for
+``--seconds`` (open loop: a call that starts late because the one before ran long counts its
+wait), in process, one thread; then ``search`` with distinct queries at the same rate, encoded
+by the real MiniLM as the worker encodes them (batched on a thread of their own) and answered
+on an asyncio loop. The vectors of an untrained model are close to random, which is harder
+for an index than a trained model's clustered ones. RSS is the process' at the end (the
+snapshot and MiniLM; the synthetic bundle it was built from is released), and in brackets its
+peak, which includes building the synthetic bundle.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import resource
@@ -40,16 +44,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.serving import ADJECTIVES, PRODUCTS
 from learner.bundle import ModelBundle
 from learner.device import pick_device
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
 from learner.neighbours import ItemIndex, recall_at_k
+from learner.options import SERVING_PRECISIONS
 from learner.recommend import Recommender
 from learner.sequences import SequenceBatch
-from learner.text import TEXT_DIM
+from learner.text import TEXT_DIM, TextEncoder
 from learner.trainer import TrainConfig, Trainer
+from runtime.blocking import StoreThread
 from runtime.config import Config
+from streams.queries import QueryEncoder
 
 FULL_LOGITS_LIMIT_GB = 4.0  # the full softmax is skipped where its logits alone would need more
 
@@ -82,6 +90,8 @@ def time_steps(bundle: ModelBundle, loss: str, steps: int, negatives: int, seed:
     trainer.plugins, trainer.sampled = [], loss == "sampled"
     trainer.optimizers = trainer._optimizers()
     rng = np.random.default_rng(seed)
+    drawn = batch(bundle.model.n_items, rng, size=2000)[1].flatten()  # how often each item is a target
+    trainer.target_shares = torch.bincount(drawn, minlength=bundle.model.n_items) / len(drawn)
     times = []
     for step in range(steps + 2):
         inputs, targets, types = batch(bundle.model.n_items, rng)
@@ -116,7 +126,7 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
     return np.array(out)
 
 
-def serving(n: int, rate: float, seconds: float, ann_above: int) -> str:
+def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
     bundle = synthetic_bundle(n, seed=1)
     rng = np.random.default_rng(2)
@@ -124,25 +134,48 @@ def serving(n: int, rate: float, seconds: float, ann_above: int) -> str:
     histories = [[Event(keys[i - 2]) for i in batch(n, rng, size=1, length=20)[0].items[0].tolist()]
                  for _ in range(int(rate * seconds) + 200)]
     empty = pd.DataFrame(columns=["storefront", "item_id", "title", "description", "category"])
+    with torch.no_grad():  # float32 and exact: what the snapshot's index and precision are measured against
+        exact = ItemIndex(bundle.model.eval().item_vectors().numpy())
     started = time.perf_counter()
-    snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True)
+    snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
+                           precision=precision)
     build = time.perf_counter() - started
     del bundle
+    users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
+    recall = f"{recall_at_k(snapshot.recommend_index, exact, users):.3f}"
+    del exact
     gc.collect()
-    rss, peak = current_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    recall = "exact"
-    if snapshot.recommend_index.approximate:
-        exact = ItemIndex(snapshot.recommend_index.vectors)
-        users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
-        recall = f"{recall_at_k(snapshot.recommend_index, exact, users):.3f}"
-        del exact
     for history in histories[:20]:  # warm-up
         snapshot.recommend(history, 20), snapshot.similar(history[-1].item_id, 20)
     recommend = paced_latencies(lambda h: snapshot.recommend(h, 20), histories[200:], rate)
     similar = paced_latencies(lambda h: snapshot.similar(h[-1].item_id, 20), histories[200:], rate)
+    search = asyncio.run(paced_searches(snapshot, rate, seconds))
+    rss, peak = current_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     quantiles = lambda ms: " / ".join(f"{q:.1f}" for q in np.percentile(ms, [50, 95, 99]))  # noqa: E731
-    return (f"| {n:,} | {'HNSW' if snapshot.recommend_index.approximate else 'exact'} | {build:.1f} | {recall} "
-            f"| {quantiles(recommend)} | {quantiles(similar)} | {rss:.0f} ({peak:.0f}) |")
+    return (f"| {n:,} | {'HNSW' if snapshot.recommend_index.approximate else 'exact'}, {precision} | {build:.1f} "
+            f"| {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
+            f"| {rss:.0f} ({peak:.0f}) |")
+
+
+async def paced_searches(snapshot: Recommender, rate: float, seconds: float) -> np.ndarray:
+    """Milliseconds from each search's scheduled start to its answer: distinct queries at ``rate``
+    per second, encoded by MiniLM as the worker does (its own copy, loaded before, batching the
+    queries that wait together), then searched on the event loop."""
+    encoder = TextEncoder()
+    queries = QueryEncoder(encoder, StoreThread("bench-queries"))
+    queries.prepare(encoder)
+    loop, out = asyncio.get_running_loop(), []
+    texts = [f"{ADJECTIVES[i % 16]} {PRODUCTS[i % 20]} {i}" for i in range(int(rate * seconds))]
+    started = loop.time()
+
+    async def one(i: int, text: str) -> None:
+        due = started + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        snapshot.search(await queries.encode(text, encoder), 20)
+        out.append((loop.time() - due) * 1000)
+
+    await asyncio.gather(*(one(i, text) for i, text in enumerate(texts)))
+    return np.array(out)
 
 
 def main() -> None:
@@ -150,7 +183,10 @@ def main() -> None:
     parser.add_argument("--items", default="10000,100000,1000000")
     parser.add_argument("--part", default="training,serving")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--negatives", type=int, default=1024)
+    parser.add_argument("--negatives", type=int, default=TrainConfig.negatives)
+    parser.add_argument("--precision", choices=SERVING_PRECISIONS,
+                        default=Config.model_fields["serving_precision"].default,
+                        help="serving: how the snapshot holds item vectors")
     parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="serving: how long each kind of call runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -158,18 +194,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
     if "serving-one" in parts:  # a child process of the serving part: one row
-        print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default),
-              flush=True)
+        print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
+                      args.precision), flush=True)
         return
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
         print(f"Serving, {args.rate:.0f} calls/s for {args.seconds:.0f} s each, indexes above {ann_above:,} items\n")
-        print("| items | search | snapshot build s | index Recall@20 vs exact | recommend p50 / p95 / p99 ms "
-              "| similar p50 / p95 / p99 ms | RSS MiB serving (peak) |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
+        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32 | recommend p50 / p95 / p99 ms "
+              "| similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms | RSS MiB serving (peak) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
-                            "--rate", str(args.rate), "--seconds", str(args.seconds)], check=True)
+                            "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision],
+                           check=True)
         print()
     if "training" not in parts:
         return

@@ -74,17 +74,19 @@ class ModelBundle:
         return copy.deepcopy(self)
 
     def extend(self, *, catalog: pd.DataFrame | None = None, events: pd.DataFrame | None = None,
-               encoder: TextEncoder | None = None, cache: TextEmbeddingCache | None = None) -> dict[str, int]:
+               encoder: TextEncoder | None = None, cache: TextEmbeddingCache | None = None,
+               admit: bool = True) -> dict[str, int]:
         """Add unseen items (catalog, then events), users and storefronts; grow the model in place.
 
         Existing rows are untouched, so scores of old users and items do not change, except
         for items whose catalog text changed: their text row is recomputed. New items get the
         embedding of their text (so a cold item scores by content), or a zero vector. Texts are
-        encoded by ``encoder`` with this bundle's adapter. Returns the number of ids added per map.
+        encoded by ``encoder`` with this bundle's adapter. With ``admit=False`` new ids get no id
+        row yet (:mod:`learner.admission`). Returns the number of ids added per map.
         """
         before = self.vocab.sizes()
         _add_ids(self.vocab, catalog, events)
-        self.model.grow(*self.vocab.sizes())
+        self.model.grow(*self.vocab.sizes(), admit=admit)
         if self.model.config.use_text and catalog is not None:
             self.set_texts(catalog_texts(catalog), self.text_encoder(encoder), cache)
             new_items = torch.arange(before[0], len(self.vocab.items))

@@ -18,7 +18,7 @@ from safetensors.torch import save as save_tensors
 
 from learner.bundle import ModelBundle
 from learner.idmap import IdMap, Vocabulary
-from learner.model import ModelConfig, SASRec
+from learner.model import ID_TABLES, ModelConfig, SASRec
 from learner.text import TEXT_DTYPE, TextAdapter
 
 FORMAT = "streamrec-bundle/1"
@@ -80,10 +80,24 @@ def load_bundle(data: bytes, expected_sha256: str) -> ModelBundle:
                        if name.startswith(ADAPTER_PREFIX)}
     if "item_text" in tensors:  # float32 in bundles of earlier releases
         tensors["item_text"] = tensors["item_text"].to(TEXT_DTYPE)
+    for kind, table in ID_TABLES.items():
+        if f"{table}.weight" in tensors:
+            _fit_id_table(model, kind, tensors)
     model.load_state_dict(tensors, strict=True, assign=True)
     described = metadata.get("text_adapter")
     adapter = None if described is None else TextAdapter(described["tuning"], described["settings"], adapter_tensors)
     return ModelBundle(model, vocab, metadata["text_hashes"], metadata["info"], adapter)
+
+
+def _fit_id_table(model: SASRec, kind: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Size the model's ``kind`` id table as stored (it holds only admitted ids' rows); bundles of
+    earlier releases, with a row for every id and no admission buffers, get an identity mapping."""
+    table = ID_TABLES[kind]
+    weight = tensors[f"{table}.weight"]
+    setattr(model, table, torch.nn.Embedding(*weight.shape, padding_idx=0, device="meta", dtype=weight.dtype))
+    n = len(tensors.setdefault(f"{kind}_id_rows", torch.arange(len(weight))))
+    tensors.setdefault(f"{kind}_counts", torch.zeros(n, dtype=torch.long))
+    tensors.setdefault(f"{kind}_last_seen", torch.full((n,), -1, dtype=torch.long))
 
 
 def _header_metadata(data: bytes) -> dict:

@@ -24,6 +24,10 @@ from learner.neighbours import as_served
 from learner.sequences import SequenceBatch, events_frame, next_item_examples
 
 
+SCORES_PER_BATCH = 2 ** 25
+"""Most scores (examples x items) :func:`evaluate` holds at once: 128 MB of float32."""
+
+
 class Scorer(Protocol):
     """Scores every item row of ``vocab.items`` for a batch of histories."""
 
@@ -127,6 +131,9 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
     known items, over the events whose item the scorer knows. ``max_events`` bounds the cost: a
     seeded sample of that many events is scored, the others still count as users' history.
+    Examples are scored ``batch_size`` at a time, fewer in a large catalog: at most
+    :data:`SCORES_PER_BATCH` scores at once, so memory stays bounded (33 examples a batch at a
+    million items).
 
     Examples
     --------
@@ -143,6 +150,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
     loss, scored = 0.0, 0
+    batch_size = max(1, min(batch_size, SCORES_PER_BATCH // len(scorer.vocab.items)))
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
         scores = scorer.scores(examples.inputs.select(slice(lo, hi))).float()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from learner.admission import IdPolicy, update_ids
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
@@ -28,6 +29,7 @@ class FineTuneConfig:
     validation_events: int | None = 2000  # early stopping ranks at most this many held-out events an epoch
     rehearsal_unit: str = "event"  # "event": Rehearsal; "sequence": SequenceRehearsal
     text: TextTuningConfig = field(default_factory=TextTuningConfig)
+    ids: IdPolicy = field(default_factory=IdPolicy)
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -38,7 +40,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     """Train a copy of ``bundle`` on ``window``; ``bundle`` itself is left unchanged.
 
     The copy is first extended with the ids of ``catalog``, ``window`` and ``rehearsal``
-    (``encoder``/``cache`` embed new item texts). ``history`` is context only; ``rehearsal``
+    (``encoder``/``cache`` embed new item texts), and its id rows are admitted and retired
+    by ``config.ids`` (:mod:`learner.admission`; what changed is in ``info["ids"]``). ``history`` is context only; ``rehearsal``
     events are mixed in as extra targets; ``previous`` (usually ``bundle``) is distilled from.
     When text tuning is due (``config.text``), the text encoder is tuned too (it needs
     ``catalog`` and ``encoder``). Returns the trained bundle and the per-epoch log.
@@ -49,7 +52,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
         student.adapter = None  # extending re-embeds every catalog text with it
     rehearsal = events_frame(rehearsal)
     student.extend(catalog=catalog, events=pd.concat([events_frame(window), rehearsal], ignore_index=True),
-                   encoder=encoder, cache=cache)
+                   encoder=encoder, cache=cache, admit=config.ids.min_count == 0)
+    student.info["ids"] = {**update_ids(student, events_frame(window), config.ids), "policy": config.ids.describe()}
     plugins: list[Plugin] = []
     if config.holdout:
         plugins.append(EarlyStopping(config.holdout, config.patience, max_events=config.validation_events))

@@ -13,6 +13,9 @@ from learner.idmap import PAD, UNKNOWN
 from learner.sequences import SequenceBatch
 from learner.text import TEXT_DIM, TEXT_DTYPE
 
+ID_TABLES = {"item": "item_ids", "user": "users"}
+"""The model's id tables by kind of id; ``<kind>_id_rows`` maps each id to its row (0: none)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -62,12 +65,14 @@ class SASRec(nn.Module):
         self.config = config
         d = config.dim
         self.item_ids = nn.Embedding(n_items, d, padding_idx=PAD)
+        self._register_id_rows("item", n_items)
         if config.use_text:
             self.text_projection = nn.Linear(TEXT_DIM, d, bias=False)
             self.register_buffer("item_text", torch.zeros(n_items, TEXT_DIM, dtype=TEXT_DTYPE))
         if config.user_embeddings:
-            self.users = nn.Embedding(n_users, d)
+            self.users = nn.Embedding(n_users, d, padding_idx=PAD)
             nn.init.zeros_(self.users.weight)
+            self._register_id_rows("user", n_users)
         self.event_types = nn.Embedding(3, d, padding_idx=PAD)
         self.storefronts = nn.Embedding(n_storefronts, d, padding_idx=PAD)
         self.positions = nn.Embedding(config.max_len, d)
@@ -81,9 +86,20 @@ class SASRec(nn.Module):
             if table.padding_idx is not None:
                 table.weight.data[table.padding_idx].zero_()
 
+    def _register_id_rows(self, kind: str, n: int) -> None:
+        """Buffers of an id table (see :meth:`admit`): each id's row in it, its interaction count
+        and when it last interacted (event time, ms; -1: not yet)."""
+        self.register_buffer(f"{kind}_id_rows", torch.arange(n))
+        self.register_buffer(f"{kind}_counts", torch.zeros(n, dtype=torch.long))
+        self.register_buffer(f"{kind}_last_seen", torch.full((n,), -1, dtype=torch.long))
+
     @property
     def n_items(self) -> int:
-        return self.item_ids.num_embeddings
+        return len(self.item_id_rows)
+
+    def id_table(self, kind: str) -> nn.Embedding:
+        """The trainable vectors of admitted item (``"item"``) or user (``"user"``) ids."""
+        return getattr(self, ID_TABLES[kind])
 
     def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[n_items, dim] vectors of every item row (padding row is zero), or of ``rows`` only.
@@ -92,7 +108,7 @@ class SASRec(nn.Module):
         items costs the same whatever the catalog's size. In training mode a random
         ``id_dropout`` share of id vectors is zeroed.
         """
-        ids = self.item_ids.weight if rows is None else self.item_ids(rows)
+        ids = self.item_ids(self.item_id_rows if rows is None else self.item_id_rows[rows])
         if self.training and self.config.id_dropout and self.config.use_text:
             keep = torch.rand(len(ids), 1, device=ids.device) >= self.config.id_dropout
             ids = ids * keep
@@ -115,7 +131,7 @@ class SASRec(nn.Module):
         mask = blocked.repeat_interleave(self.config.heads, dim=0)
         h = self.norm(self.encoder(x, mask=mask))
         if self.config.user_embeddings:
-            h = h + self.users(batch.users).unsqueeze(1)
+            h = h + self.users(self.user_id_rows[batch.users]).unsqueeze(1)
         return h
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
@@ -129,17 +145,56 @@ class SASRec(nn.Module):
         return scores
 
     @torch.no_grad()
-    def grow(self, n_items: int, n_users: int, n_storefronts: int) -> None:
-        """Enlarge the id tables to the given sizes; old rows are kept, new rows start at zero
-        (so a new item's vector is its text projection, or zero without text)."""
-        self.item_ids = _grown(self.item_ids, n_items)
+    def grow(self, n_items: int, n_users: int, n_storefronts: int, admit: bool = True) -> None:
+        """Enlarge the tables to the given numbers of ids; old rows are kept. New ids get id rows
+        of their own starting at zero (so a new item's vector is its text projection, or zero
+        without text), or with ``admit=False`` none yet (see :meth:`admit`)."""
+        self._grow_ids("item", n_items, admit)
         self.storefronts = _grown(self.storefronts, n_storefronts)
         if self.config.user_embeddings:
-            self.users = _grown(self.users, n_users)
+            self._grow_ids("user", n_users, admit)
         if self.config.use_text and n_items > len(self.item_text):
             extra = self.item_text.new_zeros(n_items - len(self.item_text), TEXT_DIM)
             self.item_text = torch.cat([self.item_text, extra])
 
+    def _grow_ids(self, kind: str, n: int, admit: bool) -> None:
+        rows = getattr(self, f"{kind}_id_rows")
+        new = n - len(rows)
+        if new <= 0:
+            return
+        for name, fill in ((f"{kind}_counts", 0), (f"{kind}_last_seen", -1)):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(self, name).new_full((new,), fill)]))
+        setattr(self, f"{kind}_id_rows", torch.cat([rows, rows.new_zeros(new)]))
+        if admit:
+            self.admit(kind, torch.arange(n - new, n))
+
+    @torch.no_grad()
+    def admit(self, kind: str, ids: torch.Tensor) -> None:
+        """Give the ``kind`` ids ``ids`` (those without one) a trainable row of their own,
+        starting at zero. Until then an item's vector is its text projection alone and a user
+        has no vector of its own."""
+        rows = getattr(self, f"{kind}_id_rows")
+        ids = ids[(ids > PAD) & (rows[ids] == PAD)]
+        if not len(ids):
+            return
+        table = self.id_table(kind)
+        rows[ids] = torch.arange(table.num_embeddings, table.num_embeddings + len(ids), device=rows.device)
+        setattr(self, ID_TABLES[kind], _grown(table, table.num_embeddings + len(ids)))
+
+    @torch.no_grad()
+    def retire(self, kind: str, ids: torch.Tensor) -> None:
+        """Take the rows of the ``kind`` ids ``ids`` away (padding and unknown keep theirs) and
+        compact the table: it then holds exactly the admitted ids' rows. An item keeps its text."""
+        rows = getattr(self, f"{kind}_id_rows")
+        rows[ids[ids > UNKNOWN]] = PAD
+        used = torch.unique(rows[rows != PAD])
+        table = self.id_table(kind)
+        compact = nn.Embedding(len(used) + 1, table.embedding_dim, padding_idx=PAD, device=table.weight.device,
+                               dtype=table.weight.dtype)
+        compact.weight[0] = 0
+        compact.weight[1:] = table.weight[used]
+        rows[rows != PAD] = torch.searchsorted(used, rows[rows != PAD]) + 1
+        setattr(self, ID_TABLES[kind], compact)
 
     @torch.no_grad()
     def init_from_text_neighbours(self, rows: torch.Tensor, k: int = 10, temperature: float = 0.02) -> None:
@@ -153,11 +208,12 @@ class SASRec(nn.Module):
         if not len(candidates) or not len(rows):
             return
         vectors = self.item_vectors()
+        rows = rows[self.item_id_rows[rows] != PAD]  # only items with an id row of their own
         for chunk in rows.split(256):
             top, index = _nearest(self.item_text[chunk].float(), self.item_text, candidates, min(k, len(candidates)))
             weights = torch.softmax(top / temperature, dim=1).unsqueeze(-1)
             projected = self.text_projection(self.item_text[chunk].float())
-            self.item_ids.weight[chunk] = (weights * vectors[index]).sum(1) - projected
+            self.item_ids.weight[self.item_id_rows[chunk]] = (weights * vectors[index]).sum(1) - projected
 
 
 def _nearest(queries: torch.Tensor, texts: torch.Tensor, candidates: torch.Tensor, k: int,

@@ -4,7 +4,8 @@
 among the allowed rows" with one interface whatever the catalog's size:
 
 * **exact** (small catalogs): one matrix-vector product over the allowed rows;
-* **approximate** (``approximate=True``): an HNSW graph (``usearch``, half-precision vectors),
+* **approximate** (``approximate=True``): an HNSW graph (``usearch``, half-precision vectors;
+  int8 for cosine when the vectors are kept as int8),
   built and searched with the inner product itself (``metric="ip"``: recommendations; a
   similarity graph over the inner product, as in ip-NSW, Morozov and Babenko, NeurIPS 2018,
   reached 0.96-0.99 recall@20 on clustered vectors where the classic reduction of inner
@@ -81,7 +82,9 @@ class ItemIndex:
         if approximate:
             from usearch.index import Index
 
-            self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype="f16", connectivity=connectivity,
+            # unit vectors fit int8's range; inner-product vectors need float16's
+            dtype = "i8" if metric == "cos" and self.precision == "int8" else "f16"
+            self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype=dtype, connectivity=connectivity,
                                expansion_add=expansion_add, expansion_search=expansion_search)
             self._add_to_graph(np.arange(RESERVED_ROWS, len(vectors)), vectors)
 
@@ -110,7 +113,7 @@ class ItemIndex:
         if self.graph is None:
             return out
         old = min(len(self.vectors), len(stored))
-        changed = np.flatnonzero((self.vectors[:old] != stored[:old]).any(1))
+        changed = _changed_rows(self.vectors, stored, old)
         changed = changed[changed >= RESERVED_ROWS]
         out.graph = self.graph.copy()
         if len(changed):
@@ -213,6 +216,13 @@ class Int8Rows:
     @property
     def nbytes(self) -> int:
         return self.codes.nbytes + self.scales.nbytes
+
+
+def _changed_rows(before: np.ndarray | Int8Rows, after: np.ndarray | Int8Rows, n: int) -> np.ndarray:
+    """Which of the first ``n`` rows differ, compared as stored (codes and scales for int8)."""
+    if isinstance(before, Int8Rows):
+        return np.flatnonzero((before.codes[:n] != after.codes[:n]).any(1) | (before.scales[:n] != after.scales[:n]))
+    return np.flatnonzero((before[:n] != after[:n]).any(1))
 
 
 def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:

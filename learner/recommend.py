@@ -4,7 +4,10 @@ A :class:`Recommender` is an immutable snapshot: one version's bundle, extended 
 catalog item known when it was built (items newer than the version start among their
 MiniLM look-alikes, as in training), its item vectors, the catalog's text embeddings and
 the version's text encoder (pretrained MiniLM, or with the version's tuned adapter), which
-encodes search queries. The worker builds a new snapshot off the event loop and swaps the
+encodes search queries. Each of the three answers searches an :class:`ItemIndex`: model
+vectors by inner product (recommend), by cosine (similar), text vectors by cosine (search);
+exact, or HNSW graphs above a catalog size, which a snapshot of the same items reuses (the
+text index across versions too, while the text encoder is the same). The worker builds a new snapshot off the event loop and swaps the
 reference, so a request always sees exactly one version, encoder included.
 """
 
@@ -22,7 +25,7 @@ from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN
 from learner.neighbours import EXACT_BELOW_ALLOWED, ItemIndex
 from learner.sequences import CLICK, PURCHASE, SequenceBatch
-from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
+from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 
 PERSONALISATION_WEIGHT = 0.05
 """Search: added to text cosine per standard deviation of the user's model score among the candidates."""
@@ -55,13 +58,14 @@ class Recommender:
     storefront_items
         Items seen in each storefront's events, besides its catalog.
     ann_above
-        Above this many item rows, ``recommend`` and ``similar`` search HNSW indexes
+        Above this many item rows, ``recommend``, ``similar`` and ``search`` search HNSW indexes
         (:class:`learner.neighbours.ItemIndex`) instead of scoring every item (None: never);
         a filter (storefront) that keeps fewer rows than :data:`learner.neighbours.EXACT_BELOW_ALLOWED`
         (or ``ann_above``) is still answered exactly.
     previous
         The snapshot this one replaces: when it served the same version, its indexes are
-        reused and only new or changed items are inserted.
+        reused and only new or changed items are inserted (its text index also when it served
+        another version with the same text encoder).
     owned
         The bundle is this snapshot's (freshly loaded): it is extended in place, not copied,
         and its item id table and text rows are released once the item vectors are computed.
@@ -88,32 +92,47 @@ class Recommender:
         self.model = bundle.model.to(self.device.torch_device).eval()
         with torch.inference_mode(), self.device.autocast():
             vectors = self.model.item_vectors().float().cpu().numpy()
-        if previous is not None and previous.version["id"] == version["id"] and \
-                previous.recommend_index.precision == (precision or previous.recommend_index.precision) and \
-                previous.item_ids[2:].tolist() == bundle.vocab.items.keys()[:len(previous.item_ids) - 2]:
+        same_items = previous is not None and previous.recommend_index.precision == (
+            precision or previous.recommend_index.precision) and \
+            previous.item_ids[2:].tolist() == bundle.vocab.items.keys()[:len(previous.item_ids) - 2]
+        if same_items and previous.version["id"] == version["id"]:
             self.recommend_index = previous.recommend_index.extended(vectors)
             self.similar_index = previous.similar_index.extended(vectors)
         else:
-            approximate = ann_above is not None and len(vectors) > ann_above
-            exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
-            self.recommend_index = ItemIndex(vectors, "ip", approximate, exact_below, precision=precision)
-            self.similar_index = ItemIndex(vectors, "cos", approximate, exact_below, precision=precision)
+            self.recommend_index = self._index(vectors, "ip", ann_above, precision)
+            self.similar_index = self._index(vectors, "cos", ann_above, precision)
         del vectors
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
         self._storefront_masks = self._masks(catalog, storefront_items or {})
-        texts = catalog_texts(catalog)
-        self.search_rows = torch.from_numpy(self.vocab.items.index(texts))
-        if self.model.config.use_text:  # the version's text rows: the catalog's texts, by its encoder
-            self.search_vectors = self.model.item_text[self.search_rows.to(self.device.torch_device)].float()
+        texts = self._text_rows(catalog, cache)
+        self._has_text = np.abs(texts).sum(1) > 0
+        if same_items and previous.text_encoder_name == self.text_encoder_name:  # text rows of the same encoder
+            self.search_index = previous.search_index.extended(texts)
         else:
-            self.search_vectors = torch.from_numpy(embed_texts(list(texts.values()), self.text_encoder, cache)).to(
-                self.device.torch_device)
+            self.search_index = self._index(texts, "cos", ann_above, precision)
+        del texts
         if owned:  # answering reads the item vectors computed above, never the id table or text rows
             with torch.no_grad():
                 self.model.item_ids.weight.data = self.model.item_ids.weight.data.new_zeros(0, self.model.config.dim)
                 if self.model.config.use_text:
                     self.model.item_text = self.model.item_text.new_zeros(0, self.model.item_text.shape[1])
+
+    @staticmethod
+    def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None) -> ItemIndex:
+        approximate = ann_above is not None and len(vectors) > ann_above
+        exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
+        return ItemIndex(vectors, metric, approximate, exact_below, precision=precision)
+
+    def _text_rows(self, catalog: pd.DataFrame, cache: TextEmbeddingCache | None) -> np.ndarray:
+        """float32 [n_items, 384] text vectors by item row (zero without text): the version's own
+        rows, or with an id-only model the catalog's texts encoded here."""
+        if self.model.config.use_text:
+            return self.model.item_text.float().cpu().numpy()
+        texts = catalog_texts(catalog)
+        out = np.zeros((len(self.vocab.items), TEXT_DIM), dtype=np.float32)
+        out[self.vocab.items.index(texts)] = embed_texts(list(texts.values()), self.text_encoder, cache)
+        return out
 
     def _masks(self, catalog: pd.DataFrame, seen: dict[str, set[str]]) -> dict[str, np.ndarray]:
         """Per storefront, which item rows belong to it (its catalog or its events)."""
@@ -198,14 +217,14 @@ class Recommender:
         ``cosine + PERSONALISATION_WEIGHT * z``, where z is the user's model score of the item
         standardised over those candidates.
         """
-        if not len(self.search_rows):
+        if not self._has_text.any():
             return []
-        cosine = self.search_vectors @ torch.from_numpy(query).to(self.search_vectors)
-        top = cosine.topk(min(len(cosine), max(k, SEARCH_CANDIDATES) if len(history) else k))
-        scores, rows = top.values, self.search_rows[top.indices.cpu()]
+        rows, cosines = self.search_index.search(query, max(k, SEARCH_CANDIDATES) if len(history) else k,
+                                                 self._has_text)
+        rows, scores = torch.from_numpy(rows), torch.from_numpy(cosines)
         if len(history) and len(rows) > 1:
-            vectors = torch.from_numpy(self.recommend_index.rows(rows.cpu().numpy())).to(scores.device)
-            affinity = vectors @ self.user_vector(history).to(scores.device)
+            vectors = torch.from_numpy(self.recommend_index.rows(rows.numpy())).to(self.device.torch_device)
+            affinity = (vectors @ self.user_vector(history)).cpu()
             scores = scores + PERSONALISATION_WEIGHT * (affinity - affinity.mean()) / affinity.std().clamp(min=1e-6)
         order = scores.argsort(descending=True)[:k]
         return [Scored(self.item_ids[int(rows[i])], float(scores[i])) for i in order.tolist()]

@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 from pydantic import (
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -115,6 +116,12 @@ class Config(BaseSettings):
                             "items, sampled softmax with the log-Q correction above).")
     train_negatives: PositiveInt = Field(4096, description="Sampled softmax: items drawn uniformly per step as "
                                                            "negatives, next to the batch's own targets.")
+    id_min_count: NonNegativeInt = Field(0, description="Interactions before an item or user id gets a trainable "
+                                                        "vector of its own (0: as soon as it is known; before, an "
+                                                        "item is scored by its text alone).")
+    id_ttl_days: NonNegativeFloat = Field(180, description="An id with no interaction for this many days of event "
+                                                           "time loses its trainable vector (an item keeps its text "
+                                                           "and stays recommendable; 0: never).")
     text_tuning: Literal[TEXT_TUNINGS] = Field(
         "frozen", description=f"How the MiniLM text encoder learns from behaviour: {either(TEXT_TUNINGS)} (`frozen`: "
                               "pretrained weights; `top`: its last layers are trained; `lora`: LoRA adapters, with "
@@ -170,9 +177,9 @@ class Config(BaseSettings):
     seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).")
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
                                                            "new events and catalog items.")
-    ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend` and `/similar` "
-                                                              "search HNSW indexes (`usearch`) instead of scoring "
-                                                              "every item.")
+    ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend`, `/similar` and "
+                                                              "`/search` search HNSW indexes (`usearch`) instead of "
+                                                              "scoring every item.")
     serving_precision: Literal[SERVING_PRECISIONS] = Field(
         "int8", description=f"How workers hold item vectors: {either(SERVING_PRECISIONS)} (4, 2 or 1 byte a "
                             "dimension; int8 has a scale per item). The gate judges candidates as they will be "

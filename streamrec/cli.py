@@ -252,10 +252,26 @@ def models(limit: int) -> None:
                   "baseline": f"{v['metrics']['baseline']['recall@20']:.4f} ({v['metrics']['baseline_name']})",
                   "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
                   "device": v["device"], "text encoder": v["text_encoder"] or "-",
+                  "id rows": id_rows(v["metrics"].get("ids")),
+                  "id policy": v["metrics"].get("ids", {}).get("policy", "-"),
                   "created": ms_to_iso(v["created_at"])}
                  for v in list_versions(engine, limit)],
                 ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "baseline", "rehearsal",
-                 "items", "seconds", "device", "text encoder", "created"])
+                 "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
+
+
+def id_rows(ids: dict | None) -> str:
+    """A version's id tables for ``streamrec models``: rows per table, and the ids this job admitted and retired.
+
+    >>> id_rows({"items": {"rows": 1650, "admitted": 1648, "added": 3, "retired": 1}, "policy": "..."})
+    'items 1,650 (+3 -1)'
+    >>> id_rows(None)
+    '-'
+    """
+    if not ids:
+        return "-"
+    return ", ".join(f"{name} {t['rows']:,} (+{t['added']} -{t['retired']})" for name, t in ids.items()
+                     if isinstance(t, dict))
 
 
 @main.command()

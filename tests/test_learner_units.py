@@ -222,3 +222,14 @@ def test_sampled_softmax_learns_and_distils_like_the_full_one(ml_events):
         results[loss] = evaluate(BundleScorer(second), test, train, ks=(20,))["recall@20"]
     popular = evaluate(Popularity(second.vocab, train), test, train, ks=(20,))["recall@20"]
     assert results["sampled"] > popular and results["sampled"] > 0.8 * results["full"], (results, popular)
+
+
+def test_evaluation_is_the_same_whatever_the_batch(ml_events):
+    """Large catalogs are ranked fewer examples at a time; the metrics must not depend on it."""
+    events = ml_events.sort_values("ts")
+    bundle = ModelBundle.build(ModelConfig(dim=8, heads=1, max_len=20, use_text=False), events=events, seed=4)
+    one_go = evaluate(BundleScorer(bundle), events.iloc[3000:3400], events.iloc[:3000], ks=(20,), with_loss=True)
+    batched = evaluate(BundleScorer(bundle), events.iloc[3000:3400], events.iloc[:3000], ks=(20,), with_loss=True,
+                       batch_size=7)
+    assert one_go["examples"] == batched["examples"] == 400
+    assert all(math.isclose(one_go[m], batched[m], rel_tol=1e-5) for m in ("recall@20", "ndcg@20", "loss"))

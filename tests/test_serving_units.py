@@ -124,12 +124,12 @@ def test_similar_items_work_for_cold_catalog_items(recommender, movielens_data):
     assert len(cold) > 50
     # a cold item starts among its MiniLM look-alikes, so its nearest items by vector are
     # often its nearest items by text (by chance the overlap would be about 0.06 of 10)
-    text_vectors = dict(zip(recommender.item_ids[recommender.search_rows.numpy()], recommender.search_vectors.numpy()))
     overlaps = []
     for item in cold["item_id"].iloc[:20]:
         similar = recommender.similar(item, 10)
         assert len(similar) == 10 and item not in {s.item_id for s in similar}
-        by_text = {s.item_id for s in recommender.search(text_vectors[item], 11)} - {item}
+        text_vector = recommender.search_index.rows(recommender.vocab.items.index([item]))[0]
+        by_text = {s.item_id for s in recommender.search(text_vector, 11)} - {item}
         overlaps.append(len(by_text & {s.item_id for s in similar}))
     assert sum(overlaps) / len(overlaps) >= 1, overlaps
     with pytest.raises(UnknownItem):
@@ -264,3 +264,23 @@ def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movie
     other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, ann_above=0, previous=grown)
     assert other_version.recommend_index.graph is not grown.recommend_index.graph
     assert len(other_version.recommend_index.graph) == len(other_version.item_ids) - 2
+
+
+def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memory(indexed, movielens_data,
+                                                                                    encoder):
+    exact, _ = indexed
+    events, catalog = movielens_data
+    compact = Recommender({"id": 7}, _bundle_of(exact), _shops(catalog), {}, encoder, precision="int8")
+    assert compact.recommend_index.nbytes * 3.5 < exact.recommend_index.nbytes
+    train, even, overlaps = events.iloc[:20_000], set(catalog["item_id"].iloc[::2]), []
+    for user in train["user_id"].unique()[:20]:
+        history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
+                   for r in train[train["user_id"] == user].itertuples()]
+        assert torch.allclose(compact.user_vector(history), exact.user_vector(history), atol=0.05)
+        found = [s.item_id for s in compact.recommend(history, 20, storefront="even")]
+        assert len(found) == 20 and set(found) <= even
+        overlaps.append(len(set(found) & {s.item_id for s in exact.recommend(history, 20, storefront="even")}) / 20)
+        item = history[-1].item_id
+        overlaps.append(len({s.item_id for s in compact.similar(item, 10)} & {s.item_id for s in exact.similar(item, 10)})
+                        / 10)
+    assert sum(overlaps) / len(overlaps) >= 0.9, overlaps

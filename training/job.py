@@ -30,6 +30,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from learner.admission import DAY_MS, IdPolicy
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
 from learner.device import pick_device
@@ -74,7 +75,9 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
                             lr=config.text_tune_lr, steps=config.text_tune_steps, every=config.text_tune_every)
     return model, FineTuneConfig(train=train, rehearsal_ratio=config.rehearsal_ratio,
                                  distillation_weight=config.distill_weight, rehearsal_unit=config.rehearsal_unit,
-                                 text=text)
+                                 text=text, ids=IdPolicy(config.id_min_count,
+                                                         round(config.id_ttl_days * DAY_MS) if config.id_ttl_days
+                                                         else None))
 
 
 @dataclass
@@ -147,6 +150,8 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
                             min_events=config.gate_min_events)
     metrics = {"candidate": candidate_metrics, "baseline": baseline_metrics, "baseline_name": baseline_name,
                "held_out_events": len(data.held_out), "trained_events": len(data.train_part)}
+    if "ids" in candidate.info:
+        metrics["ids"] = candidate.info["ids"]
     if candidate.info.get("text_tuned_jobs_ago") == 0:  # this job tuned the text encoder: its timings
         metrics["text_tuning"] = candidate.info["text_tuning"]
     return promoted, reason, metrics
