@@ -23,7 +23,6 @@ from learner.idmap import UNKNOWN, Vocabulary
 from learner.neighbours import as_served
 from learner.sequences import SequenceBatch, events_frame, next_item_examples
 
-
 SCORES_PER_BATCH = 2 ** 25
 """Most scores (examples x items) :func:`evaluate` holds at once: 128 MB of float32."""
 
