@@ -200,8 +200,9 @@ def main() -> None:
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
         print(f"Serving, {args.rate:.0f} calls/s for {args.seconds:.0f} s each, indexes above {ann_above:,} items\n")
-        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32 | recommend p50 / p95 / p99 ms "
-              "| similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms | RSS MiB serving (peak) |")
+        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32 "
+              "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
+              "| RSS MiB serving (peak) |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),

@@ -36,11 +36,15 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from learner.idmap import UNKNOWN
+
+if TYPE_CHECKING:
+    from learner.bundle import ModelBundle
 
 DAY_MS = 86_400_000
 
@@ -60,7 +64,7 @@ class IdPolicy:
         return f"{admit}, {retire}"
 
 
-def update_ids(bundle, window: pd.DataFrame, policy: IdPolicy) -> dict:
+def update_ids(bundle: ModelBundle, window: pd.DataFrame, policy: IdPolicy) -> dict:
     """Count ``window``'s interactions, retire ids stale at its newest event, admit ids that
     reached ``policy.min_count``; returns per table (``items``, and ``users`` when the model
     has user vectors) its rows (reserved rows included), admitted ids, and the ids just added

@@ -41,10 +41,11 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 
     The copy is first extended with the ids of ``catalog``, ``window`` and ``rehearsal``
     (``encoder``/``cache`` embed new item texts), and its id rows are admitted and retired
-    by ``config.ids`` (:mod:`learner.admission`; what changed is in ``info["ids"]``). ``history`` is context only; ``rehearsal``
-    events are mixed in as extra targets; ``previous`` (usually ``bundle``) is distilled from.
-    When text tuning is due (``config.text``), the text encoder is tuned too (it needs
-    ``catalog`` and ``encoder``). Returns the trained bundle and the per-epoch log.
+    by ``config.ids`` (:mod:`learner.admission`; what changed is in ``info["ids"]``).
+    ``history`` is context only; ``rehearsal`` events are mixed in as extra targets;
+    ``previous`` (usually ``bundle``) is distilled from. When text tuning is due
+    (``config.text``), the text encoder is tuned too (it needs ``catalog`` and ``encoder``).
+    Returns the trained bundle and the per-epoch log.
     """
     config = config or FineTuneConfig()
     student = bundle.copy()

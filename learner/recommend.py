@@ -7,8 +7,9 @@ the version's text encoder (pretrained MiniLM, or with the version's tuned adapt
 encodes search queries. Each of the three answers searches an :class:`ItemIndex`: model
 vectors by inner product (recommend), by cosine (similar), text vectors by cosine (search);
 exact, or HNSW graphs above a catalog size, which a snapshot of the same items reuses (the
-text index across versions too, while the text encoder is the same). The worker builds a new snapshot off the event loop and swaps the
-reference, so a request always sees exactly one version, encoder included.
+text index across versions too, while the text encoder is the same). The worker builds a
+new snapshot off the event loop and swaps the reference, so a request always sees exactly
+one version, encoder included.
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ training_runs = Table(
 text_embeddings = Table(
     "text_embeddings", metadata,
     Column("key", String(64), primary_key=True, comment="sha256 of the item text"),
-    Column("vector", LargeBinary, nullable=False, comment="float16 little-endian (float32 in rows of earlier releases)"),
+    Column("vector", LargeBinary, nullable=False,
+           comment="float16 little-endian (float32 in rows of earlier releases)"),
 )
 
 # Drift metrics per sealed window, storefront and metric (definitions in drift/metrics.py and the README).

@@ -32,7 +32,8 @@ def cohort(window: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Window ``window``'s new products (catalog rows) and its shoppers' events, a day apart per window."""
     rng = np.random.default_rng(window)
     items = [f"w{window}-p{i}" for i in range(COHORT_ITEMS)]
-    catalog = pd.DataFrame({"item_id": items, "title": [f"{KINDS[i % 6]} model {window}-{i}" for i in range(COHORT_ITEMS)],
+    titles = [f"{KINDS[i % 6]} model {window}-{i}" for i in range(COHORT_ITEMS)]
+    catalog = pd.DataFrame({"item_id": items, "title": titles,
                             "category": [KINDS[i % 6] for i in range(COHORT_ITEMS)], "description": None,
                             "storefront": "shop"})
     n = 240

@@ -281,6 +281,6 @@ def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memor
         assert len(found) == 20 and set(found) <= even
         overlaps.append(len(set(found) & {s.item_id for s in exact.recommend(history, 20, storefront="even")}) / 20)
         item = history[-1].item_id
-        overlaps.append(len({s.item_id for s in compact.similar(item, 10)} & {s.item_id for s in exact.similar(item, 10)})
-                        / 10)
+        similar = {s.item_id for s in exact.similar(item, 10)}
+        overlaps.append(len({s.item_id for s in compact.similar(item, 10)} & similar) / 10)
     assert sum(overlaps) / len(overlaps) >= 0.9, overlaps
