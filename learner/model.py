@@ -13,6 +13,8 @@ from learner.idmap import PAD, UNKNOWN
 from learner.sequences import SequenceBatch
 from learner.text import TEXT_DIM, TEXT_DTYPE
 
+PLACEMENT_CANDIDATES = 100_000
+"""New items are placed among look-alikes found in at most this many items (a seeded sample)."""
 ID_TABLES = {"item": "item_ids", "user": "users"}
 """The model's id tables by kind of id; ``<kind>_id_rows`` maps each id to its row (0: none)."""
 
@@ -201,12 +203,17 @@ class SASRec(nn.Module):
         """Start untrained items with text (``rows``) among their look-alikes: set their id rows
         so that each item's vector equals a weighted mean of the vectors of its ``k`` nearest
         other items by text cosine (softmax of cosine / ``temperature``). Rows are left as
-        they are when no other item has text."""
+        they are when no other item has text. In a catalog of more than
+        :data:`PLACEMENT_CANDIDATES` items with text, the look-alikes are sought in a seeded
+        sample of that many, which bounds the cost at any catalog size."""
         has_text = self.item_text.abs().sum(1) > 0
         has_text[rows] = False
         candidates = has_text.nonzero().squeeze(1)
         if not len(candidates) or not len(rows):
             return
+        if len(candidates) > PLACEMENT_CANDIDATES:
+            sample = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(0))
+            candidates = candidates[sample[:PLACEMENT_CANDIDATES].sort().values]
         vectors = self.item_vectors()
         rows = rows[self.item_id_rows[rows] != PAD]  # only items with an id row of their own
         for chunk in rows.split(256):
