@@ -31,6 +31,7 @@ from store.registry import (
     start_run,
 )
 from store.replay import ReplayStore
+from streamrec.cli import id_rows
 from streams import movielens
 from training.job import judge, read_window, run_training_job, version_row
 from training.versions import load_serving
@@ -71,6 +72,10 @@ def test_versions_are_published_with_lineage_and_gated(store, database_url):
     assert v1["metrics"]["baseline_name"] == "popularity" and v2["metrics"]["baseline_name"] == f"version {v1['id']}"
     assert v2["rehearsal_size"] > 0 and v2["device"] in ("cpu", "cuda")
     assert v2["metrics"]["candidate"]["recall@20"] > 0
+    ids = v2["metrics"]["ids"]  # the id tables and their policy, as `streamrec models` shows them
+    assert ids["items"]["rows"] == ids["items"]["admitted"] + 2 and ids["items"]["retired"] == 0
+    assert ids["policy"] == "admit when known, retire after 180 days unseen"
+    assert id_rows(ids) == f"items {ids['items']['rows']:,} (+{ids['items']['added']} -0)"
     runs = list_runs(engine)
     assert [(r["window_id"], r["status"], r["version_id"]) for r in runs] == [(2, "succeeded", v2["id"]),
                                                                              (1, "succeeded", v1["id"])]
