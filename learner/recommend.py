@@ -107,7 +107,7 @@ class Recommender:
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
         self._storefront_masks = self._masks(catalog, storefront_items or {})
         texts = self._text_rows(catalog, cache)
-        self._has_text = np.abs(texts).sum(1) > 0
+        self._has_text = texts.any(axis=1)
         if same_items and previous.text_encoder_name == self.text_encoder_name:  # text rows of the same encoder
             self.search_index = previous.search_index.extended(texts)
         else:
