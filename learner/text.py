@@ -27,7 +27,7 @@ from learner.options import TEXT_TUNINGS
 TEXT_DIM = 384
 TEXT_DTYPE = torch.float16
 """How text embeddings are held (in models, versions and the store): 768 bytes an item. Unit
-vectors lose nothing that ranking notices (cosines move by about 1e-4)."""
+vectors lose nothing that ranking notices (cosines move by less than 1e-4)."""
 
 TextEmbeddingCache: TypeAlias = MutableMapping[str, np.ndarray]
 """``TextEncoder.key(text)`` -> its [TEXT_DIM] embedding (float32 or float16); a plain ``dict`` will do."""
