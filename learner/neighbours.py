@@ -202,7 +202,6 @@ class Int8Rows:
         scales = np.abs(vectors).max(axis=1) / 127
         self.scales = scales.astype(np.float32)
         self.codes = np.round(vectors / np.maximum(scales, 1e-30)[:, None]).astype(np.int8)
-        self.shape, self.dtype = self.codes.shape, np.dtype(np.int8)
 
     def __len__(self) -> int:
         return len(self.codes)

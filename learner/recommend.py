@@ -206,7 +206,7 @@ class Recommender:
         row = self._row(item_id)
         allowed = np.ones(len(self.item_ids), dtype=bool)
         allowed[row] = False
-        rows, scores = self.similar_index.search(self.similar_index.vectors[row], k, allowed)
+        rows, scores = self.similar_index.search(self.similar_index.rows(np.array([row]))[0], k, allowed)
         return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
     @torch.inference_mode()
