@@ -62,7 +62,7 @@ class ItemIndex:
         (None: float16 beside a graph, else float32).
     connectivity, expansion_add, expansion_search
         HNSW's graph degree and its breadth when building and searching (at least what a
-        search fetches). A search changes the graph's breadth: one thread searches an index.
+        search fetches; 0: just that). A search changes the graph's breadth: one thread searches an index.
     """
 
     def __init__(self, vectors: np.ndarray, metric: str = "ip", approximate: bool = False,
@@ -85,7 +85,7 @@ class ItemIndex:
             # unit vectors fit int8's range; inner-product vectors need float16's
             dtype = "i8" if metric == "cos" and self.precision == "int8" else "f16"
             self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype=dtype, connectivity=connectivity,
-                               expansion_add=expansion_add, expansion_search=expansion_search)
+                               expansion_add=expansion_add, expansion_search=max(expansion_search, 1))
             self._add_to_graph(np.arange(RESERVED_ROWS, len(vectors)), vectors)
 
     @property

