@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
+from store import db
 from store.models import model_versions, training_runs, windows
 
 CANDIDATES = 10_000  # most windows looked at by one claim
@@ -174,11 +175,13 @@ def release_job(engine: Engine, trainer_id: str, job: Job, error: str, max_tries
 
 
 def return_job(engine: Engine, trainer_id: str, job: Job) -> None:
-    """Hand a job back at once, uncounted (its trainer was asked to stop): the windows wait again."""
+    """Hand a job back at once, uncounted (its trainer was asked to stop): the windows wait again,
+    and a run the trainer had open is closed as failed."""
     with engine.begin() as conn:
         conn.execute(update(windows).where(windows.c.id.in_(job.window_ids), windows.c.lease_owner == trainer_id)
                      .values(train_state="pending", lease_owner=None, lease_expires_at=None,
                              train_attempts=windows.c.train_attempts - 1))
+        _fail_runs_of(conn, {trainer_id}, db.now_ms(), "the trainer was stopped before it finished")
 
 
 def backlog(engine: Engine, now_ms: int) -> dict:

@@ -232,8 +232,8 @@ def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: s
     windows' lease (:class:`store.training_queue.LeaseLost` otherwise, and nothing is written).
     """
     run_id = start_run(engine, window_ids, trainer_id)
-    drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
-    try:
+    try:  # from the run's first moment: a trainer stopped while it reads still closes its run
+        drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
         version, epoch_log = train_job(engine, config, window_ids, drifts)
     except (KeyboardInterrupt, SystemExit):
         finish_run(engine, run_id, error="the trainer was stopped before it finished")
