@@ -4,19 +4,24 @@
 among the allowed rows" with one interface whatever the catalog's size:
 
 * **exact** (small catalogs): one matrix-vector product over the allowed rows;
-* **approximate** (``approximate=True``): an HNSW graph (``usearch``, half-precision vectors;
-  int8 for cosine when the vectors are kept as int8),
-  built and searched with the inner product itself (``metric="ip"``: recommendations; a
-  similarity graph over the inner product, as in ip-NSW, Morozov and Babenko, NeurIPS 2018,
-  reached 0.96-0.99 recall@20 on clustered vectors where the classic reduction of inner
-  product to cosine by an extra coordinate reached 0.35) or cosine (``metric="cos"``: similar
-  items, unit vectors). Filters are applied to what the graph returns: it fetches 8x what is
+* **approximate** (``approximate=True``): an HNSW graph (``usearch``) built and searched with
+  the inner product itself (``metric="ip"``: recommendations; a similarity graph over the
+  inner product, as in ip-NSW, Morozov and Babenko, NeurIPS 2018) or cosine (``metric="cos"``:
+  similar items, search). Filters are applied to what the graph returns: it fetches 8x what is
   asked divided by the share of rows allowed, and 4x more while too few pass; a filter that
-  keeps few rows (a small storefront) is answered exactly over those rows instead. The rows
-  returned are scored exactly from the item vectors.
+  keeps few rows (a small storefront) is answered exactly over those rows instead.
 
-The item vectors are kept as float32, float16 (the default beside a graph) or int8 codes with
-a scale per row (:class:`Int8Rows`, ``precision="int8"``): 4, 2 or 1 byte per dimension.
+Without a graph the item vectors are kept as float32, float16 or int8 codes with a scale per
+row (:class:`Int8Rows`): 4, 2 or 1 byte per dimension. With a graph, the graph holds the only
+copy and scores come from its own distances:
+
+* cosine at ``precision="int8"``: each row's int8 codes (its largest magnitude maps to 127;
+  cosine does not need the scale), queries coded the same way;
+* inner product: float16 (float32 at ``precision="float32"``) rows less their mean. Every
+  row's score against a query drops by the same amount, the query times the mean, so the
+  ranking is the same, and is added back; without the common direction that all of a
+  model's item vectors share, the graph's neighbourhoods are local and its searches find
+  more of the true best (Recall@20 0.91 to 0.96 on 100,000 catalog-like items).
 
 Rows are the model's item rows; rows 0 and 1 (padding, unknown) are never returned.
 
@@ -58,8 +63,8 @@ class ItemIndex:
     exact_below
         Searches that allow fewer rows than this are exact over them, graph or not.
     precision
-        How the vectors are kept for scoring: ``"float32"``, ``"float16"`` or ``"int8"``
-        (None: float16 beside a graph, else float32).
+        How the vectors are kept: ``"float32"``, ``"float16"`` or ``"int8"`` (None: float16
+        with a graph, else float32).
     connectivity, expansion_add, expansion_search
         HNSW's graph degree and its breadth when building and searching (at least what a
         search fetches; 0: just that). A search changes the graph's breadth: one thread searches an index.
@@ -72,72 +77,107 @@ class ItemIndex:
             raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
         if precision not in (None, *PRECISIONS):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if metric == "cos":
-            vectors = _unit(vectors)
+        vectors = self._scored(vectors, metric)
         self.metric, self.exact_below, self.expansion_search = metric, exact_below, expansion_search
         self.precision = precision or ("float16" if approximate else "float32")
-        self.vectors = _stored(vectors, self.precision)
-        self.graph = None
-        if approximate:
-            from usearch.index import Index
+        self.n_rows, self.graph, self.vectors = len(vectors), None, None
+        if not approximate:
+            self.vectors = _stored(vectors, self.precision)
+            return
+        from usearch.index import Index
 
-            # unit vectors fit int8's range; inner-product vectors need float16's
-            dtype = "i8" if metric == "cos" and self.precision == "int8" else "f16"
-            self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype=dtype, connectivity=connectivity,
-                               expansion_add=expansion_add, expansion_search=max(expansion_search, 1))
-            self._add_to_graph(np.arange(RESERVED_ROWS, len(vectors)), vectors)
+        self.offset = vectors[RESERVED_ROWS:].mean(axis=0) if metric == "ip" and len(vectors) > RESERVED_ROWS \
+            else np.zeros(vectors.shape[1], dtype=np.float32)
+        self.reserved = as_served(vectors[:RESERVED_ROWS], self.precision)  # padding, unknown: never in the graph
+        self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype=self._graph_dtype(),
+                           connectivity=connectivity, expansion_add=expansion_add,
+                           expansion_search=max(expansion_search, 1))
+        self._add_to_graph(np.arange(RESERVED_ROWS, len(vectors)), self._for_graph(vectors))
+
+    @staticmethod
+    def _scored(vectors: np.ndarray, metric: str) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return _unit(vectors) if metric == "cos" else vectors
 
     @property
     def approximate(self) -> bool:
         return self.graph is not None
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return self.n_rows
 
-    def _add_to_graph(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+    def _graph_dtype(self) -> str:
+        if self.precision == "float32":
+            return "f32"
+        return "i8" if self.precision == "int8" and self.metric == "cos" else "f16"
+
+    def _for_graph(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph holds for float32 ``vectors`` (unit vectors with ``cos``), as it stores it."""
+        if self.metric == "cos":
+            return Int8Rows(vectors).codes if self.precision == "int8" else vectors.astype(self._numpy_dtype())
+        return (as_served(vectors, self.precision) - self.offset).astype(self._numpy_dtype())
+
+    def _numpy_dtype(self) -> type:
+        return {"f32": np.float32, "f16": np.float16, "i8": np.int8}[self._graph_dtype()]
+
+    def _add_to_graph(self, rows: np.ndarray, held: np.ndarray) -> None:
         if len(rows):
-            self.graph.add(rows.astype(np.uint64), vectors[rows])
+            self.graph.add(rows.astype(np.uint64), held[rows])
+
+    def _held(self, rows: np.ndarray) -> np.ndarray:
+        """The graph's own copy of ``rows`` (all in the graph), in its dtype."""
+        if not len(rows):
+            return np.zeros((0, self.graph.ndim), dtype=self._numpy_dtype())
+        return np.stack(self.graph.get(np.asarray(rows, dtype=np.uint64)))
 
     def extended(self, vectors: np.ndarray) -> ItemIndex:
         """An index over ``vectors`` (this index's rows, possibly changed, then new rows) that
         reuses this one's graph: only new and changed rows are (re)inserted. This index is not
         changed."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.metric == "cos":
-            vectors = _unit(vectors)
-        stored = _stored(vectors, self.precision)
+        vectors = self._scored(vectors, self.metric)
         out = object.__new__(ItemIndex)
-        out.metric, out.exact_below, out.expansion_search, out.precision, out.vectors, out.graph = (
-            self.metric, self.exact_below, self.expansion_search, self.precision, stored, None)
+        out.__dict__.update(self.__dict__)
+        out.n_rows = len(vectors)
         if self.graph is None:
+            out.vectors = _stored(vectors, self.precision)
             return out
-        old = min(len(self.vectors), len(stored))
-        changed = _changed_rows(self.vectors, stored, old)
-        changed = changed[changed >= RESERVED_ROWS]
+        held = out._for_graph(vectors)  # with this index's offset: the graph's other rows are held with it
+        old = min(self.n_rows, len(vectors))
+        blocks = [np.arange(start, min(start + 65_536, old)) for start in range(RESERVED_ROWS, old, 65_536)]
+        changed = np.concatenate([block[(self._held(block) != held[block]).any(1)] for block in blocks]
+                                 or [np.zeros(0, dtype=np.int64)])
+        out.reserved = as_served(vectors[:RESERVED_ROWS], self.precision)
         out.graph = self.graph.copy()
         if len(changed):
             out.graph.remove(changed.astype(np.uint64))
-        out._add_to_graph(np.concatenate([changed, np.arange(max(old, RESERVED_ROWS), len(stored))]), vectors)
+        out._add_to_graph(np.concatenate([changed, np.arange(max(old, RESERVED_ROWS), len(vectors))]), held)
         return out
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), dim] vectors of ``rows`` as kept for scoring (unit vectors with ``cos``)."""
-        return np.asarray(self.vectors[rows], dtype=np.float32)
+        """float32 [len(rows), dim] vectors of ``rows`` as kept (unit vectors with ``cos``)."""
+        if self.graph is None:
+            return np.asarray(self.vectors[rows], dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.graph.ndim), dtype=np.float32)
+        reserved = rows < RESERVED_ROWS
+        out[reserved] = self.reserved[rows[reserved]]
+        held = self._held(rows[~reserved]).astype(np.float32)
+        out[~reserved] = _unit(held) if self.metric == "cos" else held + self.offset
+        return out
 
     @property
     def nbytes(self) -> int:
-        """Memory of the vectors kept for scoring (a graph's own memory not included)."""
-        return self.vectors.nbytes
+        """Memory of the vectors (with a graph, as the graph holds them; its links not included)."""
+        if self.graph is None:
+            return self.vectors.nbytes
+        return len(self.graph) * self.graph.ndim * np.dtype(self._numpy_dtype()).itemsize
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the ``k`` best allowed rows, best first; ``allowed`` is a bool mask
         over rows (None: every row). Fewer than ``k`` when fewer rows are allowed."""
-        query = np.ascontiguousarray(query, dtype=np.float32)
-        if self.metric == "cos":
-            query = _unit(query[None])[0]
+        query = self._scored(query[None], self.metric)[0]
         if allowed is None:
-            allowed = np.ones(len(self.vectors), dtype=bool)
+            allowed = np.ones(self.n_rows, dtype=bool)
         allowed = allowed.copy()
         allowed[:RESERVED_ROWS] = False
         n_allowed = int(allowed.sum())
@@ -150,18 +190,22 @@ class ItemIndex:
                 top = top[np.argsort(-scores[top], kind="stable")]
                 return top, scores[top]
             return self._exact(query, k, np.flatnonzero(allowed))
-        fetch = int(8 * k * len(self.vectors) / n_allowed)  # 8x what passes the filter, on average
+        held = Int8Rows(query[None]).codes[0] if self._graph_dtype() == "i8" else query  # coded as the rows are
+        shift = 1.0 + (float(query @ self.offset) if self.metric == "ip" else 0.0)  # usearch's distance is 1 - score
+        fetch = int(8 * k * self.n_rows / n_allowed)  # 8x what passes the filter, on average
         while True:
             # the graph's search breadth must cover what is fetched, or far fewer of them are the best
             self.graph.expansion_search = max(self.expansion_search, fetch)
-            found = self.graph.search(query, min(fetch, len(self.graph))).keys.astype(np.int64)
-            rows = found[allowed[found]]
-            if len(rows) >= k or fetch >= len(self.graph):
+            found = self.graph.search(held, min(fetch, len(self.graph)))
+            keys = found.keys.astype(np.int64)
+            passed = allowed[keys]
+            if passed.sum() >= k or fetch >= len(self.graph):
                 break
             fetch *= 4
-        if len(rows) < min(k, n_allowed):  # the graph could not reach enough allowed rows
+        if passed.sum() < min(k, n_allowed):  # the graph could not reach enough allowed rows
             return self._exact(query, k, np.flatnonzero(allowed))
-        return self._exact(query, k, rows)
+        rows, scores = keys[passed][:k], (shift - found.distances[passed][:k]).astype(np.float32)
+        return rows, scores
 
     def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = self.rows(rows) @ query
@@ -219,13 +263,6 @@ class Int8Rows:
         return self.codes.nbytes + self.scales.nbytes
 
 
-def _changed_rows(before: np.ndarray | Int8Rows, after: np.ndarray | Int8Rows, n: int) -> np.ndarray:
-    """Which of the first ``n`` rows differ, compared as stored (codes and scales for int8)."""
-    if isinstance(before, Int8Rows):
-        return np.flatnonzero((before.codes[:n] != after.codes[:n]).any(1) | (before.scales[:n] != after.scales[:n]))
-    return np.flatnonzero((before[:n] != after[:n]).any(1))
-
-
 def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:
     """float32 ``vectors`` as they read back after being held at ``precision``.
 
@@ -238,8 +275,7 @@ def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:
 
 
 def _stored(vectors: np.ndarray, precision: str) -> np.ndarray | Int8Rows:
-    """The vectors kept for scoring (only the few hundred rows a graph search returns are scored
-    from them, so float16 beside a graph costs no recall and halves the memory)."""
+    """The vectors as kept without a graph."""
     if precision == "int8":
         return Int8Rows(vectors)
     return vectors.astype(np.float16) if precision == "float16" else vectors
