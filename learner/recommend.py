@@ -115,11 +115,12 @@ class Recommender:
             # 2.4x faster than the model indexes' 512
             self.search_index = self._index(texts, "cos", ann_above, precision, expansion_search=0)
         del texts
-        if owned:  # answering reads the item vectors computed above, never the id table or text rows
+        if owned:  # answering reads the item vectors computed above, never the id table, its state or text rows
             with torch.no_grad():
                 self.model.item_ids.weight.data = self.model.item_ids.weight.data.new_zeros(0, self.model.config.dim)
-                if self.model.config.use_text:
-                    self.model.item_text = self.model.item_text.new_zeros(0, self.model.item_text.shape[1])
+                for name in ("item_text", "item_id_rows", "item_counts", "item_last_seen"):
+                    if hasattr(self.model, name):
+                        setattr(self.model, name, getattr(self.model, name)[:0].clone())
 
     @staticmethod
     def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None,
@@ -130,10 +131,10 @@ class Recommender:
                          precision=precision)
 
     def _text_rows(self, catalog: pd.DataFrame, cache: TextEmbeddingCache | None) -> np.ndarray:
-        """float32 [n_items, 384] text vectors by item row (zero without text): the version's own
+        """[n_items, 384] text vectors by item row (zero without text): the version's own float16
         rows, or with an id-only model the catalog's texts encoded here."""
         if self.model.config.use_text:
-            return self.model.item_text.float().cpu().numpy()
+            return self.model.item_text.cpu().numpy()
         texts = catalog_texts(catalog)
         out = np.zeros((len(self.vocab.items), TEXT_DIM), dtype=np.float32)
         out[self.vocab.items.index(texts)] = embed_texts(list(texts.values()), self.text_encoder, cache)
