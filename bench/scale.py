@@ -57,6 +57,7 @@ from learner.text import TEXT_DIM, TextEncoder
 from learner.trainer import TrainConfig, Trainer
 from runtime.blocking import StoreThread
 from runtime.config import Config
+from runtime.memory import release_free_heap
 from streams.queries import QueryEncoder
 
 FULL_LOGITS_LIMIT_GB = 4.0  # the full softmax is skipped where its logits alone would need more
@@ -101,14 +102,17 @@ def text_vectors(n: int, rng: np.random.Generator, kind: str = "catalog") -> np.
     return out
 
 
-def synthetic_bundle(n_items: int, seed: int, vectors: str = "catalog") -> ModelBundle:
-    """The default model over ``n_items`` items with synthetic text vectors (:func:`text_vectors`)."""
+def synthetic_bundle(n_items: int, seed: int, text: np.ndarray | None = None) -> ModelBundle:
+    """The default model over ``n_items`` items with ``text`` vectors for its rows (default:
+    :func:`text_vectors` of a catalog)."""
     vocab = Vocabulary(IdMap([f"i{i}" for i in range(n_items)]), IdMap([f"u{i}" for i in range(1000)]),
                        IdMap(["s"]))
     torch.manual_seed(seed)
     model = SASRec(ModelConfig(), n_items=len(vocab.items), n_users=len(vocab.users),
                    n_storefronts=len(vocab.storefronts))
-    model.item_text.copy_(torch.from_numpy(text_vectors(len(vocab.items), np.random.default_rng(seed), vectors)))
+    if text is None:
+        text = text_vectors(len(vocab.items), np.random.default_rng(seed))
+    model.item_text.copy_(torch.from_numpy(text[:len(vocab.items)]))
     return ModelBundle(model=model, vocab=vocab, text_hashes={})
 
 
@@ -166,23 +170,30 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
 
 def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
-    bundle = synthetic_bundle(n, seed=1, vectors=vectors)
+    texts = text_vectors(n + 2 + 200, np.random.default_rng(1), vectors)  # the last 200: unseen texts, as queries
+    bundle = synthetic_bundle(n, seed=1, text=texts)
     rng = np.random.default_rng(2)
     keys = bundle.vocab.items.keys()
     histories = [[Event(keys[i - 2]) for i in batch(n, rng, size=1, length=20)[0].items[0].tolist()]
                  for _ in range(int(rate * seconds) + 200)]
     empty = pd.DataFrame(columns=["storefront", "item_id", "title", "description", "category"])
-    with torch.no_grad():  # float32 and exact: what the snapshot's index and precision are measured against
-        exact = ItemIndex(bundle.model.eval().item_vectors().numpy())
+    with torch.no_grad():  # float32 and exact: what the snapshot's indexes and precision are measured against
+        vectors = bundle.model.eval().item_vectors().numpy()
+    exact = {"recommend": ItemIndex(vectors), "similar": ItemIndex(vectors, "cos"),
+             "search": ItemIndex(texts[:n + 2], "cos")}
+    items = vectors[rng.integers(2, n + 2, 200)]
+    del vectors
     started = time.perf_counter()
     snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
                            precision=precision)
     build = time.perf_counter() - started
     del bundle
     users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
-    recall = f"{recall_at_k(snapshot.recommend_index, exact, users):.3f}"
-    del exact
+    recall = " / ".join(f"{recall_at_k(getattr(snapshot, f'{name}_index'), exact[name], queries):.3f}"
+                        for name, queries in (("recommend", users), ("similar", items), ("search", texts[-200:])))
+    del exact, texts
     gc.collect()
+    release_free_heap()  # as the worker does after each swap
     for history in histories[:20]:  # warm-up
         snapshot.recommend(history, 20), snapshot.similar(history[-1].item_id, 20)
     recommend = paced_latencies(lambda h: snapshot.recommend(h, 20), histories[200:], rate)
@@ -241,7 +252,7 @@ def main() -> None:
         ann_above = Config.model_fields["ann_above_items"].default
         print(f"Serving, {args.vectors} text vectors, {args.rate:.0f} calls/s for {args.seconds:.0f} s each, "
               f"indexes above {ann_above:,} items\n")
-        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32 "
+        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -30,6 +30,7 @@ from learner.recommend import Recommender
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
+from runtime.memory import release_free_heap
 from store.catalog import catalog_mark, load_catalog
 from store.db import make_engine, migrate
 from store.registry import StoredTextEmbeddings, serving_version
@@ -146,6 +147,8 @@ class ServingService(mode.Service):
         log.info("Serving version %d (%d items, %s text encoder) after %.2fs%s", version["id"],
                  len(recommender.vocab.items) - 2, recommender.text_encoder_name, time.perf_counter() - started,
                  "" if previous is None else f", replacing version {previous.version['id']}")
+        del previous, bundle, loaded
+        release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
 
     def storefronts(self) -> set[str]:
         known = set(self.trending.storefronts()) | set(self.storefront_items)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,6 +20,7 @@ from learner.recommend import Recommender, UnknownItem
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay.codec import to_table
+from runtime.memory import release_free_heap
 from streams import history as history_module
 from streams import movielens
 from streams.history import Trending, UserHistories
@@ -284,3 +286,18 @@ def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memor
         similar = {s.item_id for s in exact.similar(item, 10)}
         overlaps.append(len({s.item_id for s in compact.similar(item, 10)} & similar) / 10)
     assert sum(overlaps) / len(overlaps) >= 0.9, overlaps
+
+
+def test_freed_heap_goes_back_to_the_operating_system():
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+    # 64 KiB blocks come from the C heap; keeping every tenth leaves holes glibc would otherwise keep
+    blocks = [np.ones(8192) for _ in range(4000)]
+    kept = blocks[::10]
+    del blocks
+    before = rss_mib()
+    assert release_free_heap()
+    assert rss_mib() < before - 100, (before, rss_mib())
+    assert len(kept) == 400
