@@ -2,29 +2,34 @@
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
                           [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
+                          [--vectors catalog]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
-with synthetic unit text vectors (no MiniLM run: a million texts would take hours on a CPU,
-and the step's cost does not depend on what the vectors say), draws batches of 128 user
+with synthetic text vectors (no MiniLM run: a million texts would take hours on a CPU, and
+the step's cost does not depend on what the vectors say), draws batches of 128 user
 sequences of 50 events with Zipf-distributed item ids (a long tail, like a store's), and
 times ``--steps`` training steps (after two warm-up steps) with the sampled softmax and, where
 its logits fit in memory, the full softmax. Prints the median step time, its ratio to the
 sampled step at the smallest catalog, and the process' peak RSS after each size.
 
 Serving: for each size a :class:`learner.recommend.Recommender` snapshot of the same synthetic
-model (its synthetic text vectors stand for the catalog's texts) with the worker's index
-threshold (``STREAMREC_ANN_ABOVE_ITEMS``) and item vectors held at ``--precision`` (the
-worker's ``STREAMREC_SERVING_PRECISION``); it prints the snapshot's build time (item vectors
-and, above the threshold, the three HNSW indexes), Recall@20 of ``recommend``'s search against
-exact float32 search for 200 users' histories, and the latency of ``recommend`` (model
-forward, index search, explanations) and ``similar`` calls issued at ``--rate`` per second for
-``--seconds`` (open loop: a call that starts late because the one before ran long counts its
-wait), in process, one thread; then ``search`` with distinct queries at the same rate, encoded
-by the real MiniLM as the worker encodes them (batched on a thread of their own) and answered
-on an asyncio loop. The vectors of an untrained model are close to random, which is harder
-for an index than a trained model's clustered ones. RSS is the process' at the end (the
-snapshot and MiniLM; the synthetic bundle it was built from is released), and in brackets its
-peak, which includes building the synthetic bundle.
+model with the worker's index threshold (``STREAMREC_ANN_ABOVE_ITEMS``) and item vectors held
+at ``--precision`` (the worker's ``STREAMREC_SERVING_PRECISION``). The text vectors stand for
+the catalog's texts: ``catalog`` (the default) clusters them by department, category and
+family as much as MiniLM clusters real titles (:data:`TEXT_SHARES`); ``random`` draws
+independent directions, which no catalog looks like and which is the hardest case for an
+index. The model is untrained, so its item vectors are a random projection of the text
+vectors plus random id vectors. It prints the snapshot's build time (item vectors and, above
+the threshold, the three HNSW indexes); Recall@20 against exact float32 search of the
+recommend index for 200 users' histories, of the similar-items index for 200 items and of
+the text index for 200 unseen texts; and the latency of ``recommend`` (model forward, index
+search, explanations) and ``similar`` calls issued at ``--rate`` per second for ``--seconds``
+(open loop: a call that starts late because the one before ran long counts its wait), in
+process, one thread; then ``search`` with distinct queries at the same rate, encoded by the
+real MiniLM as the worker encodes them (batched on a thread of their own) and answered on an
+asyncio loop. RSS is the process' at the end (the snapshot and MiniLM; the synthetic bundle
+it was built from is released and freed heap handed back, as the worker does), and in
+brackets its peak, which includes building the synthetic bundle and the exact indexes.
 """
 
 from __future__ import annotations

@@ -301,3 +301,32 @@ def test_freed_heap_goes_back_to_the_operating_system():
     assert release_free_heap()
     assert rss_mib() < before - 100, (before, rss_mib())
     assert len(kept) == 400
+
+
+@pytest.mark.parametrize("metric, precision", [("ip", "int8"), ("ip", "float16"), ("cos", "int8"), ("cos", "float32")])
+def test_a_graph_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metric, precision):
+    from learner.neighbours import ItemIndex, as_served
+
+    rng = np.random.default_rng(5)
+    shared = rng.normal(size=16)  # the direction a model's item vectors share
+    vectors = (3 * shared + rng.normal(size=(3000, 16))).astype(np.float32)
+    graph = ItemIndex(vectors, metric, approximate=True, exact_below=0, precision=precision)
+    served = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cos" else vectors
+    served = as_served(served, precision)
+    assert graph.vectors is None and graph.nbytes == 2998 * 16 * (1 if (metric, precision) == ("cos", "int8") else
+                                                                 4 if precision == "float32" else 2)
+    assert np.allclose(graph.rows(np.arange(2, 3000)), served[2:], atol=0.02)
+    for query in rng.normal(size=(20, 16)).astype(np.float32):
+        rows, scores = graph.search(query, 10)
+        unit = query / np.linalg.norm(query) if metric == "cos" else query
+        assert np.allclose(scores, served[rows] @ unit, atol=0.02 * max(1.0, np.abs(scores).max()))
+        assert list(scores) == sorted(scores, reverse=True)
+
+    changed = vectors.copy()
+    changed[10] = -changed[10]
+    grown = graph.extended(np.concatenate([changed, -vectors[100:101]]))
+    assert len(grown) == 3001 and len(grown.graph) == 2999 and len(graph.graph) == 2998
+    assert np.allclose(grown.rows(np.array([10, 3000])), -served[[10, 100]], atol=0.02)
+    assert np.allclose(graph.rows(np.array([10])), served[10:11], atol=0.02)  # the old index is untouched
+    if metric == "cos":  # the inserted row is found, and the changed one where it now points
+        assert grown.search(-vectors[100], 1)[0][0] == 3000 and grown.search(-vectors[10], 1)[0][0] == 10
