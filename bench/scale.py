@@ -2,7 +2,7 @@
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
                           [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
-                          [--vectors catalog]
+                          [--vectors catalog] [--breadth 512]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic text vectors (no MiniLM run: a million texts would take hours on a CPU, and
@@ -173,7 +173,7 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
     return np.array(out)
 
 
-def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str) -> str:
+def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str, breadth: int) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
     texts = text_vectors(n + 2 + 200, np.random.default_rng(1), vectors)  # the last 200: unseen texts, as queries
     bundle = synthetic_bundle(n, seed=1, text=texts)
@@ -190,7 +190,7 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     del vectors
     started = time.perf_counter()
     snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
-                           precision=precision)
+                           precision=precision, ann_breadth=breadth)
     build = time.perf_counter() - started
     del bundle
     users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=SERVING_PRECISIONS,
                         default=Config.model_fields["serving_precision"].default,
                         help="serving: how the snapshot holds item vectors")
+    parser.add_argument("--breadth", type=int, default=Config.model_fields["ann_search_breadth"].default,
+                        help="serving: the worker's STREAMREC_ANN_SEARCH_BREADTH")
     parser.add_argument("--vectors", choices=("catalog", "random"), default="catalog",
                         help="serving: synthetic text vectors clustered like a catalog's, or random")
     parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
@@ -251,12 +253,12 @@ def main() -> None:
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
     if "serving-one" in parts:  # a child process of the serving part: one row
         print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
-                      args.precision, args.vectors), flush=True)
+                      args.precision, args.vectors, args.breadth), flush=True)
         return
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
-        print(f"Serving, {args.vectors} text vectors, {args.rate:.0f} calls/s for {args.seconds:.0f} s each, "
-              f"indexes above {ann_above:,} items\n")
+        print(f"Serving, {args.vectors} text vectors, search breadth {args.breadth}, {args.rate:.0f} calls/s for "
+              f"{args.seconds:.0f} s each, indexes above {ann_above:,} items\n")
         print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
@@ -264,7 +266,7 @@ def main() -> None:
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
                             "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision,
-                            "--vectors", args.vectors],
+                            "--vectors", args.vectors, "--breadth", str(args.breadth)],
                            check=True)
         print()
     if "training" not in parts:

@@ -74,13 +74,16 @@ class Recommender:
         How item vectors are held for answering: ``"float32"``, ``"float16"`` or ``"int8"``
         (a scale per item; see :class:`learner.neighbours.Int8Rows`); None: float16 beside
         an HNSW graph, else float32. Users' states are computed from the same vectors.
+    ann_breadth
+        How broadly ``recommend`` and ``similar`` search their HNSW indexes (``search``
+        searches as broadly as it fetches).
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
                  cache: TextEmbeddingCache | None = None, device: Device | None = None,
                  ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False,
-                 precision: str | None = None):
+                 precision: str | None = None, ann_breadth: int = 512):
         self.version = version
         self.device = device or pick_device()
         bundle = bundle if owned else bundle.copy()
@@ -100,8 +103,8 @@ class Recommender:
             self.recommend_index = previous.recommend_index.extended(vectors)
             self.similar_index = previous.similar_index.extended(vectors)
         else:
-            self.recommend_index = self._index(vectors, "ip", ann_above, precision)
-            self.similar_index = self._index(vectors, "cos", ann_above, precision)
+            self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_breadth)
+            self.similar_index = self._index(vectors, "cos", ann_above, precision, ann_breadth)
         del vectors
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
@@ -124,7 +127,7 @@ class Recommender:
 
     @staticmethod
     def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None,
-               expansion_search: int = 512) -> ItemIndex:
+               expansion_search: int) -> ItemIndex:
         approximate = ann_above is not None and len(vectors) > ann_above
         exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
         return ItemIndex(vectors, metric, approximate, exact_below, expansion_search=expansion_search,

@@ -138,7 +138,8 @@ class ServingService(mode.Service):
         recommender = Recommender(version, bundle, load_catalog(self.engine),
                                   {s: set(items) for s, items in self.storefront_items.items()},
                                   self._catalog_encoder, cache, self.device, self.config.ann_above_items,
-                                  previous=self.recommender, owned=True, precision=self.config.serving_precision)
+                                  previous=self.recommender, owned=True, precision=self.config.serving_precision,
+                                  ann_breadth=self.config.ann_search_breadth)
         cache.save()
         self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender
