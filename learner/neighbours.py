@@ -210,8 +210,7 @@ class ItemIndex:
             fetch *= 4
         if passed.sum() < min(k, n_allowed):  # the graph could not reach enough allowed rows
             return self._exact(query, k, np.flatnonzero(allowed))
-        rows, scores = keys[passed][:k], (shift - found.distances[passed][:k]).astype(np.float32)
-        return rows, scores
+        return keys[passed][:k], (shift - found.distances[passed][:k]).astype(np.float32)
 
     def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = self.rows(rows) @ query
