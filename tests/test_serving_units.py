@@ -330,3 +330,17 @@ def test_a_graph_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metric
     assert np.allclose(graph.rows(np.array([10])), served[10:11], atol=0.02)  # the old index is untouched
     if metric == "cos":  # the inserted row is found, and the changed one where it now points
         assert grown.search(-vectors[100], 1)[0][0] == 3000 and grown.search(-vectors[10], 1)[0][0] == 10
+
+
+def test_a_query_encoder_copy_shares_the_weights_and_encodes_alongside_the_original(encoder, movielens_data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    titles = movielens_data[1]["title"].astype(str).tolist()[:256]
+    expected = encoder.encode(titles)
+    copy = encoder.copy()
+    with ThreadPoolExecutor(2) as pool:  # catalog encoding and query encoding at once, as in a worker
+        futures = [pool.submit(e.encode, titles) for e in (encoder, copy, encoder, copy)]
+        results = [f.result() for f in futures]
+    assert copy.model is encoder.model and copy.tokenizer is not encoder.tokenizer
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-5)
