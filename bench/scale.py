@@ -90,19 +90,17 @@ def text_vectors(n: int, rng: np.random.Generator, kind: str = "catalog") -> np.
     """
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     draw = lambda rows: unit(rng.standard_normal(size=(rows, TEXT_DIM), dtype=np.float32))  # noqa: E731
+    shares, groups = {"item": 1.0}, []  # random: each item's own direction only
+    if kind != "random":
+        families = rng.integers(0, max(1, n // ITEMS_PER_FAMILY), n)
+        categories = rng.integers(0, max(1, n // ITEMS_PER_CATEGORY), families.max() + 1)[families]
+        departments = rng.integers(0, DEPARTMENTS, categories.max() + 1)[categories]
+        shares, groups = TEXT_SHARES, [np.zeros(n, dtype=np.int64), departments, categories, families]
+    tables = [np.sqrt(share) * draw(group.max() + 1) for share, group in zip(shares.values(), groups)]
     out = np.empty((n, TEXT_DIM), dtype=np.float32)
-    if kind == "random":
-        for start in range(0, n, 65_536):
-            out[start:start + 65_536] = draw(len(out[start:start + 65_536]))
-        return out
-    families = rng.integers(0, max(1, n // ITEMS_PER_FAMILY), n)
-    categories = rng.integers(0, max(1, n // ITEMS_PER_CATEGORY), families.max() + 1)[families]
-    departments = rng.integers(0, DEPARTMENTS, categories.max() + 1)[categories]
-    groups = [np.zeros(n, dtype=np.int64), departments, categories, families]
-    tables = [np.sqrt(share) * draw(group.max() + 1) for share, group in zip(TEXT_SHARES.values(), groups)]
     for start in range(0, n, 65_536):  # a block at a time: a million items' float32 vectors, no more
         block = slice(start, start + 65_536)
-        items = np.sqrt(TEXT_SHARES["item"]) * draw(len(out[block]))
+        items = np.sqrt(shares["item"]) * draw(len(out[block]))
         out[block] = unit(items + sum(table[group[block]] for table, group in zip(tables, groups)))
     return out
 
