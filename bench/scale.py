@@ -2,7 +2,7 @@
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
                           [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
-                          [--vectors catalog] [--breadth 512]
+                          [--vectors catalog] [--recall 0.95]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic text vectors (no MiniLM run: a million texts would take hours on a CPU, and
@@ -20,7 +20,9 @@ family as much as MiniLM clusters real titles (:data:`TEXT_SHARES`); ``random`` 
 independent directions, which no catalog looks like and which is the hardest case for an
 index. The model is untrained, so its item vectors are a random projection of the text
 vectors plus random id vectors. It prints the snapshot's build time (item vectors and, above
-the threshold, the three HNSW indexes); Recall@20 against exact float32 search of the
+the threshold, the three inverted-file indexes, each tuned to ``--recall`` on its own items,
+the worker's ``STREAMREC_ANN_RECALL``) and the lists each scans; Recall@20 against exact
+float32 search of the
 recommend index for 200 users' histories, of the similar-items index for 200 items and of
 the text index for 200 unseen texts; and the latency of ``recommend`` (model forward, index
 search, explanations) and ``similar`` calls issued at ``--rate`` per second for ``--seconds``
@@ -171,7 +173,8 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
     return np.array(out)
 
 
-def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str, breadth: int) -> str:
+def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str,
+            target: float) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
     texts = text_vectors(n + 2 + 200, np.random.default_rng(1), vectors)  # the last 200: unseen texts, as queries
     bundle = synthetic_bundle(n, seed=1, text=texts)
@@ -188,7 +191,7 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     del vectors
     started = time.perf_counter()
     snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
-                           precision=precision, ann_breadth=breadth)
+                           precision=precision, ann_recall=target)
     build = time.perf_counter() - started
     del bundle
     users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
@@ -204,8 +207,9 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     search = asyncio.run(paced_searches(snapshot, rate, seconds))
     rss, peak = current_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     quantiles = lambda ms: " / ".join(f"{q:.1f}" for q in np.percentile(ms, [50, 95, 99]))  # noqa: E731
-    return (f"| {n:,} | {'HNSW' if snapshot.recommend_index.approximate else 'exact'}, {precision} | {build:.1f} "
-            f"| {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
+    indexes = snapshot.describe_indexes().values()
+    scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
+    return (f"| {n:,} | {precision} | {build:.1f} | {scanned} | {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
             f"| {rss:.0f} ({peak:.0f}) |")
 
 
@@ -239,8 +243,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=SERVING_PRECISIONS,
                         default=Config.model_fields["serving_precision"].default,
                         help="serving: how the snapshot holds item vectors")
-    parser.add_argument("--breadth", type=int, default=Config.model_fields["ann_search_breadth"].default,
-                        help="serving: the worker's STREAMREC_ANN_SEARCH_BREADTH")
+    parser.add_argument("--recall", type=float, default=Config.model_fields["ann_recall"].default,
+                        help="serving: the worker's STREAMREC_ANN_RECALL")
     parser.add_argument("--vectors", choices=("catalog", "random"), default="catalog",
                         help="serving: synthetic text vectors clustered like a catalog's, or random")
     parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
@@ -251,20 +255,21 @@ def main() -> None:
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
     if "serving-one" in parts:  # a child process of the serving part: one row
         print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
-                      args.precision, args.vectors, args.breadth), flush=True)
+                      args.precision, args.vectors, args.recall), flush=True)
         return
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
-        print(f"Serving, {args.vectors} text vectors, search breadth {args.breadth}, {args.rate:.0f} calls/s for "
-              f"{args.seconds:.0f} s each, indexes above {ann_above:,} items\n")
-        print("| items | search, vectors | snapshot build s | Recall@20 vs exact float32: recommend / similar / search "
+        print(f"Serving, {args.vectors} text vectors, indexes above {ann_above:,} items tuned to Recall@20 "
+              f"{args.recall}, {args.rate:.0f} calls/s for {args.seconds:.0f} s each\n")
+        print("| items | precision | snapshot build s | lists scanned: recommend / similar / search "
+              "| Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
                             "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision,
-                            "--vectors", args.vectors, "--breadth", str(args.breadth)],
+                            "--vectors", args.vectors, "--recall", str(args.recall)],
                            check=True)
         print()
     if "training" not in parts:

@@ -1,31 +1,29 @@
-"""Top-k items for a query vector: exact below a catalog size, an HNSW index (``usearch``) above it.
+"""Top-k items for a query vector: exact below a catalog size, an inverted-file index (``faiss``) above it.
 
 :class:`ItemIndex` answers "the ``k`` rows whose vectors score highest against this query,
 among the allowed rows" with one interface whatever the catalog's size:
 
 * **exact** (small catalogs): one matrix-vector product over the allowed rows;
-* **approximate** (``approximate=True``): an HNSW graph (``usearch``) built and searched with
-  the inner product itself (``metric="ip"``: recommendations; a similarity graph over the
-  inner product, as in ip-NSW, Morozov and Babenko, NeurIPS 2018) or cosine (``metric="cos"``:
-  similar items, search). Filters are applied to what the graph returns: it fetches 8x what is
-  asked divided by the share of rows allowed, and 4x more while too few pass; a filter that
-  keeps few rows (a small storefront) is answered exactly over those rows instead.
+* **approximate** (``approximate=True``): an inverted-file index (IVF, ``faiss``). k-means
+  splits the rows into about 4 sqrt(n) lists; a search scores the rows of the lists whose
+  centres score highest against the query. The scores are the inner product (``metric="ip"``:
+  recommendations) or the cosine (``metric="cos"``: similar items, search).
 
-Without a graph the item vectors are kept as float32, float16 or int8 codes with a scale per
-row (:class:`Int8Rows`): 4, 2 or 1 byte per dimension. With a graph, the graph holds the only
-copy and scores come from its own distances:
+How many lists a search scans is tuned when the index is built: the fewest that find
+``recall`` (0.95 by default) of the exact top 20 for 200 of the index's own rows taken as
+queries, against exact float32 search (:attr:`ItemIndex.probes`, :attr:`ItemIndex.tuned_recall`).
+So an index over well-clustered vectors scans few lists and one over vectors without
+structure scans many, and both find what they are asked to.
 
-* cosine at ``precision="int8"``: each row's int8 codes (its largest magnitude maps to 127;
-  cosine does not need the scale), queries coded the same way;
-* inner product: float16 rows (float32 at ``precision="float32"``; at ``"int8"`` the values
-  int8 codes stand for) less their mean. Every row's score against a query drops by the same
-  amount, the query times the mean, so the ranking is the same, and it is added back; without
-  the direction that all of a model's item vectors share, the graph's neighbourhoods are
-  local and its searches find more of the true best (Recall@20 0.91 to 0.96 on 100,000
-  catalog-like items).
+Filters are applied while scanning (rows not allowed are skipped, not scored). A search that
+allows a share ``s`` of the rows scans ``1 / s`` times as many lists, so it scores about as
+many allowed rows; when that finds fewer than ``k``, it scans every list, which is exact over
+the allowed rows.
 
-A graph costs its vectors plus about 260 bytes an item for its links and key lookup at
-connectivity 16 (320 at 24).
+Vectors are kept as float32, float16 or int8 codes: without an index, int8 has a scale per row
+(:class:`Int8Rows`); in an index, each dimension has its own range (``faiss``' scalar
+quantiser, over each row's offset from its list's centre). An index adds 16 bytes a row (its
+id and where it is) to the vectors.
 
 Rows are the model's item rows; rows 0 and 1 (padding, unknown) are never returned.
 
@@ -33,7 +31,7 @@ Examples
 --------
 >>> rng = np.random.default_rng(0)
 >>> vectors = rng.normal(size=(1000, 16)).astype(np.float32)
->>> exact, approximate = ItemIndex(vectors), ItemIndex(vectors, approximate=True, exact_below=0)
+>>> exact, approximate = ItemIndex(vectors), ItemIndex(vectors, approximate=True, recall=1.0)
 >>> query = rng.normal(size=16).astype(np.float32)
 >>> exact.search(query, 5)[0].tolist() == approximate.search(query, 5)[0].tolist()
 True
@@ -44,18 +42,25 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from learner.options import SERVING_PRECISIONS as PRECISIONS
 
 RESERVED_ROWS = 2  # padding and unknown
-CONNECTIVITY = {"ip": 24, "cos": 16}
-"""HNSW's graph degree by metric: inner-product graphs need more neighbours to be as easy to
-search (Recall@20 on 300,000 catalog-like items, breadth 512: 0.90 with 16, 0.97 with 24)."""
+LISTS_PER_ROOT = 4
+"""An index over ``n`` rows has about ``LISTS_PER_ROOT * sqrt(n)`` lists (faiss' guideline is 4 to 16)."""
+MIN_ROWS_PER_LIST, TRAIN_ROWS_PER_LIST = 39, 64
+"""k-means wants at least 39 rows a list to place its centres (fewer lists on small catalogs); it
+learns them from a sample of 64 rows a list."""
+TUNING_QUERIES, TUNING_K, PROBE_STEP = 200, 20, 1.5
+"""Tuning measures Recall@20 for 200 rows taken as queries, at 1, 2, 3, 5, ... lists scanned
+(each 1.5 times the last)."""
+RANGE_MARGIN = 0.1
+"""int8 codes: each dimension's range is the sample's, widened by 10% on each side, so rows
+added later code without clipping unless they lie well outside it."""
 BLOCK = 65_536
-EXACT_BELOW_ALLOWED = 10_000
-"""By default a filter that keeps fewer rows than this is answered exactly over them (at most about 2 ms
-without a graph, 10 ms reading the rows from one)."""
 
 
 class ItemIndex:
@@ -64,45 +69,55 @@ class ItemIndex:
     Parameters
     ----------
     vectors
-        float32 [n_rows, dim], one per item row (rows 0 and 1 are ignored).
+        [n_rows, dim] (float32 or float16), one per item row (rows 0 and 1 are never returned).
     metric
         ``"ip"`` (inner product) or ``"cos"`` (cosine).
     approximate
-        Build an HNSW graph; otherwise every search is exact.
-    exact_below
-        Searches that allow fewer rows than this are exact over them, graph or not.
+        Build an inverted-file index; otherwise every search is exact.
     precision
         How the vectors are kept: ``"float32"``, ``"float16"`` or ``"int8"`` (None: float16
-        with a graph, else float32).
-    connectivity, expansion_add, expansion_search
-        HNSW's graph degree (None: :data:`CONNECTIVITY`) and its breadth when building and searching (at least what a
-        search fetches; 0: just that). A search changes the graph's breadth: one thread searches an index.
+        in an index, else float32).
+    recall
+        With an index: the share of the exact top 20 its searches should find, which decides
+        how many lists they scan.
+    seed
+        For k-means and the tuning queries.
     """
 
     def __init__(self, vectors: np.ndarray, metric: str = "ip", approximate: bool = False,
-                 exact_below: int = EXACT_BELOW_ALLOWED, connectivity: int | None = None, expansion_add: int = 128,
-                 expansion_search: int = 512, precision: str | None = None):
+                 precision: str | None = None, recall: float = 0.95, seed: int = 0):
         if metric not in ("ip", "cos"):
             raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
         if precision not in (None, *PRECISIONS):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.metric, self.exact_below, self.expansion_search = metric, exact_below, expansion_search
-        self.precision = precision or ("float16" if approximate else "float32")
-        self.n_rows, self.graph, self.vectors = len(vectors), None, None
-        if not approximate:
+        if not 0 < recall <= 1:
+            raise ValueError(f"recall must be in (0, 1], got {recall}")
+        self.metric, self.precision = metric, precision or ("float16" if approximate else "float32")
+        self.n_rows, self.index, self.vectors = len(vectors), None, None
+        if not approximate or len(vectors) <= RESERVED_ROWS:
             self.vectors = _stored(self._scored(vectors, metric), self.precision)
             return
-        from usearch.index import Index
+        import faiss
 
-        self.offset = np.zeros(vectors.shape[1], dtype=np.float32)
-        if metric == "ip" and len(vectors) > RESERVED_ROWS:
-            self.offset = vectors[RESERVED_ROWS:].mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.reserved = as_served(self._scored(vectors[:RESERVED_ROWS], metric), self.precision)  # never in the graph
-        self.graph = Index(ndim=vectors.shape[1], metric=metric, dtype=self._graph_dtype(),
-                           connectivity=connectivity or CONNECTIVITY[metric], expansion_add=expansion_add,
-                           expansion_search=max(expansion_search, 1))
-        for block in _blocks(RESERVED_ROWS, len(vectors)):  # a block at a time: no float32 copy of all rows
-            self.graph.add(block.astype(np.uint64), self._for_graph(self._scored(vectors[block], metric)))
+        n, dim = vectors.shape
+        rng = np.random.default_rng(seed)
+        lists = max(1, min(round(LISTS_PER_ROOT * math.sqrt(n)), n // MIN_ROWS_PER_LIST))
+        quantiser = faiss.IndexFlatIP(dim)
+        if self.precision == "float32":
+            self.index = faiss.IndexIVFFlat(quantiser, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        else:
+            codes = faiss.ScalarQuantizer.QT_8bit if self.precision == "int8" else faiss.ScalarQuantizer.QT_fp16
+            self.index = faiss.IndexIVFScalarQuantizer(quantiser, dim, lists, codes, faiss.METRIC_INNER_PRODUCT)
+            self.index.sq.rangestat_arg = RANGE_MARGIN
+        self.index.cp.seed, self.index.cp.max_points_per_centroid = seed, TRAIN_ROWS_PER_LIST
+        sample = rng.choice(np.arange(RESERVED_ROWS, n), min(n - RESERVED_ROWS, TRAIN_ROWS_PER_LIST * lists),
+                            replace=False)
+        self.index.train(self._scored(vectors[np.sort(sample)], metric))
+        for block in _blocks(0, n):  # a block at a time: no float32 copy of all rows
+            self.index.add(self._scored(vectors[block], metric))
+        self.index.make_direct_map()  # rows() reads rows back by number
+        self.fingerprints = _fingerprints(vectors)
+        self.probes, self.tuned_recall = self._tuned(vectors, recall, rng)
 
     @staticmethod
     def _scored(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -111,121 +126,125 @@ class ItemIndex:
 
     @property
     def approximate(self) -> bool:
-        return self.graph is not None
+        return self.index is not None
+
+    @property
+    def lists(self) -> int:
+        """How many lists the index has (0 without one)."""
+        return self.index.nlist if self.index is not None else 0
 
     def __len__(self) -> int:
         return self.n_rows
 
-    def _graph_dtype(self) -> str:
-        if self.precision == "float32":
-            return "f32"
-        return "i8" if self.precision == "int8" and self.metric == "cos" else "f16"
+    def describe(self) -> dict:
+        """How searches run: ``{"search": "exact"}``, or the index's lists, how many a search
+        scans and the Recall@20 measured when it was built.
 
-    def _for_graph(self, vectors: np.ndarray) -> np.ndarray:
-        """What the graph holds for float32 ``vectors`` (unit vectors with ``cos``), as it stores it."""
-        if self.metric == "cos":
-            return Int8Rows(vectors).codes if self.precision == "int8" else vectors.astype(self._numpy_dtype())
-        return (as_served(vectors, self.precision) - self.offset).astype(self._numpy_dtype())
+        >>> ItemIndex(np.ones((5, 2), dtype=np.float32)).describe()
+        {'search': 'exact', 'rows': 5, 'precision': 'float32'}
+        """
+        out = {"search": "exact" if self.index is None else "inverted file", "rows": self.n_rows,
+               "precision": self.precision}
+        if self.index is not None:
+            out |= {"lists": self.lists, "lists_scanned": self.probes, "recall_at_20": round(self.tuned_recall, 4)}
+        return out
 
-    def _numpy_dtype(self) -> type:
-        return {"f32": np.float32, "f16": np.float16, "i8": np.int8}[self._graph_dtype()]
+    def _tuned(self, vectors: np.ndarray, target: float, rng: np.random.Generator) -> tuple[int, float]:
+        """(lists to scan, Recall@20 it measured): the fewest lists that reach ``target`` for
+        sampled rows as queries, against exact float32 search over the other rows; all lists
+        if none does."""
+        rows = rng.choice(np.arange(RESERVED_ROWS, self.n_rows), min(TUNING_QUERIES, self.n_rows // 2), replace=False)
+        queries = self._scored(vectors[rows], self.metric)
+        allowed = np.ones(self.n_rows, dtype=bool)
+        allowed[:RESERVED_ROWS] = allowed[rows] = False  # a query's own row would be found for free
+        k = min(TUNING_K, int(allowed.sum()))
+        scores = np.empty((len(queries), 0), dtype=np.float32)
+        exact = np.empty((len(queries), 0), dtype=np.int64)
+        for block in _blocks(RESERVED_ROWS, self.n_rows):
+            block = block[allowed[block]]
+            scores = np.concatenate([scores, queries @ self._scored(vectors[block], self.metric).T], axis=1)
+            exact = np.concatenate([exact, np.broadcast_to(block, (len(queries), len(block)))], axis=1)
+            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores, exact = np.take_along_axis(scores, best, axis=1), np.take_along_axis(exact, best, axis=1)
+        probes = 1
+        while True:
+            found = self._scan(queries, k, probes, allowed)[0]
+            recall = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, exact)]))
+            if recall >= target or probes == self.lists:
+                return probes, recall
+            probes = min(self.lists, math.ceil(probes * PROBE_STEP))
 
-    def _held(self, rows: np.ndarray) -> np.ndarray:
-        """The graph's own copy of ``rows`` (all in the graph), in its dtype."""
-        if not len(rows):
-            return np.zeros((0, self.graph.ndim), dtype=self._numpy_dtype())
-        return np.stack(self.graph.get(np.asarray(rows, dtype=np.uint64)))
+    def _scan(self, queries: np.ndarray, k: int, probes: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) [len(queries), k] of the best allowed rows in the ``probes`` lists
+        nearest each query; row -1 where fewer were found."""
+        import faiss
+
+        bits = np.packbits(allowed, bitorder="little")  # the selector reads it: keep it until the search ends
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        scores, rows = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=probes, sel=selector))
+        return rows, scores
 
     def extended(self, vectors: np.ndarray) -> ItemIndex:
         """An index over ``vectors`` (this index's rows, possibly changed, then new rows) that
-        reuses this one's graph: only new and changed rows are (re)inserted. This index is not
+        reuses this one's lists: only changed and new rows are (re)coded. This index is not
         changed."""
         out = object.__new__(ItemIndex)
         out.__dict__.update(self.__dict__)
         out.n_rows = len(vectors)
-        if self.graph is None:
+        if self.index is None:
             out.vectors = _stored(self._scored(vectors, self.metric), self.precision)
             return out
-        out.reserved = as_served(self._scored(vectors[:RESERVED_ROWS], self.metric), self.precision)
-        out.graph = self.graph.copy()
-        for block in _blocks(RESERVED_ROWS, len(vectors)):
-            held = out._for_graph(self._scored(vectors[block], self.metric))  # with this index's offset
-            known = block[block < self.n_rows]
-            changed = (self._held(known) != held[:len(known)]).any(axis=1)
-            if changed.any():
-                out.graph.remove(known[changed].astype(np.uint64))
-            insert = np.concatenate([changed, np.ones(len(block) - len(known), dtype=bool)])
-            if insert.any():
-                out.graph.add(block[insert].astype(np.uint64), held[insert])
+        import faiss
+
+        out.index, out.fingerprints = faiss.clone_index(self.index), _fingerprints(vectors)
+        changed = np.flatnonzero(out.fingerprints[:self.n_rows] != self.fingerprints)
+        for start in range(0, len(changed), BLOCK):
+            rows = changed[start:start + BLOCK]
+            out.index.update_vectors(rows, self._scored(vectors[rows], self.metric))
+        for block in _blocks(self.n_rows, len(vectors)):
+            out.index.add(self._scored(vectors[block], self.metric))
         return out
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), dim] vectors of ``rows`` as kept (unit vectors with ``cos``)."""
-        if self.graph is None:
+        if self.index is None:
             return np.asarray(self.vectors[rows], dtype=np.float32)
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.graph.ndim), dtype=np.float32)
-        reserved = rows < RESERVED_ROWS
-        out[reserved] = self.reserved[rows[reserved]]
-        held = self._held(rows[~reserved]).astype(np.float32)
-        out[~reserved] = _unit(held) if self.metric == "cos" else held + self.offset
-        return out
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
-        """Memory of the vectors (with a graph, as the graph holds them; its links not included)."""
-        if self.graph is None:
-            return self.vectors.nbytes
-        return len(self.graph) * self.graph.ndim * np.dtype(self._numpy_dtype()).itemsize
+        """Memory of the vectors (in an index: their codes, without the 16 bytes a row of ids)."""
+        return self.vectors.nbytes if self.index is None else self.n_rows * self.index.code_size
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the ``k`` best allowed rows, best first; ``allowed`` is a bool mask
         over rows (None: every row). Fewer than ``k`` when fewer rows are allowed."""
-        query = self._scored(query[None], self.metric)[0]
-        if allowed is None:
-            allowed = np.ones(self.n_rows, dtype=bool)
-        allowed = allowed.copy()
+        query = self._scored(query[None], self.metric)
+        allowed = np.ones(self.n_rows, dtype=bool) if allowed is None else allowed.copy()
         allowed[:RESERVED_ROWS] = False
         n_allowed = int(allowed.sum())
-        if self.graph is None or n_allowed < self.exact_below:
-            if self.graph is None and n_allowed * 4 > len(allowed):  # most rows: one product, then the mask
-                scores = self.vectors @ query
-                scores[~allowed] = -np.inf
-                top = np.argpartition(-scores, min(k, n_allowed))[:min(k, n_allowed)] if n_allowed > k else \
-                    np.flatnonzero(allowed)
-                top = top[np.argsort(-scores[top], kind="stable")]
-                return top, scores[top]
-            return self._exact(query, k, np.flatnonzero(allowed))
-        held = Int8Rows(query[None]).codes[0] if self._graph_dtype() == "i8" else query  # coded as the rows are
-        shift = 1.0 + (float(query @ self.offset) if self.metric == "ip" else 0.0)  # usearch's distance is 1 - score
-        fetch = int(8 * k * self.n_rows / n_allowed)  # 8x what passes the filter, on average
-        while True:
-            # the graph's search breadth must cover what is fetched, or far fewer of them are the best
-            self.graph.expansion_search = max(self.expansion_search, fetch)
-            found = self.graph.search(held, min(fetch, len(self.graph)))
-            keys = found.keys.astype(np.int64)
-            passed = allowed[keys]
-            if passed.sum() >= k or fetch >= len(self.graph):
-                break
-            fetch *= 4
-        if passed.sum() < min(k, n_allowed):  # the graph could not reach enough allowed rows
-            return self._exact(query, k, np.flatnonzero(allowed))
-        return keys[passed][:k], (shift - found.distances[passed][:k]).astype(np.float32)
-
-    def _exact(self, query: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.rows(rows) @ query
-        top = np.argpartition(-scores, k)[:k] if len(rows) > k else np.arange(len(rows))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return rows[top], scores[top]
-
-
+        k = min(k, n_allowed)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if self.index is None:
+            scores = self.vectors @ query[0]
+            scores[~allowed] = -np.inf
+            top = np.argpartition(-scores, k - 1)[:k]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return top, scores[top]
+        probes = min(self.lists, math.ceil(self.probes * (self.n_rows - RESERVED_ROWS) / n_allowed))
+        rows, scores = self._scan(query, k, probes, allowed)
+        if rows[0, -1] < 0 and probes < self.lists:  # too few allowed rows in those lists: all of them, exact
+            rows, scores = self._scan(query, k, self.lists, allowed)
+        found = rows[0] >= 0
+        return rows[0][found], scores[0][found]
 def recall_at_k(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, k: int = 20) -> float:
     """Mean share of the exact top ``k`` that ``index`` returns, over ``queries`` [q, dim].
 
     >>> rng = np.random.default_rng(1)
     >>> vectors = rng.normal(size=(500, 8)).astype(np.float32)
-    >>> graph = ItemIndex(vectors, approximate=True, exact_below=0)
-    >>> recall_at_k(graph, ItemIndex(vectors), rng.normal(size=(10, 8))) >= 0.95
+    >>> index = ItemIndex(vectors, approximate=True)
+    >>> recall_at_k(index, ItemIndex(vectors), rng.normal(size=(10, 8))) >= 0.95
     True
     """
     found = [len(set(index.search(q, k)[0].tolist()) & set(exact.search(q, k)[0].tolist())) / k for q in queries]
@@ -287,6 +306,13 @@ def _stored(vectors: np.ndarray, precision: str) -> np.ndarray | Int8Rows:
 def _blocks(start: int, stop: int):
     """Row numbers from ``start`` to ``stop`` in blocks of :data:`BLOCK`."""
     return (np.arange(first, min(first + BLOCK, stop)) for first in range(start, stop, BLOCK))
+
+
+def _fingerprints(vectors: np.ndarray) -> np.ndarray:
+    """uint64 [n]: a hash of each row's float32 values (a changed row changes its hash)."""
+    multipliers = np.random.default_rng(vectors.shape[1]).integers(1, 2 ** 63, vectors.shape[1], dtype=np.uint64)
+    return np.concatenate([(np.ascontiguousarray(vectors[start:start + 8192], dtype=np.float32).view(np.uint32)
+                            * multipliers).sum(axis=1, dtype=np.uint64) for start in range(0, len(vectors), 8192)])
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ MiniLM look-alikes, as in training), its item vectors, the catalog's text embedd
 the version's text encoder (pretrained MiniLM, or with the version's tuned adapter), which
 encodes search queries. Each of the three answers searches an :class:`ItemIndex`: model
 vectors by inner product (recommend), by cosine (similar), text vectors by cosine (search);
-exact, or HNSW graphs above a catalog size, which a snapshot of the same items reuses (the
-text index across versions too, while the text encoder is the same). The worker builds a
+exact, or inverted-file indexes above a catalog size, which a snapshot of the same items
+reuses (the text index across versions too, while the text encoder is the same). The worker builds a
 new snapshot off the event loop and swaps the reference, so a request always sees exactly
 one version, encoder included.
 """
@@ -24,7 +24,7 @@ import torch
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN
-from learner.neighbours import EXACT_BELOW_ALLOWED, ItemIndex
+from learner.neighbours import ItemIndex
 from learner.sequences import CLICK, PURCHASE, SequenceBatch
 from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 
@@ -59,10 +59,9 @@ class Recommender:
     storefront_items
         Items seen in each storefront's events, besides its catalog.
     ann_above
-        Above this many item rows, ``recommend``, ``similar`` and ``search`` search HNSW indexes
-        (:class:`learner.neighbours.ItemIndex`) instead of scoring every item (None: never);
-        a filter (storefront) that keeps fewer rows than :data:`learner.neighbours.EXACT_BELOW_ALLOWED`
-        (or ``ann_above``) is still answered exactly.
+        Above this many item rows, ``recommend``, ``similar`` and ``search`` search
+        inverted-file indexes (:class:`learner.neighbours.ItemIndex`) instead of scoring every
+        item (None: never).
     previous
         The snapshot this one replaces: when it served the same version, its indexes are
         reused and only new or changed items are inserted (its text index also when it served
@@ -72,18 +71,18 @@ class Recommender:
         and its item id table and text rows are released once the item vectors are computed.
     precision
         How item vectors are held for answering: ``"float32"``, ``"float16"`` or ``"int8"``
-        (a scale per item; see :class:`learner.neighbours.Int8Rows`); None: float16 beside
-        an HNSW graph, else float32. Users' states are computed from the same vectors.
-    ann_breadth
-        How broadly ``recommend`` and ``similar`` search their HNSW indexes (``search``
-        searches as broadly as it fetches).
+        (see :class:`learner.neighbours.ItemIndex`); None: float16 in an index, else float32.
+        Users' states are computed from the same vectors.
+    ann_recall
+        The share of the exact top 20 each index should find: it decides how many of an
+        index's lists a search scans.
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
                  cache: TextEmbeddingCache | None = None, device: Device | None = None,
                  ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False,
-                 precision: str | None = None, ann_breadth: int = 512):
+                 precision: str | None = None, ann_recall: float = 0.95):
         self.version = version
         self.device = device or pick_device()
         bundle = bundle if owned else bundle.copy()
@@ -103,8 +102,8 @@ class Recommender:
             self.recommend_index = previous.recommend_index.extended(vectors)
             self.similar_index = previous.similar_index.extended(vectors)
         else:
-            self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_breadth)
-            self.similar_index = self._index(vectors, "cos", ann_above, precision, ann_breadth)
+            self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_recall)
+            self.similar_index = self._index(vectors, "cos", ann_above, precision, ann_recall)
         del vectors
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
         self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
@@ -114,9 +113,7 @@ class Recommender:
         if same_items and previous.text_encoder_name == self.text_encoder_name:  # text rows of the same encoder
             self.search_index = previous.search_index.extended(texts)
         else:
-            # search breadth = what is fetched: 0.99 Recall@20 on clustered text-like vectors at 300,000 items,
-            # 2.4x faster than the model indexes' 512
-            self.search_index = self._index(texts, "cos", ann_above, precision, expansion_search=0)
+            self.search_index = self._index(texts, "cos", ann_above, precision, ann_recall)
         del texts
         if owned:  # answering reads the item vectors computed above, never the id table, its state or text rows
             with torch.no_grad():
@@ -125,13 +122,15 @@ class Recommender:
                     if hasattr(self.model, name):
                         setattr(self.model, name, getattr(self.model, name)[:0].clone())
 
+    def describe_indexes(self) -> dict[str, dict]:
+        """How each answer searches its items (:meth:`learner.neighbours.ItemIndex.describe`)."""
+        return {name: getattr(self, f"{name}_index").describe() for name in ("recommend", "similar", "search")}
+
     @staticmethod
     def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None,
-               expansion_search: int) -> ItemIndex:
+               recall: float) -> ItemIndex:
         approximate = ann_above is not None and len(vectors) > ann_above
-        exact_below = min(ann_above, EXACT_BELOW_ALLOWED) if approximate else 0  # few rows allowed: exact
-        return ItemIndex(vectors, metric, approximate, exact_below, expansion_search=expansion_search,
-                         precision=precision)
+        return ItemIndex(vectors, metric, approximate, precision, recall)
 
     def _text_rows(self, catalog: pd.DataFrame, cache: TextEmbeddingCache | None) -> np.ndarray:
         """[n_items, 384] text vectors by item row (zero without text): the version's own float16

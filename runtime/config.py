@@ -178,13 +178,12 @@ class Config(BaseSettings):
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
                                                            "new events and catalog items.")
     ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend`, `/similar` and "
-                                                              "`/search` search HNSW indexes (`usearch`) instead of "
-                                                              "scoring every item.")
-    ann_search_breadth: PositiveInt = Field(
-        512, description="How broadly `/recommend` and `/similar` search their HNSW indexes (at least what a request "
-                         "fetches): broader finds more of the exact top items and takes longer. At 1,000,000 items, "
-                         "`/similar` found 78%, 88% and 94% of the exact top 20 at 512, 1,024 and 2,048, in 2.9, "
-                         "5.3 and 10.2 ms a search.")
+                                                              "`/search` search inverted-file indexes (`faiss`) "
+                                                              "instead of scoring every item.")
+    ann_recall: float = Field(
+        0.95, gt=0, le=1, description="The share of the exact top 20 that each index should find. When a worker "
+                                      "builds an index it measures this for 200 of its items and scans as few of its "
+                                      "lists as reach it: higher scans more and takes longer.")
     serving_precision: Literal[SERVING_PRECISIONS] = Field(
         "int8", description=f"How workers hold item vectors: {either(SERVING_PRECISIONS)} (4, 2 or 1 byte a "
                             "dimension; int8 has a scale per item). The gate judges candidates as they will be "

@@ -139,7 +139,7 @@ class ServingService(mode.Service):
                                   {s: set(items) for s, items in self.storefront_items.items()},
                                   self._catalog_encoder, cache, self.device, self.config.ann_above_items,
                                   previous=self.recommender, owned=True, precision=self.config.serving_precision,
-                                  ann_breadth=self.config.ann_search_breadth)
+                                  ann_recall=self.config.ann_recall)
         cache.save()
         self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender
@@ -148,6 +148,10 @@ class ServingService(mode.Service):
         log.info("Serving version %d (%d items, %s text encoder) after %.2fs%s", version["id"],
                  len(recommender.vocab.items) - 2, recommender.text_encoder_name, time.perf_counter() - started,
                  "" if previous is None else f", replacing version {previous.version['id']}")
+        for name, index in recommender.describe_indexes().items():
+            if "lists" in index:
+                log.info("%s index: %d of %d lists scanned a search, Recall@20 %.3f against exact", name,
+                         index["lists_scanned"], index["lists"], index["recall_at_20"])
         del previous, bundle, loaded
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
 
@@ -159,4 +163,5 @@ class ServingService(mode.Service):
         r = self.recommender
         return {"version": r.version["id"] if r else None, "loaded_at": self.loaded_at,
                 "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
-                "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None}
+                "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None,
+                "indexes": r.describe_indexes() if r else None}

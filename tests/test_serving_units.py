@@ -214,8 +214,8 @@ def _bundle_of(recommender: Recommender) -> ModelBundle:
 
 @pytest.fixture(scope="module")
 def indexed(recommender, movielens_data, encoder) -> tuple[Recommender, Recommender]:
-    """The same version over the two storefronts, exact and from HNSW indexes (ann_above=0:
-    every search goes through the graph)."""
+    """The same version over the two storefronts, exact and from inverted-file indexes
+    (ann_above=0: every search goes through an index)."""
     shops = _shops(movielens_data[1])
     return (Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder),
             Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, ann_above=0))
@@ -257,15 +257,15 @@ def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movie
                             "category": "Action, Sci-Fi", "description": None, "storefront": "odd"}])
     grown = Recommender({"id": 7}, _bundle_of(indexed), pd.concat([shops, sequel], ignore_index=True), {},
                         encoder, ann_above=0, previous=indexed)
-    assert len(grown.recommend_index.graph) == len(indexed.recommend_index.graph) + 1  # one insert, no rebuild
-    assert len(indexed.recommend_index.graph) == len(indexed.item_ids) - 2  # the old snapshot is untouched
+    assert grown.recommend_index.index.ntotal == indexed.recommend_index.index.ntotal + 1  # one insert, no rebuild
+    assert indexed.recommend_index.index.ntotal == len(indexed.item_ids)  # the old snapshot is untouched
     similar = [s.item_id for s in grown.similar("m-sequel", 10)]
     assert "m-sequel" not in similar and len(similar) == 10
     titles = grown.titles
     assert any("Star Wars" in titles[i] or "Empire" in titles[i] or "Jedi" in titles[i] for i in similar), similar
     other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, ann_above=0, previous=grown)
-    assert other_version.recommend_index.graph is not grown.recommend_index.graph
-    assert len(other_version.recommend_index.graph) == len(other_version.item_ids) - 2
+    assert other_version.recommend_index.index is not grown.recommend_index.index
+    assert other_version.recommend_index.index.ntotal == len(other_version.item_ids)
 
 
 def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memory(indexed, movielens_data,
@@ -304,32 +304,50 @@ def test_freed_heap_goes_back_to_the_operating_system():
 
 
 @pytest.mark.parametrize("metric, precision", [("ip", "int8"), ("ip", "float16"), ("cos", "int8"), ("cos", "float32")])
-def test_a_graph_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metric, precision):
-    from learner.neighbours import ItemIndex, as_served
+def test_an_index_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metric, precision):
+    from learner.neighbours import ItemIndex
 
     rng = np.random.default_rng(5)
     shared = rng.normal(size=16)  # the direction a model's item vectors share
     vectors = (3 * shared + rng.normal(size=(3000, 16))).astype(np.float32)
-    graph = ItemIndex(vectors, metric, approximate=True, exact_below=0, precision=precision)
+    index = ItemIndex(vectors, metric, approximate=True, precision=precision)
     served = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cos" else vectors
-    served = as_served(served, precision)
-    assert graph.vectors is None and graph.nbytes == 2998 * 16 * (1 if (metric, precision) == ("cos", "int8") else
-                                                                 4 if precision == "float32" else 2)
-    assert np.allclose(graph.rows(np.arange(2, 3000)), served[2:], atol=0.02)
+    assert index.vectors is None and index.nbytes == 3000 * 16 * {"int8": 1, "float16": 2, "float32": 4}[precision]
+    assert index.describe()["recall_at_20"] >= 0.95 and 1 <= index.probes <= index.lists
+    tolerance = 0.02 * np.abs(served).max()  # int8: 1/255 of each dimension's range
+    assert np.abs(index.rows(np.arange(2, 3000)) - served[2:]).max() < tolerance
     for query in rng.normal(size=(20, 16)).astype(np.float32):
-        rows, scores = graph.search(query, 10)
+        rows, scores = index.search(query, 10)
         unit = query / np.linalg.norm(query) if metric == "cos" else query
-        assert np.allclose(scores, served[rows] @ unit, atol=0.02 * max(1.0, np.abs(scores).max()))
-        assert list(scores) == sorted(scores, reverse=True)
+        assert np.allclose(scores, index.rows(rows) @ unit, atol=1e-3 * np.abs(scores).max())
+        assert list(scores) == sorted(scores, reverse=True) and rows.min() >= 2
 
-    changed = vectors.copy()
-    changed[10] = -changed[10]
-    grown = graph.extended(np.concatenate([changed, -vectors[100:101]]))
-    assert len(grown) == 3001 and len(grown.graph) == 2999 and len(graph.graph) == 2998
-    assert np.allclose(grown.rows(np.array([10, 3000])), -served[[10, 100]], atol=0.02)
-    assert np.allclose(graph.rows(np.array([10])), served[10:11], atol=0.02)  # the old index is untouched
+    changed, added = vectors.copy(), (3 * shared + rng.normal(size=(1, 16))).astype(np.float32)
+    changed[10] = vectors[20]
+    grown = index.extended(np.concatenate([changed, added]))
+    added = added / np.linalg.norm(added) if metric == "cos" else added
+    assert len(grown) == 3001 and grown.index.ntotal == 3001 and index.index.ntotal == 3000
+    assert np.abs(grown.rows(np.array([10, 3000])) - [served[20], added[0]]).max() < tolerance
+    assert np.abs(index.rows(np.array([10])) - served[10:11]).max() < tolerance  # the old index is untouched
     if metric == "cos":  # the inserted row is found, and the changed one where it now points
-        assert grown.search(-vectors[100], 1)[0][0] == 3000 and grown.search(-vectors[10], 1)[0][0] == 10
+        assert grown.search(added[0], 1)[0][0] == 3000 and set(grown.search(vectors[20], 2)[0]) == {10, 20}
+
+
+def test_a_filter_that_keeps_few_rows_scans_every_list_and_is_exact_over_them():
+    from learner.neighbours import ItemIndex
+
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(20_000, 16)).astype(np.float32)
+    index, exact = ItemIndex(vectors, approximate=True, recall=0.5), ItemIndex(vectors)
+    assert index.probes < index.lists
+    for kept in (5, 50, 2_000):
+        allowed = np.zeros(len(vectors), dtype=bool)
+        allowed[rng.choice(np.arange(2, len(vectors)), kept, replace=False)] = True
+        for query in rng.normal(size=(5, 16)).astype(np.float32):
+            rows, scores = index.search(query, 20, allowed)
+            assert len(rows) == min(20, kept) and allowed[rows].all()
+            if kept <= 50:  # as few lists hold them: every list is scanned
+                assert rows.tolist() == exact.search(query, 20, allowed)[0].tolist()
 
 
 def test_a_query_encoder_copy_shares_the_weights_and_encodes_alongside_the_original(encoder, movielens_data):
