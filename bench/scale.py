@@ -2,7 +2,7 @@
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
                           [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
-                          [--vectors catalog] [--recall 0.95]
+                          [--vectors catalog] [--model trained-like] [--recall 0.95]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic text vectors (no MiniLM run: a million texts would take hours on a CPU, and
@@ -18,12 +18,14 @@ at ``--precision`` (the worker's ``STREAMREC_SERVING_PRECISION``). The text vect
 the catalog's texts: ``catalog`` (the default) clusters them by department, category and
 family as much as MiniLM clusters real titles (:data:`TEXT_SHARES`); ``random`` draws
 independent directions, which no catalog looks like and which is the hardest case for an
-index. The model is untrained, so its item vectors are a random projection of the text
-vectors plus random id vectors. It prints the snapshot's build time (item vectors and, above
-the threshold, the three inverted-file indexes, each tuned to ``--recall`` on its own items,
-the worker's ``STREAMREC_ANN_RECALL``) and the lists each scans; Recall@20 against exact
-float32 search of the
-recommend index for 200 users' histories, of the similar-items index for 200 items and of
+index. The model's item vectors are a random projection of the text vectors plus id vectors:
+``--model trained-like`` (the default) clusters the id vectors by category and family as much
+as training on MovieLens-100k clusters a model's (:data:`ID_SHARES`); ``untrained`` keeps
+the untrained model's random ones, half of each vector noise of its own, which no trained
+model serves. It prints the snapshot's build time (item vectors and, above the threshold,
+the three inverted-file indexes, each tuned to ``--recall`` on its own items, the worker's
+``STREAMREC_ANN_RECALL``) and the lists each scans; Recall@20 against exact float32 search of
+the recommend index for 200 users' histories, of the similar-items index for 200 items and of
 the text index for 200 unseen texts; and the latency of ``recommend`` (model forward, index
 search, explanations) and ``similar`` calls issued at ``--rate`` per second for ``--seconds``
 (open loop: a call that starts late because the one before ran long counts its wait), in
@@ -77,29 +79,34 @@ whole store, its department (one of 20), its category (about 200 items) and its 
 bench.geometry``): mean pairwise cosine 0.33 (synthetic 0.30), mean cosine to the nearest
 title 0.64 (0.73) and to the 20th nearest 0.51 (0.55)."""
 DEPARTMENTS, ITEMS_PER_CATEGORY, ITEMS_PER_FAMILY = 20, 200, 10
+ID_SHARES = {"storewide": 0.0, "department": 0.0, "category": 0.6, "family": 0.05, "item": 0.35}
+ID_SCALE = 1.5
+"""``--model trained-like``: each item's id vector shares 60% of its variance with its
+category's and 5% with its family's, and is 1.5 times as long as its projected text (training
+pulls items that shoppers take together close, which the text alone does not). Fitted to the
+default model trained 4 epochs on MovieLens-100k (``python -m bench.geometry``): mean
+pairwise cosine 0.180 (synthetic 0.179), mean cosine to the nearest item 0.768 (0.764) and
+to the 20th nearest 0.689 (0.683)."""
 
 
-def text_vectors(n: int, rng: np.random.Generator, kind: str = "catalog") -> np.ndarray:
-    """float32 [n, 384] unit vectors: ``"catalog"``, a hierarchy of departments, categories of
-    about 200 items and families of about 10 (:data:`TEXT_SHARES`), which is as clustered as
-    MiniLM's vectors of real titles are; or ``"random"``, independent directions (no
-    catalog looks like that; the hardest case for an index).
+def catalog_groups(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each of ``n`` items' store (all 0), department, category and family numbers."""
+    families = rng.integers(0, max(1, n // ITEMS_PER_FAMILY), n)
+    categories = rng.integers(0, max(1, n // ITEMS_PER_CATEGORY), families.max() + 1)[families]
+    departments = rng.integers(0, DEPARTMENTS, categories.max() + 1)[categories]
+    return [np.zeros(n, dtype=np.int64), departments, categories, families]
 
-    >>> vectors = text_vectors(2000, np.random.default_rng(0))
-    >>> cosines = vectors @ vectors.T
-    >>> round(float(cosines.mean()), 1), vectors.shape
-    (0.3, (2000, 384))
-    """
+
+def hierarchical_vectors(groups: list[np.ndarray], shares: dict[str, float], dim: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """float32 [n, dim] unit vectors, each the sum of a random direction per group it is in
+    (``groups``: one array of group numbers per level) and one of its own, weighted so that
+    each part has its share of the variance (``shares``: one per level, then ``"item"``)."""
+    n = len(groups[0]) if groups else 0
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    draw = lambda rows: unit(rng.standard_normal(size=(rows, TEXT_DIM), dtype=np.float32))  # noqa: E731
-    shares, groups = {"item": 1.0}, []  # random: each item's own direction only
-    if kind != "random":
-        families = rng.integers(0, max(1, n // ITEMS_PER_FAMILY), n)
-        categories = rng.integers(0, max(1, n // ITEMS_PER_CATEGORY), families.max() + 1)[families]
-        departments = rng.integers(0, DEPARTMENTS, categories.max() + 1)[categories]
-        shares, groups = TEXT_SHARES, [np.zeros(n, dtype=np.int64), departments, categories, families]
+    draw = lambda rows: unit(rng.standard_normal(size=(rows, dim), dtype=np.float32))  # noqa: E731
     tables = [np.sqrt(share) * draw(group.max() + 1) for share, group in zip(shares.values(), groups)]
-    out = np.empty((n, TEXT_DIM), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 65_536):  # a block at a time: a million items' float32 vectors, no more
         block = slice(start, start + 65_536)
         items = np.sqrt(shares["item"]) * draw(len(out[block]))
@@ -107,9 +114,29 @@ def text_vectors(n: int, rng: np.random.Generator, kind: str = "catalog") -> np.
     return out
 
 
-def synthetic_bundle(n_items: int, seed: int, text: np.ndarray | None = None) -> ModelBundle:
+def text_vectors(n: int, rng: np.random.Generator, kind: str = "catalog",
+                 groups: list[np.ndarray] | None = None) -> np.ndarray:
+    """float32 [n, 384] unit vectors: ``"catalog"``, a hierarchy of departments, categories of
+    about 200 items and families of about 10 (``groups``, default :func:`catalog_groups`;
+    :data:`TEXT_SHARES`), which is as clustered as MiniLM's vectors of real titles are; or
+    ``"random"``, independent directions (no catalog looks like that; the hardest case for an
+    index).
+
+    >>> vectors = text_vectors(2000, np.random.default_rng(0))
+    >>> cosines = vectors @ vectors.T
+    >>> round(float(cosines.mean()), 1), vectors.shape
+    (0.3, (2000, 384))
+    """
+    if kind == "random":
+        return hierarchical_vectors([np.zeros(n, dtype=np.int64)], {"storewide": 0.0, "item": 1.0}, TEXT_DIM, rng)
+    return hierarchical_vectors(groups or catalog_groups(n, rng), TEXT_SHARES, TEXT_DIM, rng)
+
+
+def synthetic_bundle(n_items: int, seed: int, text: np.ndarray | None = None,
+                     groups: list[np.ndarray] | None = None) -> ModelBundle:
     """The default model over ``n_items`` items with ``text`` vectors for its rows (default:
-    :func:`text_vectors` of a catalog)."""
+    :func:`text_vectors` of a catalog); with ``groups`` (:func:`catalog_groups` of its rows),
+    trained-like id vectors (:data:`ID_SHARES`), else the untrained model's random ones."""
     vocab = Vocabulary(IdMap([f"i{i}" for i in range(n_items)]), IdMap([f"u{i}" for i in range(1000)]),
                        IdMap(["s"]))
     torch.manual_seed(seed)
@@ -118,6 +145,12 @@ def synthetic_bundle(n_items: int, seed: int, text: np.ndarray | None = None) ->
     if text is None:
         text = text_vectors(len(vocab.items), np.random.default_rng(seed))
     model.item_text.copy_(torch.from_numpy(text[:len(vocab.items)]))
+    if groups is not None:
+        with torch.no_grad():
+            projected = model.text_projection(model.item_text[2:10_002].float()).norm(dim=1).mean()
+            ids = hierarchical_vectors([g[:len(vocab.items)] for g in groups], ID_SHARES, model.config.dim,
+                                       np.random.default_rng(seed))
+            model.item_ids.weight[1:] = ID_SCALE * projected * torch.from_numpy(ids[1:])
     return ModelBundle(model=model, vocab=vocab, text_hashes={})
 
 
@@ -173,11 +206,13 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
     return np.array(out)
 
 
-def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, vectors: str,
-            target: float) -> str:
+def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, text_kind: str,
+            target: float, model: str) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
-    texts = text_vectors(n + 2 + 200, np.random.default_rng(1), vectors)  # the last 200: unseen texts, as queries
-    bundle = synthetic_bundle(n, seed=1, text=texts)
+    rng = np.random.default_rng(1)
+    groups = catalog_groups(n + 2 + 200, rng)
+    texts = text_vectors(n + 2 + 200, rng, text_kind, groups)  # the last 200: unseen texts, as queries
+    bundle = synthetic_bundle(n, seed=1, text=texts, groups=groups if model == "trained-like" else None)
     rng = np.random.default_rng(2)
     keys = bundle.vocab.items.keys()
     histories = [[Event(keys[i - 2]) for i in batch(n, rng, size=1, length=20)[0].items[0].tolist()]
@@ -209,7 +244,7 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     quantiles = lambda ms: " / ".join(f"{q:.1f}" for q in np.percentile(ms, [50, 95, 99]))  # noqa: E731
     indexes = snapshot.describe_indexes().values()
     scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
-    return (f"| {n:,} | {precision} | {build:.1f} | {scanned} | {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
+    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} | {scanned} | {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
             f"| {rss:.0f} ({peak:.0f}) |")
 
 
@@ -247,6 +282,8 @@ def main() -> None:
                         help="serving: the worker's STREAMREC_ANN_RECALL")
     parser.add_argument("--vectors", choices=("catalog", "random"), default="catalog",
                         help="serving: synthetic text vectors clustered like a catalog's, or random")
+    parser.add_argument("--model", choices=("trained-like", "untrained"), default="trained-like",
+                        help="serving: id vectors clustered like a trained model's, or the untrained model's")
     parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="serving: how long each kind of call runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -255,13 +292,13 @@ def main() -> None:
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
     if "serving-one" in parts:  # a child process of the serving part: one row
         print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
-                      args.precision, args.vectors, args.recall), flush=True)
+                      args.precision, args.vectors, args.recall, args.model), flush=True)
         return
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
-        print(f"Serving, {args.vectors} text vectors, indexes above {ann_above:,} items tuned to Recall@20 "
+        print(f"Serving, {args.model} model, {args.vectors} text vectors, {args.precision}, indexes above {ann_above:,} items tuned to Recall@20 "
               f"{args.recall}, {args.rate:.0f} calls/s for {args.seconds:.0f} s each\n")
-        print("| items | precision | snapshot build s | lists scanned: recommend / similar / search "
+        print("| items | model, text vectors | snapshot build s | lists scanned: recommend / similar / search "
               "| Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
@@ -269,7 +306,7 @@ def main() -> None:
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
                             "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision,
-                            "--vectors", args.vectors, "--recall", str(args.recall)],
+                            "--vectors", args.vectors, "--recall", str(args.recall), "--model", args.model],
                            check=True)
         print()
     if "training" not in parts:
