@@ -57,6 +57,8 @@ LISTS_PER_ROOT = 4
 MIN_ROWS_PER_LIST, TRAIN_ROWS_PER_LIST = 39, 64
 """k-means wants at least 39 rows a list to place its centres (fewer lists on small catalogs); it
 learns them from a sample of 64 rows a list."""
+REBUILD_GROWTH = 1.5
+"""An extended index is rebuilt (lists and tuning) once it holds 1.5 times the rows it was built with."""
 TUNING_QUERIES, TUNING_K, PROBE_STEP = 200, 20, 1.5
 """Tuning measures Recall@20 for 200 rows taken as queries, at 1, 2, 3, 5, ... lists scanned
 (each 1.5 times the last)."""
@@ -97,6 +99,7 @@ class ItemIndex:
             raise ValueError(f"recall must be in (0, 1], got {recall}")
         self.metric, self.precision = metric, precision or ("float16" if approximate else "float32")
         self.n_rows, self.index, self.vectors = len(vectors), None, None
+        self.built_rows, self.target, self.seed = len(vectors), recall, seed
         if not approximate or len(vectors) <= RESERVED_ROWS:
             self.vectors = _stored(self._scored(vectors, metric), self.precision)
             return
@@ -104,7 +107,7 @@ class ItemIndex:
 
         n, dim = vectors.shape
         rng = np.random.default_rng(seed)
-        lists = max(1, min(round(LISTS_PER_ROOT * math.sqrt(n)), n // MIN_ROWS_PER_LIST))
+        lists = max(1, min(round(LISTS_PER_ROOT * math.sqrt(n)), (n - RESERVED_ROWS) // MIN_ROWS_PER_LIST))
         quantiser = faiss.IndexFlatIP(dim)
         self.codes = "float16" if (metric, self.precision) == ("ip", "int8") else self.precision
         if self.codes == "float32":
@@ -191,8 +194,10 @@ class ItemIndex:
 
     def extended(self, vectors: np.ndarray) -> ItemIndex:
         """An index over ``vectors`` (this index's rows, possibly changed, then new rows) that
-        reuses this one's lists: only changed and new rows are (re)coded. This index is not
-        changed."""
+        reuses this one's lists: only changed and new rows are (re)coded, until the index has
+        grown :data:`REBUILD_GROWTH` times since it was built. This index is not changed."""
+        if self.index is not None and len(vectors) > REBUILD_GROWTH * self.built_rows:
+            return ItemIndex(vectors, self.metric, True, self.precision, self.target, self.seed)
         out = object.__new__(ItemIndex)
         out.__dict__.update(self.__dict__)
         out.n_rows = len(vectors)
