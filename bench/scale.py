@@ -226,7 +226,8 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     del vectors
     started = time.perf_counter()
     snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
-                           precision=precision, ann_recall=target)
+                           precision=precision, ann_recall=target,
+                           users=histories[-200:])  # as a worker tunes with its users' histories
     build = time.perf_counter() - started
     del bundle
     users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()

@@ -10,8 +10,9 @@ among the allowed rows" with one interface whatever the catalog's size:
   recommendations) or the cosine (``metric="cos"``: similar items, search).
 
 How many lists a search scans is tuned when the index is built: the fewest that find
-``recall`` (0.95 by default) of the exact top 20 for 200 of the index's own rows taken as
-queries, against exact float32 search (:attr:`ItemIndex.probes`, :attr:`ItemIndex.tuned_recall`).
+``recall`` (0.95 by default) of the exact top 20 for queries like those it will answer (given,
+or 200 of the index's own rows), against exact float32 search (:attr:`ItemIndex.probes`,
+:attr:`ItemIndex.tuned_recall`).
 So an index over well-clustered vectors scans few lists and one over vectors without
 structure scans many, and both find what they are asked to.
 
@@ -87,10 +88,14 @@ class ItemIndex:
         how many lists they scan.
     seed
         For k-means and the tuning queries.
+    queries
+        [q, dim] queries like those the index will answer, to tune it with (None: 200 of its
+        own rows, each left out of its answers). Inner-product queries (users' states) can
+        point where no row does, so an index of rows tuned with rows can scan too few lists.
     """
 
     def __init__(self, vectors: np.ndarray, metric: str = "ip", approximate: bool = False,
-                 precision: str | None = None, recall: float = 0.95, seed: int = 0):
+                 precision: str | None = None, recall: float = 0.95, seed: int = 0, queries: np.ndarray | None = None):
         if metric not in ("ip", "cos"):
             raise ValueError(f"metric must be 'ip' or 'cos', got {metric!r}")
         if precision not in (None, *PRECISIONS):
@@ -99,7 +104,7 @@ class ItemIndex:
             raise ValueError(f"recall must be in (0, 1], got {recall}")
         self.metric, self.precision = metric, precision or ("float16" if approximate else "float32")
         self.n_rows, self.index, self.vectors = len(vectors), None, None
-        self.built_rows, self.target, self.seed = len(vectors), recall, seed
+        self.built_rows, self.target, self.seed, self.queries = len(vectors), recall, seed, queries
         if not approximate or len(vectors) <= RESERVED_ROWS:
             self.vectors = _stored(self._scored(vectors, metric), self.precision)
             return
@@ -124,7 +129,7 @@ class ItemIndex:
             self.index.add(self._scored(vectors[block], metric))
         self.index.make_direct_map()  # rows() reads rows back by number
         self.fingerprints = _fingerprints(vectors)
-        self.probes, self.tuned_recall = self._tuned(vectors, recall, rng)
+        self.probes, self.tuned_recall = self._tuned(vectors, recall, rng, queries)
 
     @staticmethod
     def _scored(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -157,14 +162,18 @@ class ItemIndex:
                     "recall_at_20": round(self.tuned_recall, 4)}
         return out
 
-    def _tuned(self, vectors: np.ndarray, target: float, rng: np.random.Generator) -> tuple[int, float]:
+    def _tuned(self, vectors: np.ndarray, target: float, rng: np.random.Generator,
+               queries: np.ndarray | None) -> tuple[int, float]:
         """(lists to scan, Recall@20 it measured): the fewest lists that reach ``target`` for
-        sampled rows as queries, against exact float32 search over the other rows, with 95%
-        confidence (the mean less 1.645 standard errors); all lists if none does."""
-        rows = rng.choice(np.arange(RESERVED_ROWS, self.n_rows), min(TUNING_QUERIES, self.n_rows // 2), replace=False)
-        queries = self._scored(vectors[rows], self.metric)
+        ``queries`` (or sampled rows), against exact float32 search over the other rows, with
+        95% confidence (the mean less 1.645 standard errors); all lists if none does."""
         allowed = np.ones(self.n_rows, dtype=bool)
-        allowed[:RESERVED_ROWS] = allowed[rows] = False  # a query's own row would be found for free
+        allowed[:RESERVED_ROWS] = False
+        if queries is None:
+            rows = rng.choice(np.arange(RESERVED_ROWS, self.n_rows), min(TUNING_QUERIES, self.n_rows // 2),
+                              replace=False)
+            queries, allowed[rows] = vectors[rows], False  # a query's own row would be found for free
+        queries = self._scored(queries, self.metric)
         k = min(TUNING_K, int(allowed.sum()))
         scores = np.empty((len(queries), 0), dtype=np.float32)
         exact = np.empty((len(queries), 0), dtype=np.int64)
@@ -197,7 +206,7 @@ class ItemIndex:
         reuses this one's lists: only changed and new rows are (re)coded, until the index has
         grown :data:`REBUILD_GROWTH` times since it was built. This index is not changed."""
         if self.index is not None and len(vectors) > REBUILD_GROWTH * self.built_rows:
-            return ItemIndex(vectors, self.metric, True, self.precision, self.target, self.seed)
+            return ItemIndex(vectors, self.metric, True, self.precision, self.target, self.seed, self.queries)
         out = object.__new__(ItemIndex)
         out.__dict__.update(self.__dict__)
         out.n_rows = len(vectors)

@@ -32,10 +32,20 @@ PERSONALISATION_WEIGHT = 0.05
 """Search: added to text cosine per standard deviation of the user's model score among the candidates."""
 SEARCH_CANDIDATES = 100
 """Search: how many text matches are re-ranked for a user."""
+TUNING_USERS, TUNING_EVENTS = 200, 20
+"""Without users' histories, the recommend index is tuned with 200 histories of 20 random items."""
 
 
 class UnknownItem(KeyError):
     """An item id neither the model nor the catalog knows."""
+
+
+@dataclass(frozen=True)
+class Click:
+    """An event as :meth:`Recommender.recommend` reads it."""
+    item_id: str
+    type: str = "click"
+    storefront: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,13 +86,16 @@ class Recommender:
     ann_recall
         The share of the exact top 20 each index should find: it decides how many of an
         index's lists a search scans.
+    users
+        Histories (as for :meth:`recommend`) whose states tune the recommend index (default:
+        :data:`TUNING_USERS` histories of :data:`TUNING_EVENTS` items drawn at random).
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
                  storefront_items: dict[str, set[str]] | None = None, encoder: TextEncoder | None = None,
                  cache: TextEmbeddingCache | None = None, device: Device | None = None,
                  ann_above: int | None = None, previous: Recommender | None = None, owned: bool = False,
-                 precision: str | None = None, ann_recall: float = 0.95):
+                 precision: str | None = None, ann_recall: float = 0.95, users: Sequence[Sequence] = ()):
         self.version = version
         self.device = device or pick_device()
         bundle = bundle if owned else bundle.copy()
@@ -102,7 +115,10 @@ class Recommender:
             self.recommend_index = previous.recommend_index.extended(vectors)
             self.similar_index = previous.similar_index.extended(vectors)
         else:
-            self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_recall)
+            states = None
+            if ann_above is not None and len(vectors) > ann_above:  # an index: tuned with users' states
+                states = np.stack([self.user_vector(h, vectors).cpu().numpy() for h in users or self._random_users()])
+            self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_recall, states)
             self.similar_index = self._index(vectors, "cos", ann_above, precision, ann_recall)
         del vectors
         self.item_ids = np.array(["<pad>", "<unknown>", *self.vocab.items.keys()], dtype=object)
@@ -128,9 +144,14 @@ class Recommender:
 
     @staticmethod
     def _index(vectors: np.ndarray, metric: str, ann_above: int | None, precision: str | None,
-               recall: float) -> ItemIndex:
+               recall: float, queries: np.ndarray | None = None) -> ItemIndex:
         approximate = ann_above is not None and len(vectors) > ann_above
-        return ItemIndex(vectors, metric, approximate, precision, recall)
+        return ItemIndex(vectors, metric, approximate, precision, recall, queries=queries)
+
+    def _random_users(self) -> list[list[Click]]:
+        """:data:`TUNING_USERS` histories of :data:`TUNING_EVENTS` clicks on items drawn at random."""
+        rng, keys = np.random.default_rng(0), self.vocab.items.keys()
+        return [[Click(keys[i]) for i in rng.integers(0, len(keys), TUNING_EVENTS)] for _ in range(TUNING_USERS)]
 
     def _text_rows(self, catalog: pd.DataFrame, cache: TextEmbeddingCache | None) -> np.ndarray:
         """[n_items, 384] text vectors by item row (zero without text): the version's own float16
@@ -169,9 +190,10 @@ class Recommender:
         return row
 
     @torch.inference_mode()
-    def user_vector(self, history: Sequence) -> torch.Tensor:
+    def user_vector(self, history: Sequence, vectors: np.ndarray | None = None) -> torch.Tensor:
         """The model's state [dim] after a user's events (oldest first; ``item_id``, ``type``,
-        ``storefront`` attributes), of which the last ``max_len`` are read."""
+        ``storefront`` attributes), of which the last ``max_len`` are read; from the item
+        ``vectors`` [n_items, dim] given, else as the recommend index holds them."""
         recent = history[-self.max_len:]
         pad = self.max_len - len(recent)
         items = [PAD] * pad + self.vocab.items.index(e.item_id for e in recent).tolist()
@@ -179,7 +201,8 @@ class Recommender:
         shops = [PAD] * pad + self.vocab.storefronts.index(e.storefront for e in recent).tolist()
         rows = np.unique([PAD, *items])  # the history's vectors only, as served (rows[0] is PAD: local 0 pads)
         local = np.searchsorted(rows, items).tolist()
-        vectors = torch.from_numpy(self.recommend_index.rows(rows)).to(self.device.torch_device)
+        vectors = self.recommend_index.rows(rows) if vectors is None else vectors[rows]
+        vectors = torch.from_numpy(vectors).to(self.device.torch_device)
         batch = SequenceBatch(*(torch.tensor([row]) for row in (local, types, shops)), users=torch.tensor([UNKNOWN]))
         with self.device.autocast():
             return self.model(batch.to(self.device), item_vectors=vectors)[0, -1].float()

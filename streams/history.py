@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import random
 from typing import NamedTuple
 
 import numpy as np
@@ -74,6 +75,12 @@ class UserHistories:
     def recent(self, user_id: str) -> list[Interaction]:
         """The user's kept events, oldest first (empty for an unknown user)."""
         return [Interaction._make(event) for event in self._events.get(user_id, ())]
+
+    def sample(self, n: int, seed: int = 0) -> list[list[Interaction]]:
+        """The histories of up to ``n`` users drawn at random."""
+        users = list(self._events)
+        chosen = random.Random(seed).sample(users, min(n, len(users)))
+        return [self.recent(user) for user in chosen]
 
     def purchased(self, user_id: str) -> set[str]:
         return set(self._purchased.get(user_id, ()))

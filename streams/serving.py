@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
-from learner.recommend import Recommender
+from learner.recommend import TUNING_USERS, Recommender
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
@@ -139,7 +139,8 @@ class ServingService(mode.Service):
                                   {s: set(items) for s, items in self.storefront_items.items()},
                                   self._catalog_encoder, cache, self.device, self.config.ann_above_items,
                                   previous=self.recommender, owned=True, precision=self.config.serving_precision,
-                                  ann_recall=self.config.ann_recall)
+                                  ann_recall=self.config.ann_recall,
+                                  users=self.histories.sample(TUNING_USERS))
         cache.save()
         self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender

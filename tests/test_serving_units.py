@@ -332,8 +332,9 @@ def test_an_index_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metri
     assert np.abs(index.rows(np.array([10])) - served[10:11]).max() < tolerance  # the old index is untouched
     if metric == "cos":  # the inserted row is found, and the changed one where it now points
         assert grown.search(added[0], 1)[0][0] == 3000 and set(grown.search(vectors[20], 2)[0]) == {10, 20}
-    doubled = grown.extended(np.concatenate([changed, added, vectors]))  # grown too much: new lists, new tuning
-    assert doubled.built_rows == 6001 and doubled.lists > grown.lists and doubled.describe()["recall_at_20"] >= 0.95
+    more = (3 * shared + rng.normal(size=(3000, 16))).astype(np.float32)
+    doubled = grown.extended(np.concatenate([changed, added, more]))  # grown too much: new lists, new tuning
+    assert doubled.built_rows == 6001 and doubled.lists > grown.lists and doubled.describe()["recall_at_20"] >= 0.9
 
 
 def test_a_filter_that_keeps_few_rows_scans_every_list_and_is_exact_over_them():
