@@ -23,8 +23,9 @@ index. The model's item vectors are a random projection of the text vectors plus
 as training on MovieLens-100k clusters a model's (:data:`ID_SHARES`); ``untrained`` keeps
 the untrained model's random ones, half of each vector noise of its own, which no trained
 model serves. It prints the snapshot's build time (item vectors and, above the threshold,
-the three inverted-file indexes, each tuned to ``--recall`` on its own items, the worker's
-``STREAMREC_ANN_RECALL``) and the lists each scans; Recall@20 against exact float32 search of
+the three inverted-file indexes, each tuned to ``--recall``, the worker's
+``STREAMREC_ANN_RECALL``: the recommend index with 200 other users' histories, as a worker
+tunes it with its users') and the lists each scans; Recall@20 against exact float32 search of
 the recommend index for 200 users' histories, of the similar-items index for 200 items and of
 the text index for 200 unseen texts; and the latency of ``recommend`` (model forward, index
 search, explanations) and ``similar`` calls issued at ``--rate`` per second for ``--seconds``
