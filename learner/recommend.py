@@ -7,9 +7,9 @@ the version's text encoder (pretrained MiniLM, or with the version's tuned adapt
 encodes search queries. Each of the three answers searches an :class:`ItemIndex`: model
 vectors by inner product (recommend), by cosine (similar), text vectors by cosine (search);
 exact, or inverted-file indexes above a catalog size, which a snapshot of the same items
-reuses (the text index across versions too, while the text encoder is the same). The worker builds a
-new snapshot off the event loop and swaps the reference, so a request always sees exactly
-one version, encoder included.
+reuses (the text index across versions too, while the text encoder is the same). The worker
+builds a new snapshot off the event loop and swaps the reference, so a request always sees
+exactly one version, encoder included.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PERSONALISATION_WEIGHT = 0.05
 SEARCH_CANDIDATES = 100
 """Search: how many text matches are re-ranked for a user."""
 TUNING_USERS, TUNING_EVENTS = 200, 20
-"""Without users' histories, the recommend index is tuned with 200 histories of 20 random items."""
+"""The recommend index is tuned with 200 users' states; histories of 20 random items stand in for missing users."""
 
 
 class UnknownItem(KeyError):
@@ -87,8 +87,9 @@ class Recommender:
         The share of the exact top 20 each index should find: it decides how many of an
         index's lists a search scans.
     users
-        Histories (as for :meth:`recommend`) whose states tune the recommend index (default:
-        :data:`TUNING_USERS` histories of :data:`TUNING_EVENTS` items drawn at random).
+        Histories (as for :meth:`recommend`) whose states tune the recommend index; up to
+        :data:`TUNING_USERS` are read, and histories of :data:`TUNING_EVENTS` items drawn at
+        random make up the rest.
     """
 
     def __init__(self, version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
@@ -117,7 +118,8 @@ class Recommender:
         else:
             states = None
             if ann_above is not None and len(vectors) > ann_above:  # an index: tuned with users' states
-                states = np.stack([self.user_vector(h, vectors).cpu().numpy() for h in users or self._random_users()])
+                users = [*users[:TUNING_USERS], *self._random_users()[:max(0, TUNING_USERS - len(users))]]
+                states = np.stack([self.user_vector(h, vectors).cpu().numpy() for h in users])
             self.recommend_index = self._index(vectors, "ip", ann_above, precision, ann_recall, states)
             self.similar_index = self._index(vectors, "cos", ann_above, precision, ann_recall)
         del vectors
