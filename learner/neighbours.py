@@ -332,7 +332,7 @@ def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:
 
 
 def _stored(vectors: np.ndarray, precision: str) -> np.ndarray | Int8Rows:
-    """The vectors as kept without a graph."""
+    """The vectors as kept without an index."""
     if precision == "int8":
         return Int8Rows(vectors)
     return vectors.astype(np.float16) if precision == "float16" else vectors
