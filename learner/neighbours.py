@@ -201,11 +201,11 @@ class ItemIndex:
         lists nearest each query; row -1 where fewer were found."""
         import faiss
 
-        if allowed is None:
-            return self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=probes))[::-1]
-        bits = np.packbits(allowed, bitorder="little")  # the selector reads it: keep it until the search ends
-        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-        scores, rows = self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=probes, sel=selector))
+        params = faiss.SearchParametersIVF(nprobe=probes)
+        if allowed is not None:
+            bits = np.packbits(allowed, bitorder="little")  # the selector reads it: keep it until the search ends
+            params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        scores, rows = self.index.search(queries, k, params=params)
         return rows, scores
 
     def extended(self, vectors: np.ndarray) -> ItemIndex:
