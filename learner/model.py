@@ -129,7 +129,7 @@ class SASRec(nn.Module):
         x = self.input_dropout(x * (items != PAD).unsqueeze(-1))
         future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
         blocked = future | (items == PAD).unsqueeze(1)  # [B, L, L]: no future, no padding keys ...
-        blocked &= ~torch.eye(length, dtype=torch.bool, device=items.device)  # ... but always itself
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=items.device)  # ... but always itself
         mask = blocked.repeat_interleave(self.config.heads, dim=0)
         h = self.norm(self.encoder(x, mask=mask))
         if self.config.user_embeddings:

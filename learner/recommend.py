@@ -22,8 +22,10 @@ import pandas as pd
 import torch
 
 from learner.bundle import ModelBundle
+from learner.compiled import CompiledModule
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN
+from learner.model import SASRec
 from learner.neighbours import ItemIndex
 from learner.sequences import CLICK, PURCHASE, SequenceBatch
 from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
@@ -53,6 +55,22 @@ class Scored:
     item_id: str
     score: float
     because: tuple[str, float] | None = None  # (history item, cosine similarity) explaining it
+
+
+class UserState(torch.nn.Module):
+    """A model's state [dim] after one user's events: each event's item as a position in
+    ``vectors`` [rows, dim] (0: padding), its type and its storefront's row; unpadded, as
+    positions are embedded from the newest backwards."""
+
+    def __init__(self, model: SASRec):
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor, storefronts: torch.Tensor,
+                vectors: torch.Tensor) -> torch.Tensor:
+        unknown_user = torch.full((1,), UNKNOWN, device=items.device)
+        batch = SequenceBatch(items[None], types[None], storefronts[None], users=unknown_user)
+        return self.model(batch, item_vectors=vectors)[0, -1].float()
 
 
 class Recommender:
@@ -107,6 +125,7 @@ class Recommender:
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
         self.model = bundle.model.to(self.device.torch_device).eval()
+        self._state_module, self._state = UserState(self.model).eval(), None
         with torch.inference_mode(), self.device.autocast():
             vectors = self.model.item_vectors().float().cpu().numpy()
         same_items = previous is not None and previous.recommend_index.precision == (
@@ -191,23 +210,58 @@ class Recommender:
             raise UnknownItem(item_id)
         return row
 
+    def _history_inputs(self, history: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The last ``max_len`` events of ``history`` as the model reads them: the catalog rows of
+        their items, and for each event its item's position among those rows (0: padding, which
+        stands alone for an empty history), its type and its storefront's row."""
+        recent = history[-self.max_len:]
+        if not len(recent):
+            return np.array([PAD]), np.array([PAD]), np.array([PAD]), np.array([PAD])
+        items = self.vocab.items.index(e.item_id for e in recent)
+        types = np.array([PURCHASE if e.type == "purchase" else CLICK for e in recent])
+        shops = self.vocab.storefronts.index(e.storefront for e in recent)
+        rows, local = np.unique(np.r_[PAD, items], return_inverse=True)  # rows[0] is PAD: local 0 pads
+        return rows, local[1:], types, shops
+
     @torch.inference_mode()
     def user_vector(self, history: Sequence, vectors: np.ndarray | None = None) -> torch.Tensor:
         """The model's state [dim] after a user's events (oldest first; ``item_id``, ``type``,
         ``storefront`` attributes), of which the last ``max_len`` are read; from the item
-        ``vectors`` [n_items, dim] given, else as the recommend index holds them."""
-        recent = history[-self.max_len:]
-        pad = self.max_len - len(recent)
-        items = [PAD] * pad + self.vocab.items.index(e.item_id for e in recent).tolist()
-        types = [PAD] * pad + [PURCHASE if e.type == "purchase" else CLICK for e in recent]
-        shops = [PAD] * pad + self.vocab.storefronts.index(e.storefront for e in recent).tolist()
-        rows = np.unique([PAD, *items])  # the history's vectors only, as served (rows[0] is PAD: local 0 pads)
-        local = np.searchsorted(rows, items).tolist()
-        vectors = self.recommend_index.rows(rows) if vectors is None else vectors[rows]
-        vectors = torch.from_numpy(vectors).to(self.device.torch_device)
-        batch = SequenceBatch(*(torch.tensor([row]) for row in (local, types, shops)), users=torch.tensor([UNKNOWN]))
+        ``vectors`` [n_items, dim] given, else as the recommend index holds them (by the ONNX
+        Runtime export once :meth:`compile` has made one)."""
+        rows, items, types, shops = self._history_inputs(history)
+        vectors = self.recommend_index.rows(rows) if vectors is None else np.asarray(vectors[rows], np.float32)
+        if self._state is not None:
+            return torch.from_numpy(self._state(items=items, types=types, storefronts=shops, vectors=vectors))
+        inputs = (torch.from_numpy(x).to(self.device.torch_device) for x in (items, types, shops, vectors))
         with self.device.autocast():
-            return self.model(batch.to(self.device), item_vectors=vectors)[0, -1].float()
+            return self._state_module(*inputs)
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether users' states come from an ONNX Runtime export."""
+        return self._state is not None
+
+    def compile(self) -> bool:
+        """Compute users' states with an ONNX Runtime export of the model from now on (the only
+        change to a snapshot after it is built; same states within
+        :data:`learner.compiled.TOLERANCE`). On a CPU only: a GPU keeps torch. Takes seconds:
+        call it off the event loop. Whether it compiled; :class:`learner.compiled.CompileError`
+        when the export fails or answers differently."""
+        if self.device.is_cuda or self._state is not None:
+            return self._state is not None
+        dim = self.model.config.dim
+        example = (torch.tensor([1, 2, 1]), torch.tensor([CLICK, PURCHASE, CLICK]), torch.tensor([1, 1, 1]),
+                   torch.randn(3, dim))
+        longest = self.max_len
+        checks = ((torch.tensor([1]), torch.tensor([CLICK]), torch.tensor([1]), torch.randn(2, dim)),
+                  (torch.arange(1, longest + 1), torch.full((longest,), CLICK), torch.ones(longest, dtype=torch.long),
+                   torch.randn(longest + 1, dim)))
+        events = {0: "events"}
+        self._state = CompiledModule(self._state_module, example, ("items", "types", "storefronts", "vectors"),
+                                     {"items": events, "types": events, "storefronts": events,
+                                      "vectors": {0: "rows"}}, checks)
+        return True
 
     @torch.inference_mode()
     def recommend(self, history: Sequence, k: int, storefront: str | None = None,

@@ -12,7 +12,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class StoreThread:
@@ -24,6 +24,10 @@ class StoreThread:
     async def run(self, fn, *args):
         """``fn(*args)`` on this thread; the caller awaits it without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def submit(self, fn, *args) -> Future:
+        """``fn(*args)`` on this thread, without waiting for it (from any thread)."""
+        return self.executor.submit(fn, *args)
 
     def shutdown(self, wait: bool = True) -> None:
         """Finish what was handed over (``wait``) or drop what has not started."""

@@ -188,6 +188,10 @@ class Config(BaseSettings):
         "int8", description=f"How workers hold item vectors: {either(SERVING_PRECISIONS)} (4, 2 or 1 byte a "
                             "dimension; int8 has a scale per item). The gate judges candidates as they will be "
                             "served.")
+    serving_onnx: bool = Field(
+        True, description="On a CPU, workers compute users' states and encode search queries with ONNX Runtime "
+                          "exports of the serving version's models, made in the background after each swap and "
+                          "checked to answer as torch does (answers are torch's until then).")
     trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
                                                                   "this many seconds of event time.")
     post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")

@@ -49,6 +49,18 @@ class QueryEncoder:
         self._copies.move_to_end(key)
         return copy
 
+    def compile(self, encoder: TextEncoder) -> bool:
+        """Encode ``encoder``'s queries with an ONNX Runtime export from now on, once
+        :meth:`prepare` has made their copy (see :meth:`learner.text.TextEncoder.compile`).
+        Takes seconds: call it on another thread than the query thread, so queries go on."""
+        copy = self._copies.get(encoder.key(""))
+        return copy is not None and copy.compile()
+
+    def is_compiled(self, encoder: TextEncoder) -> bool:
+        """Whether ``encoder``'s queries are encoded by an ONNX Runtime export."""
+        copy = self._copies.get(encoder.key(""))
+        return copy is not None and copy.is_compiled
+
     async def encode(self, text: str, encoder: TextEncoder | None = None) -> np.ndarray:
         """The unit vector of ``text`` by ``encoder`` (default: the one given at construction)."""
         if not isinstance(text, str):

@@ -62,6 +62,7 @@ class ServingService(mode.Service):
         self.engine = None
         self.store_thread = StoreThread("streamrec-serving")
         self._query_thread = StoreThread("streamrec-query")
+        self._compile_thread = StoreThread("streamrec-compile")
         self._catalog_encoder = TextEncoder(self.device)
         self.queries = QueryEncoder(TextEncoder(self.device), self._query_thread)
         self._window_cursor = 0
@@ -77,6 +78,7 @@ class ServingService(mode.Service):
     async def on_stop(self) -> None:
         self.store_thread.shutdown(wait=False)
         self._query_thread.shutdown(wait=False)
+        self._compile_thread.shutdown(wait=False)
         if self.engine is not None:
             self.engine.dispose()
 
@@ -155,6 +157,24 @@ class ServingService(mode.Service):
                          index["lists_scanned"], index["lists"], index["recall_at_20"])
         del previous, bundle, loaded
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
+        if self.config.serving_onnx:
+            self._compile_thread.submit(self._compile, recommender)
+
+    def _compile(self, recommender: Recommender) -> None:
+        """ONNX Runtime exports of a served version's user-state model and query encoder (on the
+        compile thread, so requests and refreshes go on; each answers by torch until its export
+        is checked and in place)."""
+        for part, compile in (("user-state model", recommender.compile),
+                              ("query encoder", lambda: self.queries.compile(recommender.text_encoder))):
+            if recommender is not self.recommender:
+                return  # replaced while waiting: the new snapshot has its own turn
+            started = time.perf_counter()
+            try:
+                if compile():
+                    log.info("Version %d's %s runs on ONNX Runtime (exported in %.1fs)", recommender.version["id"],
+                             part, time.perf_counter() - started)
+            except Exception as exc:
+                log.warning("Version %d's %s stays on torch: %s", recommender.version["id"], part, exc)
 
     def storefronts(self) -> set[str]:
         known = set(self.trending.storefronts()) | set(self.storefront_items)
@@ -165,4 +185,6 @@ class ServingService(mode.Service):
         return {"version": r.version["id"] if r else None, "loaded_at": self.loaded_at,
                 "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
                 "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None,
-                "indexes": r.describe_indexes() if r else None}
+                "indexes": r.describe_indexes() if r else None,
+                "onnx": None if r is None else {"user_state": r.is_compiled,
+                                                "queries": self.queries.is_compiled(r.text_encoder)}}

@@ -53,10 +53,12 @@ class Worker:
 
 
 def worker_env(broker: str, database_url: str, topic_prefix: str, **extra: str) -> dict[str, str]:
-    """Settings for a test worker: fresh app id (consumer groups) and topics, short timeouts."""
+    """Settings for a test worker: fresh app id (consumer groups) and topics, short timeouts, and
+    no ONNX exports of what it serves (seconds of CPU at each swap) unless a test asks for them."""
     return {"STREAMREC_KAFKA_URL": f"kafka://{broker}", "STREAMREC_DATABASE_URL": database_url,
             "STREAMREC_APP_ID": f"app-{uuid.uuid4().hex[:8]}", "STREAMREC_TOPIC_PREFIX": topic_prefix,
-            "STREAMREC_SESSION_TIMEOUT_S": "6", "STREAMREC_TOPIC_PARTITIONS": "4", **extra}
+            "STREAMREC_SESSION_TIMEOUT_S": "6", "STREAMREC_TOPIC_PARTITIONS": "4", "STREAMREC_SERVING_ONNX": "0",
+            **extra}
 
 
 def wait_until(predicate, timeout_s: float, message: str, interval_s: float = 0.3):

@@ -135,7 +135,7 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_API_TOKEN=TOKEN, STREAMREC_SERVING_POLL_S="0.5",
                      STREAMREC_WINDOW_MAX_EVENTS="2500", STREAMREC_WINDOW_MAX_AGE_S="3600",
                      STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9",
-                     STREAMREC_TEXT_TUNING="lora", STREAMREC_TEXT_TUNE_STEPS="3")
+                     STREAMREC_TEXT_TUNING="lora", STREAMREC_TEXT_TUNE_STEPS="3", STREAMREC_SERVING_ONNX="1")
     worker = Worker(env, tmp_path / "worker.log")
     try:
         worker.wait_ready(120)
@@ -190,6 +190,15 @@ def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_ur
         cold_title = next(c["title"] for c in catalog if c["item_id"] == cold_item)  # by the tuned encoder
         status, answer = api.get(f"/search?q={urllib.parse.quote(cold_title)}&k=3")
         assert status == 200 and answer["items"][0]["item_id"] == cold_item, (cold_title, answer)
+
+        # in the background the worker moves users' states and query encoding (the tuned encoder's)
+        # to ONNX Runtime exports, which answer as torch did
+        asked = [f"/recommend/{user}?k=15", f"/search?q={urllib.parse.quote(cold_title)}&k=3",
+                 f"/search?q=romantic%20comedy&k=5&user_id={user}"]
+        answers = [[i["item_id"] for i in api.get(path)[1]["items"]] for path in asked]
+        wait_until(lambda: api.get("/models")[1]["loaded"]["onnx"] == {"user_state": True, "queries": True}, 180,
+                   f"the worker compiles what it serves\n{worker.tail()}")
+        assert [[i["item_id"] for i in api.get(path)[1]["items"]] for path in asked] == answers
 
         # errors say what is wrong
         for path, code, needle in [("/recommend/x?k=0", 400, "k must be"), ("/recommend/x?k=abc", 400, "k must be"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import random
+import threading
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.recommend import Recommender, UnknownItem
+from learner.recommend import Click, Recommender, UnknownItem
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay.codec import to_table
@@ -366,3 +367,44 @@ def test_a_query_encoder_copy_shares_the_weights_and_encodes_alongside_the_origi
     assert copy.model is encoder.model and copy.tokenizer is not encoder.tokenizer
     for result in results:
         np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+def test_a_compiled_snapshot_computes_states_and_answers_as_torch_does(recommender, movielens_data, encoder):
+    events, catalog = movielens_data
+    compiled = Recommender({"id": 7}, _bundle_of(recommender), catalog, {"default": set()}, encoder)
+    rows = events.iloc[:20_000]
+    rows = rows[rows["user_id"] == rows["user_id"].value_counts().index[0]]  # the longest history: over max_len
+    history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront) for r in rows.itertuples()]
+    assert len(history) > compiled.max_len and {e.type for e in history} == {"click", "purchase"}
+    expected = recommender.user_vector(history)
+    assert _answers_meanwhile(compiled.compile,
+                              lambda: torch.allclose(compiled.user_vector(history), expected, atol=1e-4))
+    strangers = [Click("no-such-item"), Click(history[0].item_id, "purchase", "no-such-shop")]
+    for events_read in (history[:1], history[:7], history, strangers, []):
+        assert torch.allclose(compiled.user_vector(events_read), recommender.user_vector(events_read), atol=1e-4)
+        if events_read:
+            assert [s.item_id for s in compiled.recommend(events_read, 20)] == \
+                [s.item_id for s in recommender.recommend(events_read, 20)]
+    query = encoder.encode(["space adventure"])[0]
+    assert [s.item_id for s in compiled.search(query, 10, history)] == \
+        [s.item_id for s in recommender.search(query, 10, history)]
+
+
+def _answers_meanwhile(compile, answer_unchanged) -> bool:
+    """Runs ``compile`` on a thread of its own, checking ``answer_unchanged()`` until it is done;
+    whether it compiled."""
+    compiled = []
+    thread = threading.Thread(target=lambda: compiled.append(compile()))
+    thread.start()
+    while thread.is_alive():
+        assert answer_unchanged()
+    return compiled == [True]
+
+
+def test_a_compiled_query_encoder_encodes_as_torch_does(encoder):
+    texts = ["Star Wars (1977)", "romantic comedy", "x", "a long description of a film, " * 30]
+    expected = encoder.encode(texts)
+    copy = encoder.copy()
+    assert _answers_meanwhile(copy.compile, lambda: np.allclose(encoder.encode(texts), expected, atol=1e-5))
+    assert copy.is_compiled and not encoder.is_compiled
+    assert np.abs(copy.encode(texts * 20) - np.tile(expected, (20, 1))).max() < 1e-4  # in batches of 64 too
