@@ -2,7 +2,7 @@
 
     python -m bench.scale [--items 10000,100000,1000000] [--steps 20] [--negatives 4096]
                           [--part training,serving] [--rate 100] [--seconds 10] [--precision int8]
-                          [--vectors catalog] [--model trained-like] [--recall 0.95]
+                          [--vectors catalog] [--model trained-like] [--recall 0.95] [--inference onnx]
 
 For each catalog size it builds the worker's default model (width 64, the MiniLM text tower)
 with synthetic text vectors (no MiniLM run: a million texts would take hours on a CPU, and
@@ -32,9 +32,12 @@ search, explanations) and ``similar`` calls issued at ``--rate`` per second for 
 (open loop: a call that starts late because the one before ran long counts its wait), in
 process, one thread; then ``search`` with distinct queries at the same rate, encoded by the
 real MiniLM as the worker encodes them (batched on a thread of their own) and answered on an
-asyncio loop. RSS is the process' at the end (the snapshot and MiniLM; the synthetic bundle
-it was built from is released and freed heap handed back, as the worker does), and in
-brackets its peak, which includes building the synthetic bundle and the exact indexes.
+asyncio loop. Users' states and queries are computed as the worker computes them once its
+background exports are done (``--inference onnx``: ONNX Runtime; the export times are
+printed) or by torch (``--inference torch``, as before the exports are ready). RSS is the
+process' at the end (the snapshot and MiniLM; the synthetic bundle it was built from is
+released and freed heap handed back, as the worker does), and in brackets its peak, which
+includes building the synthetic bundle and the exact indexes.
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
 
 
 def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, text_kind: str,
-            target: float, model: str) -> str:
+            target: float, model: str, inference: str) -> str:
     """One row of the serving table for a catalog of ``n`` items."""
     rng = np.random.default_rng(1)
     groups = catalog_groups(n + 2 + 200, rng)
@@ -231,6 +234,10 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
                            users=histories[-200:])  # as a worker tunes with its users' histories
     build = time.perf_counter() - started
     del bundle
+    started = time.perf_counter()
+    if inference == "onnx":
+        snapshot.compile()
+    export = time.perf_counter() - started
     users = torch.stack([snapshot.user_vector(h) for h in histories[:200]]).numpy()
     recall = " / ".join(f"{recall_at_k(getattr(snapshot, f'{name}_index'), exact[name], queries):.3f}"
                         for name, queries in (("recommend", users), ("similar", items), ("search", texts[-200:])))
@@ -241,22 +248,30 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
         snapshot.recommend(history, 20), snapshot.similar(history[-1].item_id, 20)
     recommend = paced_latencies(lambda h: snapshot.recommend(h, 20), histories[200:], rate)
     similar = paced_latencies(lambda h: snapshot.similar(h[-1].item_id, 20), histories[200:], rate)
-    search = asyncio.run(paced_searches(snapshot, rate, seconds))
+    search, export_queries = asyncio.run(paced_searches(snapshot, rate, seconds, inference))
     rss, peak = current_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     quantiles = lambda ms: " / ".join(f"{q:.1f}" for q in np.percentile(ms, [50, 95, 99]))  # noqa: E731
     indexes = snapshot.describe_indexes().values()
     scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
-    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} | {scanned} | {recall} | {quantiles(recommend)} "
+    exports = f"{export:.1f} / {export_queries:.1f}" if inference == "onnx" else "torch"
+    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} | {exports} | {scanned} | {recall} | {quantiles(recommend)} "
             f"| {quantiles(similar)} | {quantiles(search)} | {rss:.0f} ({peak:.0f}) |")
 
 
-async def paced_searches(snapshot: Recommender, rate: float, seconds: float) -> np.ndarray:
+async def paced_searches(snapshot: Recommender, rate: float, seconds: float,
+                         inference: str) -> tuple[np.ndarray, float]:
     """Milliseconds from each search's scheduled start to its answer: distinct queries at ``rate``
-    per second, encoded by MiniLM as the worker does (its own copy, loaded before, batching the
-    queries that wait together), then searched on the event loop."""
+    per second, encoded by MiniLM as the worker does (its own copy, loaded and with ``inference``
+    "onnx" exported before, batching the queries that wait together), then searched on the event
+    loop; and the seconds the export took."""
     encoder = TextEncoder()
     queries = QueryEncoder(encoder, StoreThread("bench-queries"))
     queries.prepare(encoder)
+    started = time.perf_counter()
+    if inference == "onnx":
+        queries.compile(encoder)
+        release_free_heap()  # as the worker does after exporting
+    export = time.perf_counter() - started
     loop, out = asyncio.get_running_loop(), []
     texts = [f"{ADJECTIVES[i % 16]} {PRODUCTS[i % 20]} {i}" for i in range(int(rate * seconds))]
     started = loop.time()
@@ -268,7 +283,7 @@ async def paced_searches(snapshot: Recommender, rate: float, seconds: float) -> 
         out.append((loop.time() - due) * 1000)
 
     await asyncio.gather(*(one(i, text) for i, text in enumerate(texts)))
-    return np.array(out)
+    return np.array(out), export
 
 
 def main() -> None:
@@ -289,27 +304,31 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="serving calls per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="serving: how long each kind of call runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--inference", choices=("onnx", "torch"), default="onnx",
+                        help="serving: users' states and queries by ONNX Runtime exports (the worker's) or torch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
     if "serving-one" in parts:  # a child process of the serving part: one row
         print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
-                      args.precision, args.vectors, args.recall, args.model), flush=True)
+                      args.precision, args.vectors, args.recall, args.model, args.inference), flush=True)
         return
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
         print(f"Serving, {args.model} model, {args.vectors} text vectors, {args.precision}, indexes above "
               f"{ann_above:,} items tuned to Recall@20 {args.recall}, {args.rate:.0f} calls/s for {args.seconds:.0f} s "
-              "each\n")
-        print("| items | model, text vectors | snapshot build s | lists scanned: recommend / similar / search "
+              f"each, users' states and queries by {args.inference}\n")
+        print("| items | model, text vectors | snapshot build s | ONNX export s: user state / queries "
+              "| lists scanned: recommend / similar / search "
               "| Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in sizes:  # one process per size: peak RSS is then the size's own
             subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
                             "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision,
-                            "--vectors", args.vectors, "--recall", str(args.recall), "--model", args.model],
+                            "--vectors", args.vectors, "--recall", str(args.recall), "--model", args.model,
+                            "--inference", args.inference],
                            check=True)
         print()
     if "training" not in parts:

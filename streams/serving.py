@@ -175,6 +175,7 @@ class ServingService(mode.Service):
                              part, time.perf_counter() - started)
             except Exception as exc:
                 log.warning("Version %d's %s stays on torch: %s", recommender.version["id"], part, exc)
+        release_free_heap()  # what exporting freed
 
     def storefronts(self) -> set[str]:
         known = set(self.trending.storefronts()) | set(self.storefront_items)
