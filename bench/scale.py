@@ -70,7 +70,7 @@ from learner.text import TEXT_DIM, TextEncoder
 from learner.trainer import TrainConfig, Trainer
 from runtime.blocking import StoreThread
 from runtime.config import Config
-from runtime.memory import release_free_heap
+from runtime.memory import freeze_long_lived, release_free_heap
 from streams.queries import QueryEncoder
 
 FULL_LOGITS_LIMIT_GB = 4.0  # the full softmax is skipped where its logits alone would need more
@@ -242,6 +242,8 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     recall = " / ".join(f"{recall_at_k(getattr(snapshot, f'{name}_index'), exact[name], queries):.3f}"
                         for name, queries in (("recommend", users), ("similar", items), ("search", texts[-200:])))
     del exact, texts
+    if inference == "onnx":
+        freeze_long_lived()  # as the worker does after exporting
     gc.collect()
     release_free_heap()  # as the worker does after each swap
     for history in histories[:20]:  # warm-up
@@ -270,7 +272,8 @@ async def paced_searches(snapshot: Recommender, rate: float, seconds: float,
     started = time.perf_counter()
     if inference == "onnx":
         queries.compile(encoder)
-        release_free_heap()  # as the worker does after exporting
+        freeze_long_lived()  # as the worker does after exporting
+        release_free_heap()
     export = time.perf_counter() - started
     loop, out = asyncio.get_running_loop(), []
     texts = [f"{ADJECTIVES[i % 16]} {PRODUCTS[i % 20]} {i}" for i in range(int(rate * seconds))]

@@ -166,7 +166,8 @@ async def _wait_until_served(base: str, user: str, items: int, timeout_s: float 
                     loaded = (await r.json())["loaded"]
                 async with session.get(f"{base}/recommend/{user}") as r:
                     source = (await r.json()).get("source")
-                if loaded["items"] >= items and source == "model":
+                compiled = loaded.get("onnx") in (None, {"user_state": True, "queries": True})  # None: no exports
+                if loaded["items"] >= items and source == "model" and compiled:
                     return
             except (aiohttp.ClientError, KeyError):
                 pass

@@ -30,7 +30,7 @@ from learner.recommend import TUNING_USERS, Recommender
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
-from runtime.memory import release_free_heap
+from runtime.memory import freeze_long_lived, release_free_heap
 from store.catalog import catalog_mark, load_catalog
 from store.db import make_engine, migrate
 from store.registry import StoredTextEmbeddings, serving_version
@@ -157,7 +157,7 @@ class ServingService(mode.Service):
                          index["lists_scanned"], index["lists"], index["recall_at_20"])
         del previous, bundle, loaded
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
-        if self.config.serving_onnx:
+        if self.compiles:
             self._compile_thread.submit(self._compile, recommender)
 
     def _compile(self, recommender: Recommender) -> None:
@@ -175,6 +175,7 @@ class ServingService(mode.Service):
                              part, time.perf_counter() - started)
             except Exception as exc:
                 log.warning("Version %d's %s stays on torch: %s", recommender.version["id"], part, exc)
+        freeze_long_lived()  # the exporter's modules: out of the collector's way
         release_free_heap()  # what exporting freed
 
     def storefronts(self) -> set[str]:
@@ -187,5 +188,10 @@ class ServingService(mode.Service):
                 "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
                 "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None,
                 "indexes": r.describe_indexes() if r else None,
-                "onnx": None if r is None else {"user_state": r.is_compiled,
-                                                "queries": self.queries.is_compiled(r.text_encoder)}}
+                "onnx": None if r is None or not self.compiles else {
+                    "user_state": r.is_compiled, "queries": self.queries.is_compiled(r.text_encoder)}}
+
+    @property
+    def compiles(self) -> bool:
+        """Whether served versions are exported to ONNX Runtime (on a CPU, unless turned off)."""
+        return self.config.serving_onnx and not self.device.is_cuda
