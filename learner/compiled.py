@@ -2,7 +2,7 @@
 
 A small model answering one request at a time spends most of its time in torch's per-operator
 overhead, not in arithmetic; ONNX Runtime runs the same graph with fused operators (MiniLM
-encodes a query about 3.5x faster, the user's state about 4x). Exports are checked against the
+encodes a query alone about 3x faster, the user's state about 4x). Exports are checked against the
 module before use: a graph that answers differently is never served.
 """
 

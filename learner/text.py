@@ -244,7 +244,7 @@ class TextEncoder:
 
     def compile(self) -> bool:
         """Encode with an ONNX Runtime export of the transformer from now on (same vectors within
-        :data:`learner.compiled.TOLERANCE`; MiniLM encodes a short query about 3.5x faster on a
+        :data:`learner.compiled.TOLERANCE`; MiniLM encodes a short query about 3x faster on a
         CPU). For a frozen encoder on a CPU only: a GPU and training keep torch. Takes seconds:
         call it off the event loop. Whether it compiled; :class:`learner.compiled.CompileError`
         when the export fails or encodes differently."""

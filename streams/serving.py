@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import mode
@@ -41,6 +42,11 @@ from training.versions import load_serving
 
 log = logging.getLogger(__name__)
 
+EXPORT_AFTER_S = 10.0
+"""A served version is exported to ONNX once it has served this long: a version replaced
+sooner (promotions and rollbacks come in runs) costs no export, and a swap does not share the
+CPU with one."""
+
 
 class ServingService(mode.Service):
     """Holds what requests are answered from, and refreshes it off the event loop."""
@@ -63,6 +69,7 @@ class ServingService(mode.Service):
         self.store_thread = StoreThread("streamrec-serving")
         self._query_thread = StoreThread("streamrec-query")
         self._compile_thread = StoreThread("streamrec-compile")
+        self._stopping = threading.Event()
         self._catalog_encoder = TextEncoder(self.device)
         self.queries = QueryEncoder(TextEncoder(self.device), self._query_thread)
         self._window_cursor = 0
@@ -78,6 +85,7 @@ class ServingService(mode.Service):
     async def on_stop(self) -> None:
         self.store_thread.shutdown(wait=False)
         self._query_thread.shutdown(wait=False)
+        self._stopping.set()
         self._compile_thread.shutdown(wait=False)
         if self.engine is not None:
             self.engine.dispose()
@@ -158,16 +166,18 @@ class ServingService(mode.Service):
         del previous, bundle, loaded
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
         if self.compiles:
-            self._compile_thread.submit(self._compile, recommender)
+            self._compile_thread.submit(self._compile, recommender, time.monotonic())
 
-    def _compile(self, recommender: Recommender) -> None:
-        """ONNX Runtime exports of a served version's user-state model and query encoder (on the
-        compile thread, so requests and refreshes go on; each answers by torch until its export
-        is checked and in place)."""
+    def _compile(self, recommender: Recommender, swapped: float) -> None:
+        """ONNX Runtime exports of a served version's user-state model and query encoder, once it
+        has served :data:`EXPORT_AFTER_S` (on the compile thread, so requests and refreshes go on;
+        each answers by torch until its export is checked and in place)."""
+        if self._stopping.wait(max(0.0, EXPORT_AFTER_S - (time.monotonic() - swapped))):
+            return
         for part, compile in (("user-state model", recommender.compile),
                               ("query encoder", lambda: self.queries.compile(recommender.text_encoder))):
-            if recommender is not self.recommender:
-                return  # replaced while waiting: the new snapshot has its own turn
+            if recommender is not self.recommender or self._stopping.is_set():
+                return  # replaced meanwhile: the new snapshot has its own turn
             started = time.perf_counter()
             try:
                 if compile():
