@@ -2,8 +2,8 @@
 
 A small model answering one request at a time spends most of its time in torch's per-operator
 overhead, not in arithmetic; ONNX Runtime runs the same graph with fused operators (MiniLM
-encodes a query alone about 3x faster, the user's state about 4x). Exports are checked against the
-module before use: a graph that answers differently is never served.
+encodes a query alone about 3x faster, the user's state about 4x). Exports are checked against
+the module before use: a graph that answers differently is never served.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class CompiledModule:
     ``examples`` are example inputs, one per name in ``names``; ``dynamic`` names each input's
     axes whose length may vary (name → {axis: label}; inputs sharing a label share a length).
     Examples must be at least 2 long on a dynamic axis. A copy of ``module`` is exported, so
-    ``module`` may go on answering on other threads meanwhile. The export is checked on the examples
-    (and ``checks``, further tuples of inputs): each must match the module within
+    ``module`` may go on answering on other threads meanwhile. The export is checked on the
+    examples (and ``checks``, further tuples of inputs): each must match the module within
     :data:`TOLERANCE`, or :class:`CompileError` is raised.
 
     >>> layer = torch.nn.Linear(3, 2).eval()
@@ -61,7 +61,6 @@ class CompiledModule:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # one request at a time per thread
         self.session = onnxruntime.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
-        self.names = names
         for inputs in (examples, *checks):
             with torch.inference_mode():
                 expected = module(*inputs).float().numpy()

@@ -251,9 +251,11 @@ class TextEncoder:
         if self.device.is_cuda or self.trainable:
             return False
         if self._compiled is None:
+            tokenizer = self.copy().tokenizer  # its own: another thread may be encoding with this one's
+
             def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-                batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt")
+                batch = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                  return_tensors="pt")
                 return batch["input_ids"], batch["attention_mask"]
 
             axes = {0: "texts", 1: "tokens"}

@@ -12,8 +12,10 @@ collections.
 
 >>> release_free_heap() in (True, False)
 True
->>> freeze_long_lived() >= 0
+>>> import gc
+>>> freeze_long_lived() > 0
 True
+>>> gc.unfreeze()  # a worker keeps them frozen; this example does not
 """
 
 from __future__ import annotations
