@@ -55,13 +55,17 @@ class QueryEncoder:
         """Encode ``encoder``'s queries with an ONNX Runtime export from now on, once
         :meth:`prepare` has made their copy (see :meth:`learner.text.TextEncoder.compile`).
         Takes seconds: call it on another thread than the query thread, so queries go on."""
-        copy = self._copies.get(encoder.key(""))
+        copy = self._copy_of(encoder)
         return copy is not None and copy.compile()
 
     def is_compiled(self, encoder: TextEncoder) -> bool:
         """Whether ``encoder``'s queries are encoded by an ONNX Runtime export."""
-        copy = self._copies.get(encoder.key(""))
+        copy = self._copy_of(encoder)
         return copy is not None and copy.is_compiled
+
+    def _copy_of(self, encoder: TextEncoder) -> TextEncoder | None:
+        """The copy :meth:`prepare` made for ``encoder``'s weights, if any."""
+        return self._copies.get(encoder.key(""))  # the same for encoders of the same weights
 
     async def encode(self, text: str, encoder: TextEncoder | None = None) -> np.ndarray:
         """The unit vector of ``text`` by ``encoder`` (default: the one given at construction)."""
