@@ -62,7 +62,7 @@ class ModelBundle:
         With ``config.use_text``, item texts missing from ``cache`` are embedded by ``encoder``.
         """
         vocab = Vocabulary()
-        _add_ids(vocab, catalog, events)
+        _add_ids(vocab, catalog, events, users=config.user_embeddings)
         torch.manual_seed(seed)
         bundle = cls(SASRec(config, *vocab.sizes()), vocab)
         if config.use_text and catalog is not None:
@@ -76,7 +76,8 @@ class ModelBundle:
     def extend(self, *, catalog: pd.DataFrame | None = None, events: pd.DataFrame | None = None,
                encoder: TextEncoder | None = None, cache: TextEmbeddingCache | None = None,
                admit: bool = True) -> dict[str, int]:
-        """Add unseen items (catalog, then events), users and storefronts; grow the model in place.
+        """Add unseen items (catalog, then events), storefronts and, for a model with user vectors,
+        users; grow the model in place.
 
         Existing rows are untouched, so scores of old users and items do not change, except
         for items whose catalog text changed: their text row is recomputed. New items get the
@@ -85,7 +86,7 @@ class ModelBundle:
         row yet (:mod:`learner.admission`). Returns the number of ids added per map.
         """
         before = self.vocab.sizes()
-        _add_ids(self.vocab, catalog, events)
+        _add_ids(self.vocab, catalog, events, users=self.model.config.user_embeddings)
         self.model.grow(*self.vocab.sizes(), admit=admit)
         if self.model.config.use_text and catalog is not None:
             self.set_texts(catalog_texts(catalog), self.text_encoder(encoder), cache)
@@ -139,8 +140,10 @@ class ModelBundle:
         return user_ids, torch.cat(out).cpu() if out else torch.zeros(0, model.config.dim)
 
 
-def _add_ids(vocab: Vocabulary, catalog: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
+def _add_ids(vocab: Vocabulary, catalog: pd.DataFrame | None, events: pd.DataFrame | None, users: bool) -> None:
+    """Add the ids of ``catalog`` and ``events``; user ids only with ``users`` (a model without
+    user vectors needs none, so its vocabulary does not grow with every visitor)."""
     if catalog is not None:
         vocab.items.add(catalog["item_id"].astype(str))
     events = events_frame(events)
-    vocab.add_events(events["user_id"], events["item_id"], events["storefront"])
+    vocab.add_events(events["user_id"] if users else (), events["item_id"], events["storefront"])

@@ -72,9 +72,11 @@ def load_bundle(data: bytes, expected_sha256: str) -> ModelBundle:
     metadata = _header_metadata(data)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} bundle (format {metadata.get('format')!r})")
-    vocab = Vocabulary(*(IdMap(metadata[name]) for name in ("items", "users", "storefronts")))
+    config = ModelConfig.from_dict(metadata["config"])
+    users = metadata["users"] if config.user_embeddings else ()  # earlier releases kept them for every model
+    vocab = Vocabulary(IdMap(metadata["items"]), IdMap(users), IdMap(metadata["storefronts"]))
     with torch.device("meta"):
-        model = SASRec(ModelConfig.from_dict(metadata["config"]), *vocab.sizes())
+        model = SASRec(config, *vocab.sizes())
     tensors = load_tensors(data)
     adapter_tensors = {name[len(ADAPTER_PREFIX):]: tensors.pop(name) for name in list(tensors)
                        if name.startswith(ADAPTER_PREFIX)}

@@ -109,3 +109,20 @@ def test_admission_state_survives_a_checkpoint_and_old_bundles_load(churned):
     revived = load_bundle(legacy, sha256(legacy))
     assert torch.equal(revived.model.item_id_rows, torch.arange(len(old.vocab.items)))
     assert torch.equal(revived.item_vectors(), old.item_vectors())
+
+
+def test_a_model_without_user_vectors_keeps_no_user_ids():
+    """Shoppers come and go by the million: without user vectors no user id is kept, in the
+    vocabulary or in the weights; bundles of earlier releases, which kept them, load without them."""
+    bundle = ModelBundle.build(ModelConfig(dim=8, heads=1, use_text=False), events=cohort(0)[1], seed=2)
+    for window in range(1, 4):
+        assert bundle.extend(events=cohort(window)[1])["users"] == 0
+    assert bundle.vocab.users.keys() == [] and len(bundle.vocab.items) == 2 + 4 * COHORT_ITEMS
+    data, _ = dump_bundle(bundle)
+    metadata = _header_metadata(data)
+    assert metadata["users"] == []
+    metadata["users"] = [f"w0-u{u}" for u in range(COHORT_USERS)]  # as an earlier release wrote it
+    earlier = save_tensors(load_tensors(data), metadata={"streamrec": json.dumps(metadata)})
+    revived = load_bundle(earlier, sha256(earlier))
+    assert revived.vocab == bundle.vocab
+    assert torch.equal(revived.user_vectors(cohort(3)[1])[1], bundle.user_vectors(cohort(3)[1])[1])

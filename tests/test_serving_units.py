@@ -89,13 +89,19 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def recommender(movielens_data, encoder) -> Recommender:
+def text_cache() -> dict:
+    """MiniLM vectors of the catalog's texts, shared by every snapshot here (each would encode them again)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def recommender(movielens_data, encoder, text_cache) -> Recommender:
     """A model trained on the first 20,000 ratings, knowing only the catalog items seen so far;
     the full catalog is given to the Recommender, so the rest are cold items."""
     events, catalog = movielens_data
     train = events.iloc[:20_000]
     known = catalog[catalog["item_id"].isin(set(train["item_id"]))]
-    cache = {}
+    cache = text_cache
     base = ModelBundle.build(ModelConfig(dim=32), catalog=known, events=train, encoder=encoder, cache=cache, seed=0)
     bundle, _ = fine_tune(base, train, catalog=known, encoder=encoder, cache=cache,
                           config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=3e-3, seed=0)))
@@ -214,12 +220,12 @@ def _bundle_of(recommender: Recommender) -> ModelBundle:
 
 
 @pytest.fixture(scope="module")
-def indexed(recommender, movielens_data, encoder) -> tuple[Recommender, Recommender]:
+def indexed(recommender, movielens_data, encoder, text_cache) -> tuple[Recommender, Recommender]:
     """The same version over the two storefronts, exact and from inverted-file indexes
     (ann_above=0: every search goes through an index)."""
     shops = _shops(movielens_data[1])
-    return (Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder),
-            Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, ann_above=0))
+    return (Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache),
+            Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache, ann_above=0))
 
 
 def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movielens_data):
@@ -251,29 +257,30 @@ def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movie
     assert sum(overlaps) / len(overlaps) >= 0.95, overlaps
 
 
-def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movielens_data, encoder):
+def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movielens_data, encoder, text_cache):
     _, indexed = indexed
     shops = _shops(movielens_data[1])
     sequel = pd.DataFrame([{"item_id": "m-sequel", "title": "Star Wars: Return of the Padawan (1999)",
                             "category": "Action, Sci-Fi", "description": None, "storefront": "odd"}])
     grown = Recommender({"id": 7}, _bundle_of(indexed), pd.concat([shops, sequel], ignore_index=True), {},
-                        encoder, ann_above=0, previous=indexed)
+                        encoder, text_cache, ann_above=0, previous=indexed)
     assert grown.recommend_index.index.ntotal == indexed.recommend_index.index.ntotal + 1  # one insert, no rebuild
     assert indexed.recommend_index.index.ntotal == len(indexed.item_ids)  # the old snapshot is untouched
     similar = [s.item_id for s in grown.similar("m-sequel", 10)]
     assert "m-sequel" not in similar and len(similar) == 10
     titles = grown.titles
     assert any("Star Wars" in titles[i] or "Empire" in titles[i] or "Jedi" in titles[i] for i in similar), similar
-    other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, ann_above=0, previous=grown)
+    other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, text_cache, ann_above=0,
+                                previous=grown)
     assert other_version.recommend_index.index is not grown.recommend_index.index
     assert other_version.recommend_index.index.ntotal == len(other_version.item_ids)
 
 
 def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memory(indexed, movielens_data,
-                                                                                    encoder):
+                                                                                    encoder, text_cache):
     exact, _ = indexed
     events, catalog = movielens_data
-    compact = Recommender({"id": 7}, _bundle_of(exact), _shops(catalog), {}, encoder, precision="int8")
+    compact = Recommender({"id": 7}, _bundle_of(exact), _shops(catalog), {}, encoder, text_cache, precision="int8")
     assert compact.recommend_index.nbytes * 3.5 < exact.recommend_index.nbytes
     train, even, overlaps = events.iloc[:20_000], set(catalog["item_id"].iloc[::2]), []
     for user in train["user_id"].unique()[:20]:
@@ -369,9 +376,10 @@ def test_a_query_encoder_copy_shares_the_weights_and_encodes_alongside_the_origi
         np.testing.assert_allclose(result, expected, atol=1e-5)
 
 
-def test_a_compiled_snapshot_computes_states_and_answers_as_torch_does(recommender, movielens_data, encoder):
+def test_a_compiled_snapshot_computes_states_and_answers_as_torch_does(recommender, movielens_data, encoder,
+                                                                      text_cache):
     events, catalog = movielens_data
-    compiled = Recommender({"id": 7}, _bundle_of(recommender), catalog, {"default": set()}, encoder)
+    compiled = Recommender({"id": 7}, _bundle_of(recommender), catalog, {"default": set()}, encoder, text_cache)
     rows = events.iloc[:20_000]
     rows = rows[rows["user_id"] == rows["user_id"].value_counts().index[0]]  # the longest history: over max_len
     history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront) for r in rows.itertuples()]
