@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import uuid
 
+import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -68,3 +70,18 @@ def engine(database_url):
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def movielens_text_vectors() -> dict[str, np.ndarray]:
+    """Pretrained MiniLM's vectors of the MovieLens catalog's item texts, by cache key, encoded
+    once for the session. Tests about something other than text encoding start from them (a
+    copy, or :func:`tests.harness.store_text_vectors`) instead of encoding the 1,682 texts again."""
+    from learner.text import TextEncoder, catalog_texts, embed_texts
+    from streams import movielens
+
+    vectors = {}
+    texts = catalog_texts(pd.DataFrame(movielens.to_catalog(movielens.load_movies())))
+    embed_texts(list(texts.values()), TextEncoder(), vectors)
+    return vectors
+

@@ -9,10 +9,13 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from runtime.config import Config
 from runtime.processes import free_port, start_worker, stop
+from store.db import make_engine, migrate
+from store.registry import StoredTextEmbeddings
 
 
 class Worker:
@@ -89,3 +92,15 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+def store_text_vectors(database_url: str, vectors: dict[str, np.ndarray]) -> None:
+    """Put ``vectors`` in the store's text embeddings (migrating it first), as a store holds
+    them once it has seen those texts: workers and trainers look them up instead of encoding."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    stored = StoredTextEmbeddings(engine)
+    for key, vector in vectors.items():
+        stored[key] = vector
+    stored.save()
+    engine.dispose()

@@ -19,7 +19,7 @@ from store.registry import list_runs
 from streamrec.cli import main
 from streams import movielens
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, store_text_vectors, wait_until, worker_env
 from tests.test_drift_report import assert_every_plot_drawn
 
 pytestmark = pytest.mark.broker
@@ -37,7 +37,8 @@ def storefront_of(user_id: str) -> str:
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_every_window_and_storefront_gets_every_drift_metric(broker, database_url, topic_prefix, tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch, movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS=str(WINDOW_EVENTS),
                      STREAMREC_WINDOW_MAX_AGE_S="120", STREAMREC_TRAIN_EPOCHS="1", STREAMREC_GATE_TOLERANCE="0.9",
                      STREAMREC_REHEARSAL_CAPACITY="2000", STREAMREC_DRIFT_REFERENCE_WINDOWS="1",

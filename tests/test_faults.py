@@ -22,7 +22,7 @@ from store.models import model_versions, training_runs
 from store.replay import ReplayStore
 from streams import movielens
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, store_text_vectors, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -44,7 +44,8 @@ def postgres(action: str) -> None:
 @pytest.mark.skipif(not os.path.isdir("/etc/postgresql"), reason="needs a local Postgres cluster to stop and start")
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_version_published_while_postgres_is_down_is_retried_and_lands_whole(
-        broker, database_url, topic_prefix, tmp_path):
+        broker, database_url, topic_prefix, tmp_path, movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="3000",
                      STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="3", STREAMREC_GATE_TOLERANCE="0.9")
     worker = Worker(env, tmp_path / "worker.log")
@@ -123,7 +124,8 @@ def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_p
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_workers_killed_during_training_leave_no_half_version_and_training_resumes(
-        broker, database_url, topic_prefix, tmp_path):
+        broker, database_url, topic_prefix, tmp_path, movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="1500",
                      STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9",
                      STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5", STREAMREC_TRAIN_MIN_EVENTS="1000")

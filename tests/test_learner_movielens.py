@@ -42,8 +42,8 @@ def encoder() -> TextEncoder:
 
 
 @pytest.fixture(scope="module")
-def text_cache() -> dict:
-    return {}
+def text_cache(movielens_text_vectors) -> dict:
+    return dict(movielens_text_vectors)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def trained(movielens_frames, encoder, text_cache) -> ModelBundle:
     logging.getLogger("learner").setLevel(logging.INFO)
     started = time.perf_counter()
     bundle = ModelBundle.build(ModelConfig(), catalog=catalog, encoder=encoder, cache=text_cache, seed=0)
-    print(f"\nbuilt bundle, {len(text_cache)} item texts embedded in {time.perf_counter() - started:.1f}s")
+    print(f"\nbuilt bundle, {len(text_cache)} item texts' vectors at hand, in {time.perf_counter() - started:.1f}s")
     config = FineTuneConfig(train=TrainConfig(epochs=15, batch_size=256, lr=3e-3, seed=0), rehearsal_ratio=0.2)
     previous = None
     for w in range(WINDOWS):

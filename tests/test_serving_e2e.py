@@ -30,7 +30,7 @@ from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
-from store.db import make_engine, migrate
+from store.db import make_engine
 from store.registry import (
     StoredTextEmbeddings,
     list_runs,
@@ -40,7 +40,7 @@ from store.registry import (
 )
 from streams import movielens
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, store_text_vectors, wait_until, worker_env
 from training.versions import publish
 
 pytestmark = pytest.mark.broker
@@ -116,9 +116,10 @@ class Client:
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_url, topic_prefix, tmp_path):
+def test_worker_answers_hot_swaps_and_takes_events_over_http(broker, database_url, topic_prefix, tmp_path,
+                                                             movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)  # the tuned version's are encoded by the worker
     engine = make_engine(database_url)
-    migrate(engine)
     events = movielens.to_events(movielens.load_ratings(), now_ms())[:3_000]
     catalog = movielens.to_catalog(movielens.load_movies())
     seen_items = {e["item_id"] for e in events}

@@ -89,9 +89,9 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def text_cache() -> dict:
+def text_cache(movielens_text_vectors) -> dict:
     """MiniLM vectors of the catalog's texts, shared by every snapshot here (each would encode them again)."""
-    return {}
+    return dict(movielens_text_vectors)
 
 
 @pytest.fixture(scope="module")

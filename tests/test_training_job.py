@@ -33,6 +33,7 @@ from store.registry import (
 from store.replay import ReplayStore
 from streamrec.cli import id_rows
 from streams import movielens
+from tests.harness import store_text_vectors
 from training.job import judge, read_window, run_training_job, version_row
 from training.versions import load_serving
 
@@ -41,8 +42,9 @@ ENV = {"STREAMREC_TRAIN_EPOCHS": "2", "STREAMREC_GATE_TOLERANCE": "0.5", "STREAM
 
 
 @pytest.fixture
-def store(database_url):
-    """A store with three sealed MovieLens windows and the catalog."""
+def store(database_url, movielens_text_vectors):
+    """A store with three sealed MovieLens windows and the catalog (its texts' vectors stored)."""
+    store_text_vectors(database_url, movielens_text_vectors)
     engine = make_engine(database_url)
     migrate(engine)
     now = time.time_ns() // 1_000_000

@@ -36,7 +36,7 @@ from store.training_queue import (
     release_job,
 )
 from streams import movielens
-from tests.harness import wait_until
+from tests.harness import store_text_vectors, wait_until
 from training.loop import run_trainer, train_next
 
 T0 = 1_764_000_000_000
@@ -128,7 +128,9 @@ def test_an_expired_lease_is_taken_over_and_fences_the_late_trainer(engine, rati
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_burst_of_windows_trains_as_few_versions_each_window_with_its_drift(database_url, ratings):
+def test_a_burst_of_windows_trains_as_few_versions_each_window_with_its_drift(database_url, ratings,
+                                                                            movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     engine = make_engine(database_url)
     try:
         ids = seal_windows(engine, ratings[:6_000], 300)
@@ -155,7 +157,9 @@ def test_a_burst_of_windows_trains_as_few_versions_each_window_with_its_drift(da
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_one_event_window_is_never_promoted_and_no_nan_reaches_postgres_json(database_url, ratings):
+def test_a_one_event_window_is_never_promoted_and_no_nan_reaches_postgres_json(database_url, ratings,
+                                                                               movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     engine = make_engine(database_url)
     try:
         seal_windows(engine, ratings[:1], 1)
@@ -174,7 +178,9 @@ def test_a_one_event_window_is_never_promoted_and_no_nan_reaches_postgres_json(d
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_killed_trainer_loses_its_lease_and_another_trainer_finishes_the_work(database_url, ratings, tmp_path):
+def test_a_killed_trainer_loses_its_lease_and_another_trainer_finishes_the_work(database_url, ratings, tmp_path,
+                                                                                movielens_text_vectors):
+    store_text_vectors(database_url, movielens_text_vectors)
     engine = make_engine(database_url)
     env = {**os.environ, "STREAMREC_DATABASE_URL": database_url, **FAST, "STREAMREC_TRAIN_EPOCHS": "3",
            "STREAMREC_TRAIN_LEASE_S": "4", "STREAMREC_TRAIN_MAX_EVENTS": "2000", "PYTHONUNBUFFERED": "1"}
