@@ -101,11 +101,11 @@ def recommender(movielens_data, encoder, text_cache) -> Recommender:
     events, catalog = movielens_data
     train = events.iloc[:20_000]
     known = catalog[catalog["item_id"].isin(set(train["item_id"]))]
-    cache = text_cache
-    base = ModelBundle.build(ModelConfig(dim=32), catalog=known, events=train, encoder=encoder, cache=cache, seed=0)
-    bundle, _ = fine_tune(base, train, catalog=known, encoder=encoder, cache=cache,
+    base = ModelBundle.build(ModelConfig(dim=32), catalog=known, events=train, encoder=encoder, cache=text_cache,
+                             seed=0)
+    bundle, _ = fine_tune(base, train, catalog=known, encoder=encoder, cache=text_cache,
                           config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=3e-3, seed=0)))
-    return Recommender({"id": 7}, bundle, catalog, {"default": set(train["item_id"])}, encoder, cache)
+    return Recommender({"id": 7}, bundle, catalog, {"default": set(train["item_id"])}, encoder, text_cache)
 
 
 def test_recommendations_leave_out_purchases_and_explain_themselves(recommender, movielens_data):
