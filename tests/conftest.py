@@ -84,4 +84,3 @@ def movielens_text_vectors() -> dict[str, np.ndarray]:
     texts = catalog_texts(pd.DataFrame(movielens.to_catalog(movielens.load_movies())))
     embed_texts(list(texts.values()), TextEncoder(), vectors)
     return vectors
-
