@@ -43,12 +43,14 @@ class SealingService(mode.Service):
         self.engine = None
         self.store: ReplayStore | None = None
         self._poked = asyncio.Event()
+        self._store_ready = asyncio.Event()
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
         await self.store_thread.run(migrate, self.engine)
         self.store = ReplayStore(self.engine, WindowPolicy(self.config.window_max_events,
                                                            self.config.window_max_age_s), self.config.new_rehearsal_memory)
+        self._store_ready.set()
 
     async def on_stop(self) -> None:
         self.store_thread.shutdown()
@@ -91,8 +93,21 @@ class SealingService(mode.Service):
         await self.store_thread.run(self.store.mark_notices_published, [w.id for w in pending])
 
     async def take_notice(self, notice: WindowSealed) -> bool:
-        """Record a sealed window's notice as received by this worker, once across the cluster."""
-        if not await self.store_thread.run(self.store.claim_trigger, notice.window_id, WORKER_NAME, now_ms()):
+        """Record a sealed window's notice as received by this worker, once across the cluster.
+        Notices may arrive before the store is open (a restarted worker is handed the topic's
+        undelivered ones at once): they wait for it, and while the store is unreachable the
+        notice is retried every second rather than dropped."""
+        await self._store_ready.wait()
+        while True:
+            try:
+                claimed = await self.store_thread.run(self.store.claim_trigger, notice.window_id, WORKER_NAME,
+                                                      now_ms())
+                break
+            except DBAPIError as exc:
+                log.error("Recording the notice of window %d failed, retrying: %s", notice.window_id,
+                          exc.orig or exc)
+                await asyncio.sleep(1.0)
+        if not claimed:
             log.info("Window %d: notice already received", notice.window_id)
             return False
         self.totals["notices"] += 1

@@ -126,11 +126,12 @@ def test_the_worker_rides_out_a_broker_restart(database_url, topic_prefix, tmp_p
 def test_workers_killed_during_training_leave_no_half_version_and_training_resumes(
         broker, database_url, topic_prefix, tmp_path, movielens_text_vectors):
     store_text_vectors(database_url, movielens_text_vectors)
-    env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="1500",
-                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9",
-                     STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5", STREAMREC_TRAIN_MIN_EVENTS="1000")
+    # runs of several seconds (ten epochs on two windows of 4,000 events), so each kill lands mid-run
+    env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS="4000",
+                     STREAMREC_WINDOW_MAX_AGE_S="3600", STREAMREC_TRAIN_EPOCHS="10", STREAMREC_GATE_TOLERANCE="0.9",
+                     STREAMREC_TRAIN_LEASE_S="5", STREAMREC_TRAIN_MAX_TRIES="5", STREAMREC_TRAIN_MIN_EVENTS="3000")
     engine = make_engine(database_url)
-    events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:3_000]
+    events = movielens.to_events(movielens.load_ratings(), time.time_ns() // 1_000_000)[:8_000]
     worker = Worker(env, tmp_path / "worker-0.log")
     try:
         worker.wait_ready(120)
@@ -141,7 +142,7 @@ def test_workers_killed_during_training_leave_no_half_version_and_training_resum
         for kill in range(3):
             run = wait_until(lambda: next((r for r in _runs(engine) if r["status"] == "running"
                                            and r["worker"] not in killed_trainers), None), 240,
-                             f"a training run is under way\n{worker.tail()}", interval_s=0.5)
+                             f"a training run is under way\n{worker.tail()}", interval_s=0.2)
             killed_trainers.add(run["worker"])
             os.kill(worker.proc.pid, signal.SIGKILL)  # the training process dies with it
             worker.proc.wait()

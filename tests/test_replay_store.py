@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,11 +12,14 @@ from sqlalchemy import update
 from replay import codec
 from replay.memory import Reservoir
 from replay.windows import WindowPolicy
+from runtime.config import Config
 from store.db import make_engine, migrate
 from store.ingest import IngestBatch, IngestWriter, Source
 from store.models import windows
 from store.replay import CorruptWindow, ReplayStore
 from streamrec.cli import main
+from streams.schema import WindowSealed
+from streams.sealing import SealingService
 
 T0 = 1_763_000_000_000
 TOPIC = "streamrec-events"
@@ -97,6 +101,25 @@ def test_the_training_trigger_is_claimed_once(engine):
     assert claims.count(True) == 1
     store.mark_notices_published([window.id])
     assert store.unpublished_notices() == []
+
+
+def test_a_notice_delivered_before_the_store_opens_waits_for_it(engine, database_url):
+    ingest(engine, 0, 10)
+    (window,) = replay_store(engine, max_events=10).seal_due(T0)
+    notice = WindowSealed(window_id=window.id, n_events=10, seal_reason="full", sealed_at=T0)
+
+    async def restarted_worker() -> tuple[bool, bool]:
+        service = SealingService(Config(database_url=database_url), windows_topic=None)
+        early = asyncio.ensure_future(service.take_notice(notice))  # as the topic hands it over at once
+        await asyncio.sleep(0.1)
+        assert not early.done()
+        await service.on_start()
+        try:
+            return await early, await service.take_notice(notice)
+        finally:
+            await service.on_stop()
+
+    assert asyncio.run(restarted_worker()) == (True, False)
 
 
 def test_a_corrupted_window_is_refused(engine):
