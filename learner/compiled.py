@@ -4,14 +4,24 @@ A small model answering one request at a time spends most of its time in torch's
 overhead, not in arithmetic; ONNX Runtime runs the same graph with fused operators (MiniLM
 encodes a query alone about 3x faster, the user's state about 4x). Exports are checked against
 the module before use: a graph that answers differently is never served.
+
+The export itself runs in a child process: ``torch.export`` leaves about 300 MiB behind in the
+process that calls it (its tracing state and a copy of the weights, for MiniLM), which a
+serving worker would otherwise carry for as long as it runs. The child gets a pickled copy of
+the module from this process and sends back the ONNX graph, nothing else.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,10 +40,10 @@ class CompiledModule:
 
     ``examples`` are example inputs, one per name in ``names``; ``dynamic`` names each input's
     axes whose length may vary (name → {axis: label}; inputs sharing a label share a length).
-    Examples must be at least 2 long on a dynamic axis. A copy of ``module`` is exported, so
-    ``module`` may go on answering on other threads meanwhile. The export is checked on the
-    examples (and ``checks``, further tuples of inputs): each must match the module within
-    :data:`TOLERANCE`, or :class:`CompileError` is raised.
+    Examples must be at least 2 long on a dynamic axis. A copy of ``module`` is exported (in a
+    child process), so ``module`` may go on answering on other threads meanwhile. The export is
+    checked on the examples (and ``checks``, further tuples of inputs): each must match the
+    module within :data:`TOLERANCE`, or :class:`CompileError` is raised.
 
     >>> layer = torch.nn.Linear(3, 2).eval()
     >>> compiled = CompiledModule(layer, (torch.ones(4, 3),), ("x",), {"x": {0: "rows"}})
@@ -46,21 +56,10 @@ class CompiledModule:
                  dynamic: dict[str, dict[int, str]], checks: tuple[tuple[torch.Tensor, ...], ...] = ()):
         import onnxruntime
 
-        dims: dict[str, torch.export.Dim] = {}
-        shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label))
-                        for axis, label in dynamic.get(name, {}).items()} for name in names)
-        try:
-            with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(copy.deepcopy(module), examples, None, input_names=list(names), dynamo=True,
-                                            dynamic_shapes=shapes, verbose=False)
-            graph = io.BytesIO()
-            program.save(graph)
-        except Exception as exc:  # torch.export names the construct it cannot trace
-            raise CompileError(f"{type(module).__name__} could not be exported to ONNX: {exc}") from exc
+        graph = exported_in_child(module, examples, names, dynamic)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # one request at a time per thread
-        self.session = onnxruntime.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         for inputs in (examples, *checks):
             with torch.inference_mode():
                 expected = module(*inputs).float().numpy()
@@ -73,6 +72,49 @@ class CompiledModule:
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         """The module's output for these inputs (numpy arrays by input name)."""
         return self.session.run(None, inputs)[0]
+
+
+def exported_in_child(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                      dynamic: dict[str, dict[int, str]]) -> bytes:
+    """The ONNX graph of ``module`` traced on ``examples``, exported by ``python -m
+    learner.compiled`` (it reads the pickled arguments from its stdin and writes the graph to
+    the file named by its argument); :class:`CompileError` when the export fails."""
+    with tempfile.TemporaryDirectory(prefix="streamrec-export-") as folder:
+        graph = Path(folder) / "graph.onnx"
+        errors = Path(folder) / "errors.txt"
+        with errors.open("wb") as stderr:
+            child = subprocess.Popen([sys.executable, "-m", "learner.compiled", str(graph)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=stderr,
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+            try:
+                with child.stdin:  # streamed: no second copy of the weights in this process
+                    pickle.dump((module, examples, names, dynamic), child.stdin)
+            except BrokenPipeError:  # the child died early: its error says why
+                pass
+            except Exception as exc:  # a module defined in a function, say: the child could not rebuild it
+                child.kill()
+                child.wait()
+                raise CompileError(f"{type(module).__name__} could not be sent to the export process: {exc}") from exc
+            code = child.wait()
+        if code:  # torch.export names the construct it cannot trace
+            reason = errors.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit {code}"]
+            raise CompileError(f"{type(module).__name__} could not be exported to ONNX: {reason[0]}")
+        return graph.read_bytes()
+
+
+def exported(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], names: tuple[str, ...],
+             dynamic: dict[str, dict[int, str]]) -> bytes:
+    """The ONNX graph of ``module`` traced on ``examples`` (see :class:`CompiledModule`)."""
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label))
+                    for axis, label in dynamic.get(name, {}).items()} for name in names)
+    with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, examples, None, input_names=list(names), dynamo=True,
+                                    dynamic_shapes=shapes, verbose=False)
+    graph = io.BytesIO()
+    program.save(graph)
+    return graph.getvalue()
 
 
 class _quiet:
@@ -89,3 +131,12 @@ class _quiet:
     def __exit__(self, *exc):
         for logger, level in zip(self.loggers, self.levels):
             logger.setLevel(level)
+
+
+if __name__ == "__main__":  # the child of exported_in_child: only its parent writes to its stdin
+    try:
+        Path(sys.argv[1]).write_bytes(exported(*pickle.load(sys.stdin.buffer)))
+    except Exception as exc:  # the last line of stderr is the reason the parent reports: the first cause
+        while exc.__cause__ is not None:
+            exc = exc.__cause__
+        sys.exit(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")

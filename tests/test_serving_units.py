@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learner.bundle import ModelBundle
+from learner.compiled import CompiledModule, CompileError
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
 from learner.recommend import Click, Recommender, UnknownItem
@@ -407,6 +408,24 @@ def _answers_meanwhile(compile, answer_unchanged) -> bool:
     while thread.is_alive():
         assert answer_unchanged()
     return compiled == [True]
+
+
+class DataDependent(torch.nn.Module):
+    """A module whose graph depends on its input's values, which ``torch.export`` cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_a_module_that_cannot_be_exported_is_refused_with_the_reason():
+    with pytest.raises(CompileError, match="DataDependent could not be exported to ONNX: .+"):
+        CompiledModule(DataDependent().eval(), (torch.ones(3, 2),), ("x",), {"x": {0: "rows"}})
+
+    class Local(torch.nn.Linear):  # the export process cannot import it
+        pass
+
+    with pytest.raises(CompileError, match="Local could not be sent to the export process"):
+        CompiledModule(Local(2, 2).eval(), (torch.ones(3, 2),), ("x",), {"x": {0: "rows"}})
 
 
 def test_a_compiled_query_encoder_encodes_as_torch_does(encoder):
