@@ -5,9 +5,9 @@ enough to come from the C heap, and glibc keeps freed heap pages for reuse: with
 :func:`release_free_heap` a worker holds its peak, not what it uses.
 
 Python's cyclic garbage collector now and then walks every object it tracks, holding the GIL,
-so no request moves meanwhile. Exporting a model to ONNX loads the exporter's modules (280,000
-objects: functions, types, operator registries), which made each full collection take 270 ms
-instead of 100; :func:`freeze_long_lived` takes what is alive after such a step out of later
+so no request moves meanwhile. A worker's torch, transformers and MiniLM alone are about
+450,000 objects (a full collection: 100 to 150 ms); :func:`freeze_long_lived` takes what is
+alive after a step that leaves long-lived objects (a swap, the ONNX exports) out of later
 collections.
 
 >>> release_free_heap() in (True, False)

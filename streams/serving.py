@@ -185,7 +185,7 @@ class ServingService(mode.Service):
                              part, time.perf_counter() - started)
             except Exception as exc:
                 log.warning("Version %d's %s stays on torch: %s", recommender.version["id"], part, exc)
-        freeze_long_lived()  # the exporter's modules: out of the collector's way
+        freeze_long_lived()  # the sessions and the snapshot: out of the collector's way
         release_free_heap()  # what exporting freed
 
     def storefronts(self) -> set[str]:
