@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,28 +77,27 @@ def exported_in_child(module: torch.nn.Module, examples: tuple[torch.Tensor, ...
                       dynamic: dict[str, dict[int, str]]) -> bytes:
     """The ONNX graph of ``module`` traced on ``examples``, exported by ``python -m
     learner.compiled`` (it reads the pickled arguments from its stdin and writes the graph to
-    the file named by its argument); :class:`CompileError` when the export fails."""
-    with tempfile.TemporaryDirectory(prefix="streamrec-export-") as folder:
-        graph = Path(folder) / "graph.onnx"
-        errors = Path(folder) / "errors.txt"
-        with errors.open("wb") as stderr:
-            child = subprocess.Popen([sys.executable, "-m", "learner.compiled", str(graph)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=stderr,
-                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-            try:
-                with child.stdin:  # streamed: no second copy of the weights in this process
-                    pickle.dump((module, examples, names, dynamic), child.stdin)
-            except BrokenPipeError:  # the child died early: its error says why
-                pass
-            except Exception as exc:  # a module defined in a function, say: the child could not rebuild it
-                child.kill()
-                child.wait()
-                raise CompileError(f"{type(module).__name__} could not be sent to the export process: {exc}") from exc
-            code = child.wait()
-        if code:  # torch.export names the construct it cannot trace
-            reason = errors.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit {code}"]
+    its stdout); :class:`CompileError` when the export fails. Its output goes to unnamed
+    temporary files, so nothing is left behind if either process is killed."""
+    with tempfile.TemporaryFile() as graph, tempfile.TemporaryFile() as errors:
+        path = os.pathsep.join(p for p in sys.path if p)  # the child imports what this process imports
+        child = subprocess.Popen([sys.executable, "-m", "learner.compiled"], stdin=subprocess.PIPE, stdout=graph,
+                                 stderr=errors, env={**os.environ, "PYTHONPATH": path})
+        try:
+            with child.stdin:  # streamed: no second copy of the weights in this process
+                pickle.dump((module, examples, names, dynamic), child.stdin)
+        except BrokenPipeError:  # the child died early: its error says why
+            pass
+        except Exception as exc:  # a module defined in a function, say: the child could not rebuild it
+            child.kill()
+            child.wait()
+            raise CompileError(f"{type(module).__name__} could not be sent to the export process: {exc}") from exc
+        if code := child.wait():  # torch.export names the construct it cannot trace
+            errors.seek(0)
+            reason = errors.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit {code}"]
             raise CompileError(f"{type(module).__name__} could not be exported to ONNX: {reason[0]}")
-        return graph.read_bytes()
+        graph.seek(0)
+        return graph.read()
 
 
 def exported(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], names: tuple[str, ...],
@@ -134,8 +132,11 @@ class _quiet:
 
 
 if __name__ == "__main__":  # the child of exported_in_child: only its parent writes to its stdin
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else would print goes to stderr: stdout carries the graph alone
     try:
-        Path(sys.argv[1]).write_bytes(exported(*pickle.load(sys.stdin.buffer)))
+        out.write(exported(*pickle.load(sys.stdin.buffer)))
+        out.close()
     except Exception as exc:  # the last line of stderr is the reason the parent reports: the first cause
         while exc.__cause__ is not None:
             exc = exc.__cause__
