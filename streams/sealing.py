@@ -96,9 +96,12 @@ class SealingService(mode.Service):
         """Record a sealed window's notice as received by this worker, once across the cluster.
         Notices may arrive before the store is open (a restarted worker is handed the topic's
         undelivered ones at once): they wait for it, and while the store is unreachable the
-        notice is retried every second rather than dropped."""
+        notice is retried every second while the worker runs. (A notice is a record: trainers
+        lease sealed windows from the store whether or not it was taken.)"""
         await self._store_ready.wait()
         while True:
+            if self.should_stop:
+                return False
             try:
                 claimed = await self.store_thread.run(self.store.claim_trigger, notice.window_id, WORKER_NAME,
                                                       now_ms())
