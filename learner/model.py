@@ -15,6 +15,9 @@ from learner.text import TEXT_DIM, TEXT_DTYPE
 
 PLACEMENT_CANDIDATES = 100_000
 """New items are placed among look-alikes found in at most this many items (a seeded sample)."""
+PROJECTION_BLOCK = 65_536
+"""Text rows are projected this many at a time: a million items' float16 text would be 1.5 GB
+as float32 at once."""
 ID_TABLES = {"item": "item_ids", "user": "users"}
 """The model's id tables by kind of id; ``<kind>_id_rows`` maps each id to its row (0: none)."""
 
@@ -117,7 +120,8 @@ class SASRec(nn.Module):
         if not self.config.use_text:
             return ids
         text = self.item_text if rows is None else self.item_text[rows]
-        return ids + self.text_projection(text.to(self.text_projection.weight.dtype))
+        dtype = self.text_projection.weight.dtype
+        return ids + torch.cat([self.text_projection(block.to(dtype)) for block in text.split(PROJECTION_BLOCK)])
 
     def forward(self, batch: SequenceBatch, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence states [B, L, dim]; position t summarises events up to t."""
