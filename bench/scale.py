@@ -37,7 +37,8 @@ background exports are done (``--inference onnx``: ONNX Runtime; the export time
 printed) or by torch (``--inference torch``, as before the exports are ready). RSS is the
 process' at the end (the snapshot and MiniLM; the synthetic bundle it was built from is
 released and freed heap handed back, as the worker does), and in brackets its peak, which
-includes building the synthetic bundle and the exact indexes.
+includes building the synthetic bundle and the exact indexes; the build's own peak (what a
+worker needs on top of its loaded bundle to build a snapshot) is printed with its time.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -199,6 +201,25 @@ def current_rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 
 
+class PeakRss:
+    """The most this process' RSS rose above its value on entry while in the ``with`` block,
+    sampled every 20 ms on a thread of its own (MiB, :attr:`rise`)."""
+
+    def __enter__(self) -> PeakRss:
+        self.start, self.rise, self._done = current_rss_mib(), 0.0, threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.02):
+            self.rise = max(self.rise, current_rss_mib() - self.start)
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._watcher.join()
+
+
 def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
     """Milliseconds from each call's scheduled start (every 1/rate s) to its end."""
     out, started = [], time.perf_counter()
@@ -229,9 +250,10 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     items = vectors[rng.integers(2, n + 2, 200)]
     del vectors
     started = time.perf_counter()
-    snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
-                           precision=precision, ann_recall=target,
-                           users=histories[-200:])  # as a worker tunes with its users' histories
+    with PeakRss() as build_peak:
+        snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
+                               precision=precision, ann_recall=target,
+                               users=histories[-200:])  # as a worker tunes with its users' histories
     build = time.perf_counter() - started
     del bundle
     started = time.perf_counter()
@@ -256,7 +278,7 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     indexes = snapshot.describe_indexes().values()
     scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
     exports = f"{export:.1f} / {export_queries:.1f}" if inference == "onnx" else "torch"
-    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} | {exports} | {scanned} | {recall} | {quantiles(recommend)} "
+    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} (+{build_peak.rise:,.0f}) | {exports} | {scanned} | {recall} | {quantiles(recommend)} "
             f"| {quantiles(similar)} | {quantiles(search)} | {rss:.0f} ({peak:.0f}) |")
 
 
@@ -321,7 +343,7 @@ def main() -> None:
         print(f"Serving, {args.model} model, {args.vectors} text vectors, {args.precision}, indexes above "
               f"{ann_above:,} items tuned to Recall@20 {args.recall}, {args.rate:.0f} calls/s for {args.seconds:.0f} s "
               f"each, users' states and queries by {args.inference}\n")
-        print("| items | model, text vectors | snapshot build s | ONNX export s: user state / queries "
+        print("| items | model, text vectors | snapshot build s (+peak MiB) | ONNX export s: user state / queries "
               "| lists scanned: recommend / similar / search "
               "| Recall@20 vs exact float32: recommend / similar / search "
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
