@@ -194,7 +194,7 @@ def test_a_killed_trainer_loses_its_lease_and_another_trainer_finishes_the_work(
         ids = seal_windows(engine, ratings[:4_000], 2_000)
         first = trainer("first")
         run = wait_until(lambda: next((r for r in list_runs(engine) if r["status"] == "running"), None), 240,
-                         "the first trainer starts a job")
+                         "the first trainer starts a job", interval_s=0.1)  # a job takes about a second
         first.send_signal(signal.SIGKILL)
         first.wait()
         second = trainer("second")
