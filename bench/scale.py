@@ -278,8 +278,9 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     indexes = snapshot.describe_indexes().values()
     scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
     exports = f"{export:.1f} / {export_queries:.1f}" if inference == "onnx" else "torch"
-    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} (+{build_peak.rise:,.0f}) | {exports} | {scanned} | {recall} | {quantiles(recommend)} "
-            f"| {quantiles(similar)} | {quantiles(search)} | {rss:.0f} ({peak:.0f}) |")
+    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} (+{build_peak.rise:,.0f}) | {exports} | {scanned} "
+            f"| {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
+            f"| {rss:.0f} ({peak:.0f}) |")
 
 
 async def paced_searches(snapshot: Recommender, rate: float, seconds: float,
