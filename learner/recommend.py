@@ -315,3 +315,71 @@ class Recommender:
             scores = scores + PERSONALISATION_WEIGHT * (affinity - affinity.mean()) / affinity.std().clamp(min=1e-6)
         order = scores.argsort(descending=True)[:k]
         return [Scored(self.item_ids[int(rows[i])], float(scores[i])) for i in order.tolist()]
+
+
+class TextRanker:
+    """Answers ``similar`` and ``search`` by the pretrained text encoder alone, for while no
+    model version serves: catalog items ranked by the cosine of their MiniLM text vectors.
+
+    Parameters
+    ----------
+    catalog
+        Catalog rows (``item_id, title, description, category``); items without text are left out.
+    encoder
+        The pretrained text encoder (embeds texts missing from ``cache`` and, elsewhere, queries).
+    cache
+        Text embeddings by key, read first and filled with what is embedded here.
+    ann_above, precision, ann_recall
+        As for :class:`Recommender`.
+    previous
+        The text ranker this one replaces: when its items are a prefix of this one's (the
+        catalog only grew), its index is extended instead of built again.
+
+    Examples
+    --------
+    >>> from learner.text import text_key
+    >>> catalog = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["x", "y", "z"],
+    ...                         "description": None, "category": None})
+    >>> cache = {text_key(t): v for t, v in zip("xyz", np.eye(3, TEXT_DIM, dtype=np.float32) + [[0], [0], [1]])}
+    >>> ranker = TextRanker(catalog, None, cache)
+    >>> [s.item_id for s in ranker.similar("a", 2)], ranker.search(np.eye(1, TEXT_DIM)[0], 1)[0].item_id
+    (['c', 'b'], 'a')
+    """
+
+    text_encoder_name = "frozen"
+    version = None
+
+    def __init__(self, catalog: pd.DataFrame, encoder: TextEncoder | None, cache: TextEmbeddingCache | None = None,
+                 ann_above: int | None = None, precision: str | None = None, ann_recall: float = 0.95,
+                 previous: TextRanker | None = None):
+        texts = catalog_texts(catalog)
+        self.text_encoder = encoder
+        self.item_ids = np.array(["<pad>", "<unknown>", *texts], dtype=object)
+        self._rows = {item: row for row, item in enumerate(self.item_ids[2:], start=2)}
+        self.titles = dict(zip(catalog["item_id"].astype(str), catalog["title"]))
+        vectors = np.zeros((len(self.item_ids), TEXT_DIM), dtype=np.float32)
+        vectors[2:] = embed_texts(list(texts.values()), encoder, cache)
+        if previous is not None and previous.item_ids.tolist() == self.item_ids[:len(previous.item_ids)].tolist():
+            self.index = previous.index.extended(vectors)
+        else:
+            self.index = Recommender._index(vectors, "cos", ann_above, precision, ann_recall)
+
+    def __len__(self) -> int:
+        """How many items it ranks."""
+        return len(self.item_ids) - 2
+
+    def similar(self, item_id: str, k: int) -> list[Scored]:
+        """The ``k`` catalog items whose text is nearest to ``item_id``'s; :class:`UnknownItem` for an
+        item without catalog text."""
+        row = self._rows.get(item_id)
+        if row is None:
+            raise UnknownItem(item_id)
+        allowed = np.ones(len(self.item_ids), dtype=bool)
+        allowed[row] = False
+        rows, scores = self.index.search(self.index.rows(np.array([row]))[0], k, allowed)
+        return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
+
+    def search(self, query: np.ndarray, k: int) -> list[Scored]:
+        """The ``k`` catalog items whose text is nearest to ``query`` (a unit vector by :attr:`text_encoder`)."""
+        rows, scores = self.index.search(np.asarray(query, dtype=np.float32), k)
+        return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]

@@ -8,6 +8,9 @@ Every ``STREAMREC_SERVING_POLL_S`` a store thread
 * checks which version serves (promotion or rollback) and whether the catalog changed; if
   either did, it builds a new :class:`~learner.recommend.Recommender` (weights checksum
   verified) and swaps it in with one assignment: requests keep the snapshot they started with.
+  While no version serves, a :class:`~learner.recommend.TextRanker` over the catalog's
+  pretrained text vectors answers ``/similar`` and ``/search``, and trending items answer
+  ``/recommend``, so shoppers are answered by the best ranker available, never by a 503.
 
 Reading history back from the store, not from this worker's partitions, lets every worker
 answer for every user. At start it reads the last ``STREAMREC_HISTORY_WINDOWS`` windows.
@@ -27,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
-from learner.recommend import TUNING_USERS, Recommender
+from learner.recommend import TUNING_USERS, Recommender, TextRanker
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
@@ -59,6 +62,7 @@ class ServingService(mode.Service):
         self.config = config
         self.device = pick_device()
         self.recommender: Recommender | None = None
+        self.text_ranker: TextRanker | None = None
         self.histories = UserHistories(config.max_history)
         self.trending = Trending(config.trending_half_life_s)
         self.storefront_items: dict[str, set[str]] = {}
@@ -131,7 +135,7 @@ class ServingService(mode.Service):
         if mark == self._built_from:
             return
         if version is None:
-            self.recommender, self._built_from = None, mark
+            self._serve_text(mark)
             return
         started = time.perf_counter()
         try:
@@ -139,6 +143,8 @@ class ServingService(mode.Service):
         except ChecksumMismatch as exc:
             self.load_error = f"version {version['id']} not loaded: {exc}"
             log.error(self.load_error)
+            if self.ranker is None:  # nothing else to answer with: the text ranker does
+                self._serve_text(mark)
             self._built_from = mark
             return
         if loaded is None:  # rolled back between the two reads; the next look sees the new state
@@ -155,6 +161,7 @@ class ServingService(mode.Service):
         self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender
         self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
+        self.text_ranker = None
         self.loaded_at, self.load_error = time.time_ns() // 1_000_000, None
         log.info("Serving version %d (%d items, %s text encoder) after %.2fs%s", version["id"],
                  len(recommender.vocab.items) - 2, recommender.text_encoder_name, time.perf_counter() - started,
@@ -167,6 +174,22 @@ class ServingService(mode.Service):
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
         if self.compiles:
             self._compile_thread.submit(self._compile, recommender, time.monotonic())
+
+    def _serve_text(self, mark: tuple) -> None:
+        """While no version serves: rank by the catalog's pretrained text vectors (embedded once,
+        kept in the store's text cache), rebuilt when the catalog changes."""
+        started, cache = time.perf_counter(), StoredTextEmbeddings(self.engine)
+        ranker = TextRanker(load_catalog(self.engine), self._catalog_encoder, cache, self.config.ann_above_items,
+                            self.config.serving_precision, self.config.ann_recall, previous=self.text_ranker)
+        cache.save()
+        self.queries.prepare(self._catalog_encoder)
+        replaced = self.recommender
+        self.text_ranker, self.recommender, self._built_from = ranker, None, mark
+        self.loaded_at = time.time_ns() // 1_000_000
+        log.info("No version serves: %d catalog items ranked by their text after %.2fs%s", len(ranker),
+                 time.perf_counter() - started, "" if replaced is None else f", replacing version {replaced.version['id']}")
+        del replaced
+        release_free_heap()
 
     def _compile(self, recommender: Recommender, swapped: float) -> None:
         """ONNX Runtime exports of a served version's user-state model and query encoder, once it
@@ -192,11 +215,22 @@ class ServingService(mode.Service):
         known = set(self.trending.storefronts()) | set(self.storefront_items)
         return known | set(self.recommender.storefronts if self.recommender else ())
 
+    @property
+    def ranker(self) -> Recommender | TextRanker | None:
+        """What answers ``/similar`` and ``/search`` now: the serving version, else the text ranker
+        (None only until the first look at the store)."""
+        return self.recommender or self.text_ranker
+
+    @property
+    def source(self) -> str | None:
+        """``"model"`` while a version serves, ``"text"`` (and trending) while none does, None at start."""
+        return "model" if self.recommender else "text" if self.text_ranker else None
+
     def describe(self) -> dict:
-        r = self.recommender
-        return {"version": r.version["id"] if r else None, "loaded_at": self.loaded_at,
-                "items": len(r.vocab.items) - 2 if r else 0, "users_with_history": len(self.histories),
-                "load_error": self.load_error, "text_encoder": r.text_encoder_name if r else None,
+        r, ranker = self.recommender, self.ranker
+        return {"version": r.version["id"] if r else None, "source": self.source, "loaded_at": self.loaded_at,
+                "items": len(ranker.item_ids) - 2 if ranker else 0, "users_with_history": len(self.histories),
+                "load_error": self.load_error, "text_encoder": ranker.text_encoder_name if ranker else None,
                 "indexes": r.describe_indexes() if r else None,
                 "onnx": None if r is None or not self.compiles else {
                     "user_state": r.is_compiled, "queries": self.queries.is_compiled(r.text_encoder)}}

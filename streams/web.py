@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from faust.web import View
 from kafka.errors import KafkaError as SyncKafkaError
 
-from learner.recommend import Recommender, Scored, UnknownItem
+from learner.recommend import Recommender, Scored, TextRanker, UnknownItem
 from runtime.config import Config
 from store.registry import (
     RegistryError,
@@ -69,11 +69,18 @@ def bool_param(request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def scored(items: list[Scored], recommender: Recommender | None) -> list[dict]:
-    titles = recommender.titles if recommender else {}
+def scored(items: list[Scored], ranker: Recommender | TextRanker | None) -> list[dict]:
+    titles = ranker.titles if ranker else {}
     return [{"item_id": s.item_id, "score": round(s.score, 6), "title": titles.get(s.item_id),
              "because": None if s.because is None else {"item_id": s.because[0], "similarity": round(s.because[1], 6)}}
             for s in items]
+
+
+def answered_by(ranker: Recommender | TextRanker) -> dict:
+    """Which ranker answered: ``source`` and the model version (None for the text ranker)."""
+    if isinstance(ranker, Recommender):
+        return {"source": "model", "model_version": ranker.version["id"]}
+    return {"source": "text", "model_version": None}
 
 
 class JSONView(View):
@@ -98,11 +105,13 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             return app.page(path)(cls)
         return register
 
-    def model_or_503(recommender: Recommender | None) -> Recommender:
-        if recommender is None:
-            raise HTTPProblem(503, serving.load_error or "no model version has been promoted yet",
+    def ranker_or_503() -> Recommender | TextRanker:
+        """What answers now; 503 only until the worker's first look at the store is done."""
+        ranker = serving.ranker
+        if ranker is None:
+            raise HTTPProblem(503, "the worker is starting: histories and catalog are not loaded yet",
                               retry_after_s=config.serving_poll_s)
-        return recommender
+        return ranker
 
     def check_storefront(storefront: str | None) -> None:
         if storefront is not None and storefront not in serving.storefronts():
@@ -124,21 +133,22 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
     @view("/recommend/{user_id}")
     class Recommend(JSONView):
         async def get(self, request, user_id: str):
-            """Top-k items for a user; trending items of the storefront for users without history."""
+            """Top-k items for a user by the serving version; the storefront's trending items for users
+            without history, and for every user while no version serves."""
             k = int_param(request, "k", 20, 1, MAX_K)
             storefront = request.query.get("storefront")
             include_purchased = bool_param(request, "include_purchased")
             check_storefront(storefront)
+            ranker = ranker_or_503()  # while the worker starts, histories are not read yet either
             history = serving.histories.recent(user_id)
             exclude = set() if include_purchased else serving.histories.purchased(user_id)
             recommender = serving.recommender
             answer = {"user_id": user_id, "storefront": storefront, "k": k}
-            if not history:
-                top = serving.trending.top(storefront or "default", k, exclude)
-                return self.json({**answer, "source": "trending",
-                                  "model_version": recommender.version["id"] if recommender else None,
-                                  "items": scored([Scored(item, weight) for item, weight in top], recommender)})
-            recommender = model_or_503(recommender)
+            if not history or recommender is None:
+                shop = storefront or (history[-1].storefront if history else "default")
+                top = serving.trending.top(shop, k, exclude)
+                return self.json({**answer, "source": "trending", "model_version": None,
+                                  "items": scored([Scored(item, weight) for item, weight in top], ranker)})
             if storefront is not None and not recommender.knows_storefront(storefront):
                 items = []
             else:
@@ -149,31 +159,37 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
     @view("/similar/{item_id}")
     class Similar(JSONView):
         async def get(self, request, item_id: str):
-            """Items nearest to an item by item vector; catalog-only items included."""
+            """Items nearest to an item by the serving version's item vectors (catalog-only items
+            included), or by catalog text while no version serves."""
             k = int_param(request, "k", 20, 1, MAX_K)
-            recommender = model_or_503(serving.recommender)
+            ranker = ranker_or_503()
             try:
-                items = recommender.similar(item_id, k)
+                items = ranker.similar(item_id, k)
             except UnknownItem:
-                raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: not in the catalog and never seen in events")
-            return self.json({"item_id": item_id, "k": k, "model_version": recommender.version["id"],
-                              "items": scored(items, recommender)})
+                known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
+                    "not in the catalog (while no model version serves, items are compared by their catalog text)")
+                raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
+            return self.json({"item_id": item_id, "k": k, **answered_by(ranker), "items": scored(items, ranker)})
 
     @view("/search")
     class Search(JSONView):
         async def get(self, request):
-            """Semantic search over catalog text, optionally personalised for a user."""
+            """Semantic search over catalog text, personalised for a user with history while a version serves."""
             query = request.query.get("q", "").strip()
             if not query or len(query) > MAX_QUERY_CHARS:
                 raise HTTPProblem(400, f"q must be 1 to {MAX_QUERY_CHARS} characters of search text",
                                   parameter="q")
             k = int_param(request, "k", 20, 1, MAX_K)
             user_id = request.query.get("user_id")
-            recommender = model_or_503(serving.recommender)
-            history = serving.histories.recent(user_id) if user_id else []
-            items = recommender.search(await serving.queries.encode(query, recommender.text_encoder), k, history)
+            ranker = ranker_or_503()
+            vector = await serving.queries.encode(query, ranker.text_encoder)
+            if isinstance(ranker, Recommender):
+                history = serving.histories.recent(user_id) if user_id else []
+                items = ranker.search(vector, k, history)
+            else:
+                history, items = [], ranker.search(vector, k)
             return self.json({"query": query, "user_id": user_id, "k": k, "personalised": bool(history),
-                              "model_version": recommender.version["id"], "items": scored(items, recommender)})
+                              **answered_by(ranker), "items": scored(items, ranker)})
 
     async def accept(request, topic, validate, key_field: str) -> dict:
         """Validate a JSON array like the Kafka path does, produce the valid messages, report the rest."""

@@ -9,21 +9,13 @@ version within 5 s with no failed request and no answer from a third version.
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import jsonschema
 import pandas as pd
 import pytest
-import yaml
 
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
@@ -40,79 +32,13 @@ from store.registry import (
 )
 from streams import movielens
 from streams.producer import StorefrontProducer
+from tests.api import Client, check_shape
 from tests.harness import Worker, store_text_vectors, wait_until, worker_env
 from training.versions import publish
 
 pytestmark = pytest.mark.broker
 
 TOKEN = "test-token-5f1c"
-OPENAPI = yaml.safe_load((Path(__file__).resolve().parent.parent / "streams" / "openapi.yaml").read_text())
-
-
-def check_shape(body: dict, schema_name: str) -> None:
-    """Validate an answer against a schema of the OpenAPI file (references resolved in it)."""
-    jsonschema.validate(body, {**OPENAPI["components"]["schemas"][schema_name], "components": OPENAPI["components"]})
-
-
-def documented_responses(method: str, path: str) -> tuple[str, dict]:
-    """(path template, responses) of the OpenAPI file's operation that ``method path`` (query allowed) calls."""
-    bare = path.split("?", 1)[0]
-    templates = [bare] if bare in OPENAPI["paths"] else [
-        t for t in OPENAPI["paths"] if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", t), bare)]
-    operations = [(t, OPENAPI["paths"][t][method.lower()]["responses"])
-                  for t in templates if method.lower() in OPENAPI["paths"][t]]
-    assert operations, f"streams/openapi.yaml documents no {method} operation for {bare}"
-    return operations[0]
-
-
-@functools.cache
-def response_validator(method: str, template: str, status: int, content_type: str):
-    """A validator of the body the OpenAPI file lists for this status of the operation."""
-    response = OPENAPI["paths"][template][method.lower()]["responses"][str(status)]
-    if "$ref" in response:
-        response = OPENAPI["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-    content = response.get("content", {})
-    assert content_type in content, (
-        f"{method} {template} answered HTTP {status} as {content_type}; streams/openapi.yaml lists {sorted(content)}")
-    schema = {**content[content_type]["schema"], "components": OPENAPI["components"]}
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def check_answer(method: str, path: str, status: int, content_type: str, body) -> None:
-    """Fail unless the OpenAPI file lists this status for the path and method, with a schema the body matches."""
-    template, responses = documented_responses(method, path)
-    assert str(status) in responses, (
-        f"{method} {path} answered HTTP {status}, a status streams/openapi.yaml does not list for {method} "
-        f"{template} (it lists {', '.join(sorted(responses))})")
-    error = jsonschema.exceptions.best_match(response_validator(method, template, status, content_type).iter_errors(body))
-    assert error is None, f"{method} {path} answered HTTP {status} with a body unlike streams/openapi.yaml's: {error}"
-
-
-class Client:
-    """Every request of this test goes through :meth:`call`, which checks the answer with :func:`check_answer`."""
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-
-    def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, content_type, raw = response.status, response.headers.get_content_type(), response.read()
-        except urllib.error.HTTPError as error:
-            status, content_type, raw = error.code, error.headers.get_content_type(), error.read()
-        answer = json.loads(raw) if content_type == "application/json" else raw.decode(errors="replace")
-        check_answer(method, path, status, content_type, answer)
-        return status, answer
-
-    def get(self, path: str) -> tuple[int, dict]:
-        return self.call("GET", path)
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
