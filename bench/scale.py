@@ -61,7 +61,7 @@ import torch
 
 from bench.serving import ADJECTIVES, PRODUCTS
 from learner.bundle import ModelBundle
-from learner.device import pick_device
+from learner.device import Device, pick_device
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
 from learner.neighbours import ItemIndex, recall_at_k
@@ -169,20 +169,21 @@ def batch(n_items: int, rng: np.random.Generator, size: int = 128, length: int =
     return inputs, items[:, 1:], types
 
 
-def time_steps(bundle: ModelBundle, loss: str, steps: int, negatives: int, seed: int) -> float:
-    """Median seconds of one training step."""
-    trainer = Trainer(bundle, TrainConfig(loss=loss, negatives=negatives, seed=seed), device=pick_device())
+def time_steps(bundle: ModelBundle, loss: str, steps: int, negatives: int, seed: int,
+               device: Device | None = None) -> float:
+    """Median seconds of one training step (on ``device``, default: CUDA when present)."""
+    trainer = Trainer(bundle, TrainConfig(loss=loss, negatives=negatives, seed=seed), device=device or pick_device())
     trainer.model = bundle.model.to(trainer.device.torch_device).train()
     trainer.plugins, trainer.sampled = [], loss == "sampled"
     trainer.optimizers = trainer._optimizers()
     rng = np.random.default_rng(seed)
     drawn = batch(bundle.model.n_items, rng, size=2000)[1].flatten()  # how often each item is a target
-    trainer.target_shares = torch.bincount(drawn, minlength=bundle.model.n_items) / len(drawn)
+    trainer.set_target_counts(np.bincount(drawn.numpy(), minlength=bundle.model.n_items))
     times = []
     for step in range(steps + 2):
         inputs, targets, types = batch(bundle.model.n_items, rng)
         started = time.perf_counter()
-        trainer._train_step(inputs, targets, types)
+        trainer._train_step(inputs, targets, types)  # returns the loss as a number: the device has finished
         if step >= 2:
             times.append(time.perf_counter() - started)
     return statistics.median(times)

@@ -90,7 +90,7 @@ class ModelBundle:
         self.model.grow(*self.vocab.sizes(), admit=admit)
         if self.model.config.use_text and catalog is not None:
             self.set_texts(catalog_texts(catalog), self.text_encoder(encoder), cache)
-            new_items = torch.arange(before[0], len(self.vocab.items))
+            new_items = torch.arange(before[0], len(self.vocab.items), device=self.model.item_text.device)
             self.model.init_from_text_neighbours(new_items[self.model.item_text[new_items].abs().sum(1) > 0])
         names = ("items", "users", "storefronts")
         added = {name: after - b for name, b, after in zip(names, before, self.vocab.sizes())}

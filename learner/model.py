@@ -172,7 +172,7 @@ class SASRec(nn.Module):
             setattr(self, name, torch.cat([getattr(self, name), getattr(self, name).new_full((new,), fill)]))
         setattr(self, f"{kind}_id_rows", torch.cat([rows, rows.new_zeros(new)]))
         if admit:
-            self.admit(kind, torch.arange(n - new, n))
+            self.admit(kind, torch.arange(n - new, n, device=rows.device))
 
     @torch.no_grad()
     def admit(self, kind: str, ids: torch.Tensor) -> None:
@@ -180,6 +180,7 @@ class SASRec(nn.Module):
         starting at zero. Until then an item's vector is its text projection alone and a user
         has no vector of its own."""
         rows = getattr(self, f"{kind}_id_rows")
+        ids = ids.to(rows.device)
         ids = ids[(ids > PAD) & (rows[ids] == PAD)]
         if not len(ids):
             return
@@ -237,7 +238,8 @@ def _nearest(queries: torch.Tensor, texts: torch.Tensor, candidates: torch.Tenso
     >>> torch.equal(rows, (texts[:2] @ texts[2:].T).topk(3).indices + 2)
     True
     """
-    best = torch.full((len(queries), 0), float("-inf")), torch.zeros((len(queries), 0), dtype=torch.long)
+    best = (torch.full((len(queries), 0), float("-inf"), device=queries.device),
+            torch.zeros((len(queries), 0), dtype=torch.long, device=queries.device))
     for part in candidates.split(block):
         scores = queries @ texts[part].float().T
         values = torch.cat([best[0], scores], dim=1)

@@ -183,10 +183,9 @@ class Trainer:
             getattr(plugin, hook)(self)
 
     def _run_epoch(self, generator: torch.Generator) -> None:
-        if self.sampled:  # each item's share of this epoch's targets: how often a batch holds it
-            counts = np.bincount(self.bundle.vocab.items.index(self.epoch_targets["item_id"]),
-                                 minlength=self.model.n_items)
-            self.target_shares = self.device.put(torch.from_numpy(counts / max(1, counts.sum())).float())
+        if self.sampled:
+            self.set_target_counts(np.bincount(self.bundle.vocab.items.index(self.epoch_targets["item_id"]),
+                                               minlength=self.model.n_items))
         data = training_sequences(self.context, self.epoch_targets, self.bundle.vocab, self.model.config.max_len)
         self.model.train()
         started, seen, total = time.perf_counter(), 0, 0.0
@@ -208,6 +207,11 @@ class Trainer:
         self.epoch_log.append(summary)
         log.info("epoch %d done: loss %.4f, %d targets in %.1fs (%.0f/s)", self.epoch, summary["loss"], seen,
                  elapsed, summary["targets_per_s"])
+
+    def set_target_counts(self, counts: np.ndarray) -> None:
+        """Sampled softmax: how often each item row is a target in this epoch ([n_items]), from which
+        its share of the targets (how often a batch holds it) corrects its logits; on the device."""
+        self.target_shares = self.device.put(torch.from_numpy(counts / max(1, counts.sum())).float())
 
     def _train_step(self, inputs: SequenceBatch, targets: torch.Tensor,
                     target_types: torch.Tensor) -> tuple[float, int]:

@@ -7,6 +7,7 @@ names the server on which a throwaway database is created for each test that ask
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import numpy as np
@@ -15,8 +16,16 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from replay import codec
+from replay.memory import make_memory
+from replay.windows import WindowPolicy
+from runtime.config import Config
 from runtime.processes import free_port, start_broker, stop
 from store.db import make_engine, migrate
+from store.ingest import IngestBatch, IngestWriter, Source
+from store.replay import ReplayStore
+from streams import movielens
+from tests.harness import MOVIELENS_STORE_ENV, MOVIELENS_WINDOW_EVENTS, store_text_vectors
 
 POSTGRES_ADMIN_URL = os.environ.get("STREAMREC_TEST_POSTGRES",
                                     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -84,3 +93,26 @@ def movielens_text_vectors() -> dict[str, np.ndarray]:
     texts = catalog_texts(pd.DataFrame(movielens.to_catalog(movielens.load_movies())))
     embed_texts(list(texts.values()), TextEncoder(), vectors)
     return vectors
+
+
+@pytest.fixture
+def movielens_store(database_url, movielens_text_vectors):
+    """(engine, config) of a store with three sealed windows of MovieLens events and the catalog
+    (its texts' vectors stored), with :data:`MOVIELENS_STORE_ENV` as settings."""
+    store_text_vectors(database_url, movielens_text_vectors)
+    engine = make_engine(database_url)
+    migrate(engine)
+    now = time.time_ns() // 1_000_000
+    writer = IngestWriter(engine, "g", 10 ** 8)
+    catalog = [c | {"ts": now} for c in movielens.to_catalog(movielens.load_movies())]
+    writer.write(IngestBatch(received_at=now, items=catalog, offsets={("catalog", 0): (None, 1)}))
+    events = movielens.to_events(movielens.load_ratings(), now)[:3 * MOVIELENS_WINDOW_EVENTS]
+    writer.write(IngestBatch(received_at=now, offsets={("events", 0): (None, len(events))},
+                             events=codec.to_table(events),
+                             sources=[Source("events", 0, i, None, b"") for i in range(len(events))]))
+    config = Config.from_env({"STREAMREC_DATABASE_URL": database_url, **MOVIELENS_STORE_ENV})
+    replay = ReplayStore(engine, WindowPolicy(MOVIELENS_WINDOW_EVENTS, 3600), lambda: make_memory(
+        config.rehearsal_policy, config.rehearsal_capacity, config.seed))
+    assert [w.id for w in replay.seal_due(now)] == [1, 2, 3]
+    yield engine, config
+    engine.dispose()

@@ -17,6 +17,12 @@ from runtime.processes import free_port, start_worker, stop
 from store.db import make_engine, migrate
 from store.registry import StoredTextEmbeddings
 
+MOVIELENS_WINDOW_EVENTS = 4_000
+"""Events per sealed window of the ``movielens_store`` fixture."""
+MOVIELENS_STORE_ENV = {"STREAMREC_TRAIN_EPOCHS": "2", "STREAMREC_GATE_TOLERANCE": "0.5",
+                       "STREAMREC_REHEARSAL_CAPACITY": "3000"}
+"""Settings of the ``movielens_store`` fixture's training jobs."""
+
 
 class Worker:
     """One ``faust -A streams.app worker`` subprocess with its own web port and log."""

@@ -13,12 +13,6 @@ import torch
 
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
-from replay import codec
-from replay.memory import make_memory
-from replay.windows import WindowPolicy
-from runtime.config import Config
-from store.db import make_engine, migrate
-from store.ingest import IngestBatch, IngestWriter, Source
 from store.models import model_versions
 from store.registry import (
     RegistryError,
@@ -30,41 +24,14 @@ from store.registry import (
     serving_version,
     start_run,
 )
-from store.replay import ReplayStore
 from streamrec.cli import id_rows
-from streams import movielens
-from tests.harness import store_text_vectors
+from tests.harness import MOVIELENS_STORE_ENV as ENV
 from training.job import judge, read_window, run_training_job, version_row
 from training.versions import load_serving
 
-WINDOW_EVENTS = 4_000
-ENV = {"STREAMREC_TRAIN_EPOCHS": "2", "STREAMREC_GATE_TOLERANCE": "0.5", "STREAMREC_REHEARSAL_CAPACITY": "3000"}
 
-
-@pytest.fixture
-def store(database_url, movielens_text_vectors):
-    """A store with three sealed MovieLens windows and the catalog (its texts' vectors stored)."""
-    store_text_vectors(database_url, movielens_text_vectors)
-    engine = make_engine(database_url)
-    migrate(engine)
-    now = time.time_ns() // 1_000_000
-    writer = IngestWriter(engine, "g", 10 ** 8)
-    catalog = [c | {"ts": now} for c in movielens.to_catalog(movielens.load_movies())]
-    writer.write(IngestBatch(received_at=now, items=catalog, offsets={("catalog", 0): (None, 1)}))
-    events = movielens.to_events(movielens.load_ratings(), now)[:3 * WINDOW_EVENTS]
-    writer.write(IngestBatch(received_at=now, offsets={("events", 0): (None, len(events))},
-                             events=codec.to_table(events),
-                             sources=[Source("events", 0, i, None, b"") for i in range(len(events))]))
-    config = Config.from_env({"STREAMREC_DATABASE_URL": database_url, **ENV})
-    replay = ReplayStore(engine, WindowPolicy(WINDOW_EVENTS, 3600), lambda: make_memory(
-        config.rehearsal_policy, config.rehearsal_capacity, config.seed))
-    assert [w.id for w in replay.seal_due(now)] == [1, 2, 3]
-    yield engine, config
-    engine.dispose()
-
-
-def test_versions_are_published_with_lineage_and_gated(store, database_url):
-    engine, config = store
+def test_versions_are_published_with_lineage_and_gated(movielens_store, database_url):
+    engine, config = movielens_store
     first = run_training_job(database_url, ENV, 1, "test-host:1")
     second = run_training_job(database_url, ENV, 2, "test-host:1")
     assert (first["status"], second["status"]) == ("promoted", "promoted"), (first, second)
@@ -109,8 +76,8 @@ def test_versions_are_published_with_lineage_and_gated(store, database_url):
         promote(engine, 999)
 
 
-def test_tampered_weights_are_refused_before_use(store, database_url):
-    engine, _ = store
+def test_tampered_weights_are_refused_before_use(movielens_store, database_url):
+    engine, _ = movielens_store
     run_training_job(database_url, ENV, 1, "test-host:1")
     version = serving_version(engine)
     with engine.begin() as conn:

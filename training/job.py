@@ -33,7 +33,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from learner.admission import DAY_MS, IdPolicy
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
-from learner.device import pick_device
+from learner.device import Device, pick_device
 from learner.evaluate import BundleScorer, Popularity, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.gate import gate, split_holdout
@@ -174,14 +174,15 @@ def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, s
 
 
 def train_job(engine: Engine, config: Config, window_ids: list[int],
-              drifts: dict[int, WindowDrift] | None = None) -> tuple[dict, list[dict]]:
+              drifts: dict[int, WindowDrift] | None = None, device: Device | None = None) -> tuple[dict, list[dict]]:
     """Fine-tune, judge and describe a candidate for the windows: (model_versions row, epoch log).
 
     ``drifts`` (one per window) measure each window's input and concept drift before training,
-    and the newest window's model drift and forgetting once the candidate is judged.
+    and the newest window's model drift and forgetting once the candidate is judged. ``device``:
+    where it trains (default: CUDA when present).
     """
     started = time.perf_counter()
-    device = pick_device()
+    device = device or pick_device()
     data = read_job(engine, config, window_ids)
     for window_id, drift in (drifts or {}).items():
         drift.before_training(data.one_window(window_id, config.gate_holdout), device)
@@ -225,16 +226,17 @@ def retry_store(write, what: str, give_up_after_s: float = PUBLISH_RETRY_S):
 
 
 def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: str,
-            lease_holder: str | None = None) -> dict:
+            lease_holder: str | None = None, device: Device | None = None) -> dict:
     """Train and publish one job, recorded in ``training_runs`` whatever happens; returns its outcome.
 
     ``lease_holder`` fences the publication: it lands only if that trainer still holds the
     windows' lease (:class:`store.training_queue.LeaseLost` otherwise, and nothing is written).
+    ``device``: where it trains (default: CUDA when present).
     """
     run_id = start_run(engine, window_ids, trainer_id)
     try:  # from the run's first moment: a trainer stopped while it reads still closes its run
         drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
-        version, epoch_log = train_job(engine, config, window_ids, drifts)
+        version, epoch_log = train_job(engine, config, window_ids, drifts, device)
     except (KeyboardInterrupt, SystemExit):
         finish_run(engine, run_id, error="the trainer was stopped before it finished")
         raise
