@@ -238,16 +238,10 @@ class IdOnly(FineTuned):
 
 
 class Joint(FineTuned):
-    """A fresh model trained on every event so far, at every window (the upper-bound baseline).
-
-    It is not held to the training time budget (``TrainConfig.max_seconds``) of an update."""
+    """A fresh model trained on every event so far, at every window (the upper-bound baseline)."""
 
     name = "joint"
     rehearse = False
-
-    def __init__(self, settings: BacktestSettings, context: Context):
-        super().__init__(settings, context)
-        self.config = dataclasses.replace(self.config, train=dataclasses.replace(self.config.train, max_seconds=None))
 
     def fit_window(self, window: pd.DataFrame, past: list[pd.DataFrame]) -> dict:
         everything = _frames([*past, window])

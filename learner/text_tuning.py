@@ -16,10 +16,8 @@ items, search queries) is encoded with the adapter and cached under its id.
 Text is tuned during the first ``steps`` steps of a job, within its first epoch; the catalog is
 then re-embedded at once, so the rest of the job trains the recommender on the new text
 vectors (a recommender trained on the old ones would score the re-embedded catalog poorly).
-The encoder is expensive next to the recommender, so ``steps`` is the CPU budget (raise it on
-a GPU), and text is tuned on every ``every``-th training job only. The time of tuning steps and
-of the re-embedding is added to the trainer's time budget (``TrainConfig.max_seconds``), so the
-recommender trains as long as it would without text tuning; the job takes that much longer.
+The encoder is expensive next to the recommender, so ``steps`` bounds its work (raise it on
+a GPU), and text is tuned on every ``every``-th training job only; the job takes that much longer.
 """
 
 from __future__ import annotations
@@ -133,7 +131,6 @@ class TextTuning(Plugin):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        self._spent(trainer, time.perf_counter() - self.pending)
         self.step_seconds += time.perf_counter() - self.pending
         self.pending = None
         if self.steps >= self.config.steps:
@@ -147,12 +144,6 @@ class TextTuning(Plugin):
 
     def after_training(self, trainer: Trainer) -> None:
         self._reembed(trainer)
-
-    @staticmethod
-    def _spent(trainer: Trainer, seconds: float) -> None:
-        """Text tuning's time is its own: the recommender's time budget moves by it."""
-        if trainer.deadline is not None:
-            trainer.deadline += seconds
 
     def _reembed(self, trainer: Trainer) -> None:
         """Once tuning is over: the adapter joins the bundle and the catalog is re-embedded with it."""
@@ -168,7 +159,6 @@ class TextTuning(Plugin):
         bundle.adapter = adapter
         bundle.set_texts(self.texts, self.encoder)  # every text: its key now names the new adapter
         embed_seconds = time.perf_counter() - started
-        self._spent(trainer, embed_seconds)
         bundle.info["text_tuned_jobs_ago"] = 0
         bundle.info["text_tuning"] = {"adapter": adapter.describe(), "adapter_id": adapter.id, "steps": self.steps,
                                       "step_seconds": round(self.step_seconds, 3), "items_embedded": len(self.texts),

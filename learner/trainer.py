@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of the loop itself. ``epochs`` is the most it runs (a plugin may stop earlier);
-    ``max_seconds`` bounds its training time (it stops after the step that crosses it)."""
+    """Settings of the loop itself. ``epochs`` is the most it runs (a plugin may stop earlier): the
+    work of a fit is bounded by its data and epochs, never by the clock, so a busy machine makes
+    it slower, not worse."""
 
     epochs: int = 20
     batch_size: int = 128
@@ -50,7 +51,6 @@ class TrainConfig:
     purchase_weight: float = 2.0
     seed: int = 0
     log_every: int = 50
-    max_seconds: float | None = None
     loss: str = "auto"
     negatives: int = 4096
 
@@ -152,7 +152,6 @@ class Trainer:
         self.targets, self.context = window, events_frame(history)
         self.epoch = self.step = 0
         self.stop = False
-        self.deadline = None if self.config.max_seconds is None else time.perf_counter() + self.config.max_seconds
         self.epoch_log: list[dict] = []
         self._call("before_training")
         for self.epoch in range(1, self.config.epochs + 1):
@@ -197,10 +196,6 @@ class Trainer:
             if self.step % self.config.log_every == 0:
                 log.info("epoch %d step %d loss %.4f %.0f targets/s", self.epoch, self.step, loss,
                          seen / (time.perf_counter() - started))
-            if self.deadline is not None and time.perf_counter() > self.deadline:
-                self.stop = True
-                log.info("epoch %d: time budget of %.0fs reached, stopping", self.epoch, self.config.max_seconds)
-                break
         elapsed = time.perf_counter() - started
         summary = {"epoch": self.epoch, "steps": self.step, "loss": total / max(seen, 1), "targets": seen,
                    "seconds": elapsed, "targets_per_s": seen / max(elapsed, 1e-9)}

@@ -63,6 +63,13 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
+RETIRED = {
+    "STREAMREC_TRAIN_MAX_SECONDS": "training is no longer cut short by the clock (a busy machine trained worse "
+                                   "models); STREAMREC_TRAIN_JOB_SECONDS sizes jobs by the trainer's measured speed",
+}
+"""Variables earlier releases read, and what replaced each."""
+
+
 class Config(BaseSettings):
     """Every setting's value. Build it with :meth:`from_env`; change it with :meth:`replace`."""
 
@@ -161,8 +168,12 @@ class Config(BaseSettings):
                                                              "seconds ago.")
     train_max_events: PositiveInt = Field(200000, description="Most events of the sealed windows one job trains on "
                                                              "together (it takes at least one window).")
-    train_max_seconds: PositiveFloat = Field(20, description="Training time budget of one job (on top: reading, "
-                                                             "judging, drift metrics, publishing).")
+    train_job_seconds: PositiveFloat = Field(30, description="How long a trainer aims a job to take: it takes as "
+                                                             "many sealed windows as it absorbed in that time on its "
+                                                             "recent jobs (at least one window, at most "
+                                                             "`STREAMREC_TRAIN_MAX_EVENTS`). Training itself is "
+                                                             "bounded by its events and epochs, never by the clock: "
+                                                             "a busy machine makes jobs slower, not worse.")
     train_lease_s: PositiveFloat = Field(60, description="A trainer's lease on its job's windows; renewed while it "
                                                          "trains, taken over by another trainer once expired.")
     train_max_tries: PositiveInt = Field(3, description="Attempts at a window (a failed job's windows are retried "
@@ -225,9 +236,13 @@ class Config(BaseSettings):
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Read every setting from ``env`` (default ``os.environ``); raise ConfigError on a bad value.
 
-        Values are stripped of surrounding whitespace; a blank one means the default.
+        Values are stripped of surrounding whitespace; a blank one means the default. A retired
+        variable (:data:`RETIRED`) that is still set is refused with what replaced it.
         """
         env = os.environ if env is None else env
+        for name, instead in RETIRED.items():
+            if env.get(name, "").strip():
+                raise ConfigError(f"{name} is no longer read: {instead}; unset it")
         return cls._validated({name: value for name in cls.model_fields
                                if (value := env.get(cls.env_name(name), "").strip())})
 

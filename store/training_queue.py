@@ -2,7 +2,11 @@
 
 Every sealed window starts ``pending``. A trainer (any process, on any host, named by its
 trainer id) takes a job with :func:`claim_job`: the oldest pending windows, up to a number of
-events, under a lease it renews while it trains (:func:`renew_lease`). The version it
+events, under a lease it renews while it trains (:func:`renew_lease`). One job trains at a
+time (a lineage lease): while any trainer holds a live lease, the others stand by, so each
+job fine-tunes the version the previous job published and a promoted version has learnt
+every window before it; several trainers give availability, not parallel lineages that
+would overwrite each other's learning. The version it
 publishes marks them ``trained`` in the publishing transaction, fenced by the lease
 (:func:`complete_job`): a trainer that lost its lease publishes nothing. A lease that expires
 (its trainer killed, its host gone, cut off by the network) is taken over by whichever
@@ -10,22 +14,23 @@ trainer claims next. A window whose job raised an error (or whose trainer died t
 retried alone, and after ``max_tries`` attempts it is marked ``failed`` with the reason,
 while later windows keep training.
 
-On Postgres, concurrent claims skip each other's rows (``SELECT ... FOR UPDATE SKIP
-LOCKED``); on SQLite, the single writer serialises them. Either way the leasing UPDATE only
-takes rows that are still free, so two trainers never hold the same window.
+On Postgres, claims take a transaction-scoped advisory lock first, so two of them never both
+see the lineage free; on SQLite, the single writer serialises them. Either way the leasing
+UPDATE only takes rows that are still free, so two trainers never hold the same window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from store import db
 from store.models import model_versions, training_runs, windows
 
 CANDIDATES = 10_000  # most windows looked at by one claim
+LINEAGE_LOCK = 0x5EC7_11AE  # Postgres advisory lock key that serialises claims
 
 
 class LeaseLost(RuntimeError):
@@ -46,6 +51,15 @@ class Job:
         return self.window_ids[-1]
 
 
+def _live_lease(now_ms: int, besides: list[int] = ()):
+    """Whether a window (other than ``besides``) is leased to a trainer whose lease still holds.
+    Also part of the leasing UPDATE, so that on SQLite, where claims read outside the write
+    transaction, two claims never both lease."""
+    other = windows.alias("other")
+    return select(other.c.id).where(other.c.train_state == "leased", other.c.lease_expires_at >= now_ms,
+                                    other.c.id.not_in(list(besides))).exists()
+
+
 def _free(now_ms: int):
     """Windows a claim may take: pending, or leased to a trainer whose lease has expired."""
     return or_(windows.c.train_state == "pending",
@@ -56,14 +70,19 @@ def claim_job(engine: Engine, trainer_id: str, now_ms: int, *, lease_s: float, m
               min_events: int = 1, max_wait_s: float = 0.0, max_tries: int = 3) -> Job | None:
     """Lease the oldest free windows to ``trainer_id``, or None when there is no job yet.
 
-    A job takes windows in id order while their events stay within ``max_events`` (always at
-    least one window). It waits until the free windows hold ``min_events`` events or the oldest
-    sealed ``max_wait_s`` ago. A window that failed before (see :func:`_suspect`) is leased alone. Windows whose lease
-    expired after ``max_tries`` attempts are marked failed, and the runs of the trainer that
-    held them are closed as failed.
+    None while another job holds a live lease (one lineage: see the module docstring). A job
+    takes windows in id order while their events stay within ``max_events`` (always at least
+    one window). It waits until the free windows hold ``min_events`` events or the oldest
+    sealed ``max_wait_s`` ago. A window that failed before (see :func:`_suspect`) is leased
+    alone. Windows whose lease expired after ``max_tries`` attempts are marked failed, and the
+    runs of the trainer that held them are closed as failed.
     """
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LINEAGE_LOCK})
+            if conn.execute(select(_live_lease(now_ms))).scalar():
+                return None
             _fail_exhausted(conn, now_ms, max_tries)
             columns = (windows.c.id, windows.c.n_events, windows.c.sealed_at, windows.c.train_attempts,
                        windows.c.train_error, windows.c.lease_owner)
@@ -81,11 +100,12 @@ def claim_job(engine: Engine, trainer_id: str, now_ms: int, *, lease_s: float, m
             total = sum(r.n_events for r in taken)
             ids = [r.id for r in taken]
             expires = now_ms + round(lease_s * 1000)
-            leased = conn.execute(update(windows).where(windows.c.id.in_(ids), _free(now_ms)).values(
+            leased = conn.execute(update(windows).where(windows.c.id.in_(ids), _free(now_ms),
+                                                        ~_live_lease(now_ms, besides=ids)).values(
                 train_state="leased", lease_owner=trainer_id, lease_expires_at=expires,
                 train_attempts=windows.c.train_attempts + 1)).rowcount
             if leased != len(ids):
-                raise _Raced  # another trainer took some of them meanwhile (SQLite): roll back, try later
+                raise _Raced  # another trainer took some of them or a job meanwhile (SQLite): roll back, try later
             _fail_runs_of(conn, {r.lease_owner for r in taken if r.lease_owner}, now_ms,
                           "the trainer's lease expired before it finished (process, host or network gone)")
             return Job(ids, total, expires, retry=_suspect(taken[0]))

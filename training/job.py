@@ -8,8 +8,8 @@ process, never in the worker's event loop. The steps, each reading from or writi
    history, context only), the rehearsal memory (minus the job's own events) and the catalog;
 2. the newest ``STREAMREC_GATE_HOLDOUT`` share of the job's events is held out for the gate;
 3. the serving version (checksum verified), or a fresh model when there is none, is
-   extended with new ids and fine-tuned with rehearsal, distillation and early stopping,
-   within ``STREAMREC_TRAIN_MAX_SECONDS``;
+   extended with new ids and fine-tuned with rehearsal, distillation and early stopping for
+   at most ``STREAMREC_TRAIN_EPOCHS`` (work bounded by its events, never by the clock);
 4. the gate: candidate and baseline (the serving version, or popularity for the first model)
    are ranked on the held-out events with full ranking; the candidate is promoted unless it
    was judged on fewer than ``STREAMREC_GATE_MIN_EVENTS`` events or its Recall@20 is more
@@ -68,7 +68,7 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
     model = ModelConfig(dim=config.model_dim, max_len=config.max_history)
     train = TrainConfig(epochs=config.train_epochs, batch_size=config.train_batch_size, lr=config.learning_rate,
                         purchase_weight=config.purchase_weight, seed=config.seed,
-                        max_seconds=config.train_max_seconds, loss=config.train_loss,
+                        loss=config.train_loss,
                         negatives=config.train_negatives)
     text = TextTuningConfig(tuning=config.text_tuning, layers=config.text_tune_layers, rank=config.text_lora_rank,
                             alpha=config.text_lora_alpha, targets=tuple(config.text_lora_targets.split(",")),

@@ -10,6 +10,10 @@ another once the lease expires, whatever host either runs on.
 the job in flight publishes nothing, its run is closed as failed, and its windows go back to
 the queue uncounted, so another trainer (or this one restarted) trains them right away. A
 trainer killed outright leaves its lease to expire instead.
+
+One job trains at a time across all trainers (the lineage lease of
+:mod:`store.training_queue`); a trainer sizes its jobs with a :class:`JobSizer`, so that a job
+takes about ``STREAMREC_TRAIN_JOB_SECONDS`` on this machine however busy it is.
 """
 
 from __future__ import annotations
@@ -37,6 +41,43 @@ def new_trainer_id() -> str:
     return f"trainer-{uuid.uuid4().hex[:8]}@{socket.gethostname()}:{os.getpid()}"
 
 
+class JobSizer:
+    """How many events a trainer's next job takes: what it absorbed in ``job_seconds`` lately.
+
+    The absorption rate is window events per second of a whole job (reading, training,
+    judging, drift and publishing), smoothed over jobs (half from the newest). The first job
+    takes ``first`` events; the size stays within [1, ``most``] (a job always takes at least one
+    window). A slower or busier machine takes fewer windows per job, each trained as fully.
+
+    >>> sizer = JobSizer(job_seconds=30, most=200_000, first=2_000)
+    >>> sizer.max_events
+    2000
+    >>> sizer.observe(events=4_000, seconds=20.0)
+    >>> sizer.max_events, round(sizer.rate)
+    (6000, 200)
+    >>> sizer.observe(events=6_000, seconds=60.0)
+    >>> sizer.max_events
+    4500
+    """
+
+    def __init__(self, job_seconds: float, most: int, first: int):
+        self.job_seconds, self.most, self.first = job_seconds, most, first
+        self.rate: float | None = None
+
+    def observe(self, events: int, seconds: float) -> None:
+        """A finished job: ``events`` window events trained in ``seconds``."""
+        if events <= 0 or seconds <= 0:
+            return
+        rate = events / seconds
+        self.rate = rate if self.rate is None else (self.rate + rate) / 2
+
+    @property
+    def max_events(self) -> int:
+        if self.rate is None:
+            return max(1, min(self.first, self.most))
+        return max(1, min(self.most, round(self.rate * self.job_seconds)))
+
+
 class LeaseKeeper:
     """Renews a job's lease every third of its length, in a thread, until the job ends."""
 
@@ -62,9 +103,11 @@ class LeaseKeeper:
                 log.warning("could not renew the lease on windows %s: %s", self.job.window_ids, exc)
 
 
-def train_next(engine, config: Config, trainer_id: str) -> dict | None:
-    """Claim one job and train it; its outcome, or None when nothing is due."""
-    job = claim_job(engine, trainer_id, now_ms(), lease_s=config.train_lease_s, max_events=config.train_max_events,
+def train_next(engine, config: Config, trainer_id: str, sizer: JobSizer | None = None) -> dict | None:
+    """Claim one job (of up to ``sizer.max_events`` events, default ``STREAMREC_TRAIN_MAX_EVENTS``)
+    and train it; its outcome, or None when nothing is due."""
+    max_events = config.train_max_events if sizer is None else sizer.max_events
+    job = claim_job(engine, trainer_id, now_ms(), lease_s=config.train_lease_s, max_events=max_events,
                     min_events=config.train_min_events, max_wait_s=config.train_max_wait_s,
                     max_tries=config.train_max_tries)
     if job is None:
@@ -73,7 +116,10 @@ def train_next(engine, config: Config, trainer_id: str) -> dict | None:
         log.info("%s: training windows %s (%d events%s)", trainer_id, job.window_ids, job.n_events,
                  ", retried alone" if job.retry else "")
         with LeaseKeeper(engine, trainer_id, job, config.train_lease_s):
-            return run_job(engine, config, job.window_ids, trainer_id, lease_holder=trainer_id)
+            outcome = run_job(engine, config, job.window_ids, trainer_id, lease_holder=trainer_id)
+        if sizer is not None:
+            sizer.observe(job.n_events, outcome["duration_s"])
+        return outcome
     except (KeyboardInterrupt, SystemExit):
         return_job(engine, trainer_id, job)
         log.info("%s: stopped; windows %s handed back", trainer_id, job.window_ids)
@@ -93,13 +139,14 @@ def run_trainer(config: Config, trainer_id: str | None = None, stop: threading.E
     """Train jobs until ``stop`` is set; between jobs, look for work every ``poll_s`` seconds."""
     trainer_id = trainer_id or new_trainer_id()
     stop = stop or threading.Event()
+    sizer = JobSizer(config.train_job_seconds, config.train_max_events, config.train_min_events)
     engine = make_engine(config.database_url)
     migrate(engine)
     log.info("%s: looking for sealed windows to train in %s", trainer_id, config.shown("database_url"))
     try:
         while not stop.is_set():
             try:
-                outcome = train_next(engine, config, trainer_id)
+                outcome = train_next(engine, config, trainer_id, sizer)
             except Exception as exc:  # the store is unreachable: wait and look again
                 log.error("%s: could not claim work: %s", trainer_id, exc)
                 outcome = None
