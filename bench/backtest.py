@@ -1,7 +1,7 @@
 """Continual-learning backtest of every strategy on MovieLens-100k, with a table and plots.
 
     python -m bench.backtest [--windows 10] [--strategies rehearsal,naive,...] [--threads 1] [--jobs 1]
-                             [--out bench/results] [--report backtest.md]
+                             [--out FOLDER] [--report backtest.md]
                              [-- any other `streamrec backtest` options]
 
 A strategy written ``rehearsal:lora`` (or ``:top``, ``:frozen``) runs with that text tuning
@@ -10,7 +10,9 @@ A strategy written ``rehearsal:lora`` (or ``:top``, ``:frozen``) runs with that 
 Writes MovieLens-100k (from the ``recbole`` wheel, mapped as the worker's feed maps it, with
 the original epoch-second times) as EVENTS.csv and ITEMS.csv into a temporary folder, runs
 ``streamrec backtest`` on them once per strategy (a separate process each, sharing one text
-embedding cache file), and writes to ``--out``:
+embedding cache file), and writes to ``--out`` (default: a new folder
+``bench/results/backtest/<date>-<commit>-<host>/`` with a ``provenance.json`` naming the
+commit, machine and settings, so runs never replace each other):
 
 * ``backtest-<strategy>.json``: each run's RESULT.json (``backtest-rehearsal-lora.json`` for
   ``rehearsal:lora``);
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.provenance import run_folder
 from learner.backtest import STRATEGIES
 from streams import movielens
 
@@ -186,11 +189,15 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="strategies run at once")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder of the results (default: a new bench/results/backtest/<date>-<commit>-<host>/)")
     parser.add_argument("--report", default="backtest.md", help="name of the table written under --out")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"] or DEFAULT_OPTIONS
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    settings = {**{k: v for k, v in vars(args).items() if k != "out"}, "options": extra}
+    if args.out is None:
+        args.out = run_folder("backtest", settings)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results, wall = {}, {}

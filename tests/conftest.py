@@ -2,6 +2,10 @@
 
 ``STREAMREC_TEST_POSTGRES`` (default ``postgresql+psycopg2://postgres@127.0.0.1:5432/postgres``)
 names the server on which a throwaway database is created for each test that asks for one.
+
+``pytest --quick`` (``./dev test --quick``) runs the quick tier: doctests and tests on SQLite,
+MiniLM and in-process parts, leaving out what needs the broker, Postgres or Chromium, and tests
+marked ``slow``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,22 @@ from tests.harness import MOVIELENS_STORE_ENV, MOVIELENS_WINDOW_EVENTS, store_te
 
 POSTGRES_ADMIN_URL = os.environ.get("STREAMREC_TEST_POSTGRES",
                                     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true",
+                     help="the quick tier: no broker, Postgres or Chromium, no slow tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``--quick``, deselect tests of the full tier (see the module docstring)."""
+    if not config.getoption("--quick"):
+        return
+    full = [item for item in items if any(item.get_closest_marker(m) for m in ("broker", "chromium", "slow"))
+            or getattr(item, "callspec", None) and item.callspec.params.get("database_url") == "postgres"]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if item not in full]
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,7 @@ def assert_every_plot_drawn(report: Path, rows: list[dict], tmp_path: Path) -> l
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.chromium
 def test_report_draws_every_metric_and_marks_alerts(engine, database_url, tmp_path, monkeypatch):
     events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), now_ms=1_763_000_000_000))
     events = events.sample(frac=1.0, random_state=11).reset_index(drop=True)

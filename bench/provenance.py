@@ -1,0 +1,99 @@
+"""Where a benchmark figure comes from: every results file names its commit, date, machine and settings.
+
+:func:`write_result` stores one run as ``bench/results/<bench>/<date>-<commit>-<host>.json``
+and never replaces an earlier run, so runs on other machines or commits sit side by side.
+
+>>> stamp = provenance()
+>>> sorted(stamp) == ["commit", "date", "machine"] and stamp["machine"]["cpu_cores"] >= 1
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or ``$STREAMREC_COMMIT`` where
+    there is no git repository (a copied working tree)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("STREAMREC_COMMIT", "unknown")
+
+
+def machine() -> dict:
+    """CPU model and cores, memory, GPU (when torch sees one), Python and torch versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = torch_version = None
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count() or 1, "memory_gib": memory,
+            "gpu": gpu, "python": platform.python_version(), "torch": torch_version}
+
+
+def provenance() -> dict:
+    """Commit, UTC date and machine of a run starting now."""
+    return {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine()}
+
+
+def _run_name(stamp: dict) -> str:
+    return f"{stamp['date'].replace(':', '').replace('-', '')}-{stamp['commit']}-{stamp['machine']['host']}"
+
+
+def write_result(bench: str, settings: dict, result: dict, folder: Path = RESULTS) -> Path:
+    """Store one run of ``bench`` under ``folder/bench/`` with its provenance; returns the file."""
+    stamp = provenance()
+    target = folder / bench
+    target.mkdir(parents=True, exist_ok=True)
+    for n in range(100):  # exclusive create: never replace another run
+        path = target / f"{_run_name(stamp)}{'' if n == 0 else f'-{n}'}.json"
+        try:
+            with path.open("x") as out:
+                json.dump({"bench": bench, **stamp, "settings": settings, "result": result}, out, indent=2)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{target}/{_run_name(stamp)}*.json: 100 runs in the same second")
+
+
+def run_folder(bench: str, settings: dict, folder: Path = RESULTS) -> Path:
+    """A new folder ``folder/bench/<date>-<commit>-<host>/`` for a run that writes several files,
+    holding ``provenance.json`` (commit, date, machine, settings); never one of an earlier run."""
+    stamp = provenance()
+    for n in range(100):
+        path = folder / bench / f"{_run_name(stamp)}{'' if n == 0 else f'-{n}'}"
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        (path / "provenance.json").write_text(json.dumps({"bench": bench, **stamp, "settings": settings}, indent=2))
+        return path
+    raise FileExistsError(f"{folder / bench}/{_run_name(stamp)}*: 100 runs in the same second")

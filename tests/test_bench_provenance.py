@@ -1,0 +1,25 @@
+"""Benchmark results name their commit, date, machine and settings, and never replace each other."""
+
+from __future__ import annotations
+
+import json
+
+from bench.gpu import agree
+from bench.provenance import commit, write_result
+
+
+def test_runs_of_a_bench_sit_side_by_side_with_their_provenance(tmp_path):
+    first = write_result("gpu", {"device": "cpu"}, {"cpu": {"job": {"job_s": 1.0}}}, tmp_path)
+    second = write_result("gpu", {"device": "cpu"}, {"cpu": {"job": {"job_s": 2.0}}}, tmp_path)
+    assert first != second and sorted(p.name for p in (tmp_path / "gpu").iterdir()) == sorted([first.name, second.name])
+    runs = [json.loads(p.read_text()) for p in (first, second)]
+    assert [r["result"]["cpu"]["job"]["job_s"] for r in runs] == [1.0, 2.0]
+    for run in runs:
+        assert run["bench"] == "gpu" and run["commit"] == commit() and run["commit"] != "unknown"
+        assert run["machine"]["cpu"] and run["machine"]["cpu_cores"] >= 1 and run["settings"] == {"device": "cpu"}
+        assert first.name.startswith(run["date"][:4])
+
+
+def test_cpu_and_cuda_agree_within_the_stated_tolerance():
+    assert agree(0.25, 0.25) and agree(0.25, 0.2376) and not agree(0.25, 0.2374)
+    assert agree(0.05, 0.041) and not agree(0.05, 0.039)  # 0.01 absolute where 5% is less
