@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -18,9 +18,15 @@ from learner.trainer import Plugin, TrainConfig, Trainer
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """The loop settings plus the plugins' (each plugin is off when its setting is 0)."""
+    """The loop settings plus the plugins' (each plugin is off when its setting is 0).
+
+    ``update_epochs`` (None: ``train.epochs``) is the most epochs of an update: a fine-tune of
+    a bundle that has been trained before, which starts close to where it should end, so it
+    needs far fewer passes than a fresh model (``train.epochs``).
+    """
 
     train: TrainConfig = field(default_factory=TrainConfig)
+    update_epochs: int | None = None
     rehearsal_ratio: float = 0.5
     distillation_weight: float = 1.0
     distillation_temperature: float = 1.0
@@ -45,7 +51,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     ``history`` is context only; ``rehearsal`` events are mixed in as extra targets;
     ``previous`` (usually ``bundle``) is distilled from. When text tuning is due
     (``config.text``), the text encoder is tuned too (it needs ``catalog`` and ``encoder``).
-    Returns the trained bundle and the per-epoch log.
+    A bundle trained before (``info["trained_events"]``, which this adds to) is updated for at
+    most ``config.update_epochs``. Returns the trained bundle and the per-epoch log.
     """
     config = config or FineTuneConfig()
     student = bundle.copy()
@@ -67,5 +74,9 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     if (config.text.due(bundle) and student.model.config.use_text and catalog is not None and encoder is not None):
         # first: its catalog re-embedding ends the first epoch, before early stopping judges it
         plugins.insert(0, TextTuning(config.text, catalog_texts(catalog), encoder, seed=config.train.seed))
-    epoch_log = Trainer(student, config.train, plugins, device).fit(window, history)
+    update = bundle.info.get("trained_events", 0) > 0
+    train = config.train if not update or config.update_epochs is None else replace(
+        config.train, epochs=config.update_epochs)
+    epoch_log = Trainer(student, train, plugins, device).fit(window, history)
+    student.info["trained_events"] = bundle.info.get("trained_events", 0) + len(window)
     return student, epoch_log

@@ -117,7 +117,10 @@ class Config(BaseSettings):
                                                          "when training.")
     model_dim: PositiveInt = Field(64, description="Width of item and user vectors (new models only).")
     max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.")
-    train_epochs: PositiveInt = Field(10, description="Most epochs per fine-tune (early stopping may end sooner).")
+    train_epochs: PositiveInt = Field(10, description="Most epochs of a new model's first training (early stopping "
+                                                      "may end sooner).")
+    train_update_epochs: PositiveInt = Field(10, description="Most epochs of an update of a trained version (early "
+                                                             "stopping may end sooner).")
     train_loss: Literal[LOSSES] = Field(
         "auto", description=f"Training loss: {either(LOSSES)} (`auto`: the full softmax up to {SAMPLED_ABOVE_ITEMS:,} "
                             "items, sampled softmax with the log-Q correction above).")

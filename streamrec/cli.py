@@ -339,6 +339,8 @@ def __getattr__(name: str):
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs per fine-tune "
               "[default: STREAMREC_TRAIN_EPOCHS]; likewise --batch-size, --lr, --dim, --rehearsal-*, "
               "--distill-weight, --history-windows, --seed.")
+@click.option("--update-epochs", type=click.IntRange(min=1), default=None,
+              help="Most epochs of an update of a trained model [default: STREAMREC_TRAIN_UPDATE_EPOCHS].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--dim", type=click.IntRange(min=2), default=None, help="Model width (a multiple of its 2 heads).")
@@ -388,7 +390,7 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
         import torch
 
         torch.set_num_threads(threads)
-    names = {"epochs": "train_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
+    names = {"epochs": "train_epochs", "update_epochs": "train_update_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
              "history_windows": "history_windows", "text_tuning": "text_tuning",
