@@ -10,19 +10,27 @@ Map of the package (one job per module):
   by sha256, ``embed_texts`` (encodes only what the cache lacks).
 * ``sequences``  -- events frames to padded tensors: training sequences, next-item examples,
   user histories.
-* ``model``      -- ``SASRec``: causal transformer; item vector = id embedding + projected text.
+* ``options``    -- the choices settings offer: softmax (``full``, ``sampled``, ``auto``), rehearsal unit,
+  text tuning, serving precision.
+* ``model``      -- ``SASRec``: causal transformer; item vector = id embedding + projected text;
+  growing id tables, admitting and retiring id rows, placing new items among text look-alikes.
+* ``admission``  -- ``IdPolicy`` and ``update_ids``: which ids get a trainable row, which expire.
 * ``bundle``     -- ``ModelBundle``: model + vocabulary + text hashes; build, extend for new ids,
   item and user vectors for serving.
 * ``trainer``    -- ``Trainer`` loop (next-item loss, full or sampled softmax with the log-Q
   correction, purchases weighted) and the ``Plugin`` hooks.
-* ``options``    -- the choices settings offer: softmax (``full``, ``sampled``, ``auto``), rehearsal unit.
-* ``plugins``    -- ``Rehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
-* ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on one sealed window.
+* ``plugins``    -- ``Rehearsal``, ``SequenceRehearsal``, ``Distillation`` (ADER-style KL), ``EarlyStopping``.
+* ``text_tuning`` -- ``TextTuning`` plugin: tune MiniLM (top layers or LoRA) on behaviour, then re-embed.
+* ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on sealed windows (fewer
+  epochs for an update of a trained bundle when asked).
 * ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss): the one ranking routine;
   ``BundleScorer`` and the ``Popularity`` baseline.
 * ``gate``       -- the gate's held-out split and verdict.
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
-* ``recommend``  -- ``Recommender``: the serving snapshot (top-k, similar items, search re-ranking).
+* ``recommend``  -- ``Recommender``: the serving snapshot (top-k, similar items, search re-ranking);
+  ``TextRanker``: similar items and search by pretrained text while no version serves.
+* ``neighbours`` -- ``ItemIndex``: exact or inverted-file (faiss) top-k over item vectors, int8/float16 rows.
+* ``compiled``   -- ``CompiledModule``: ONNX Runtime exports (made in a child process), checked against torch.
 * ``eventlog``   -- EVENTS.csv / ITEMS.csv loaders; errors name the line and column.
 * ``backtest``   -- offline continual-learning backtest of an event log: strategies, R matrix,
   forgetting and backward transfer (``streamrec backtest``).

@@ -39,7 +39,7 @@ class SealingService(mode.Service):
         self.config = config
         self.windows_topic = windows_topic
         self.store_thread = StoreThread("streamrec-replay")
-        self.totals = {"sealed": 0, "notices": 0}
+        self.totals = {"sealed": 0, "notices": 0, "notices_received": 0}  # notices: recorded here first
         self.engine = None
         self.store: ReplayStore | None = None
         self._poked = asyncio.Event()
@@ -98,6 +98,7 @@ class SealingService(mode.Service):
         undelivered ones at once): they wait for it, and while the store is unreachable the
         notice is retried every second while the worker runs. (A notice is a record: trainers
         lease sealed windows from the store whether or not it was taken.)"""
+        self.totals["notices_received"] += 1
         await self._store_ready.wait()
         while True:
             if self.should_stop:

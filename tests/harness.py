@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from runtime.config import Config
 from runtime.processes import free_port, start_worker, stop
 from store.db import make_engine, migrate
+from store.ingest import stored_offsets
 from store.registry import StoredTextEmbeddings
 
 MOVIELENS_WINDOW_EVENTS = 4_000
@@ -98,6 +99,32 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition of ``topic``: the offset its next message will get (how many it holds)."""
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def wait_ingested(config: Config, engine, timeout_s: float, message: str = "") -> None:
+    """Wait until the store holds, with its data, the end offset of every partition of the events
+    topic: each message produced so far is stored or dead-lettered, and no batch of them can land
+    again (a redelivered batch would start below a stored offset). What proves a duplicate absent."""
+    def caught_up() -> bool:
+        ends = end_offsets(config.bootstrap_servers, config.events_topic)
+        stored = stored_offsets(engine, config.ingest_group)
+        return all(stored.get((config.events_topic, p), 0) >= end for p, end in ends.items())
+
+    wait_until(caught_up, timeout_s, message or "the store holds every events partition's end offset", interval_s=0.5)
 
 
 def store_text_vectors(database_url: str, vectors: dict[str, np.ndarray]) -> None:

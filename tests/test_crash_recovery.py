@@ -19,7 +19,7 @@ from store.db import make_engine
 from store.models import ingest_stats
 from store.replay import ReplayStore
 from streams.producer import SendReport, StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, wait_ingested, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -127,7 +127,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(broker, database_url, topi
         replay = ReplayStore(engine)
         wait_for(lambda: stored_count(engine) >= TOTAL_EVENTS and replay.open_window()[0] == 0, 180,
                  f"{TOTAL_EVENTS} events stored and sealed (kills at {kills})", worker)
-        time.sleep(2)  # let any extra (duplicate) batch land before counting
+        wait_ingested(worker.config, engine, 60)  # no batch can land again: counting now is final
         context = f"kills at (rows, producing) {kills}\n{worker.tail()}"
         ids = replay.all_event_ids()
         stored_ids = set(ids)

@@ -13,7 +13,7 @@ import pytest
 from store.db import make_engine
 from store.replay import ReplayStore
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, wait_ingested, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -58,7 +58,7 @@ def test_ingest_processes_share_partitions_restart_and_die_with_the_worker(broke
             wait_until(lambda: (h := worker.health()) and h["ingest"]["restarts"] == 1 and h["status"] == "ok"
                        and len(h["ingest"]["pids"]) == 2, 60, "the killed ingest process replaced")
             wait_until(lambda: replay.stored_events() >= 2 * BATCH, 90, f"{2 * BATCH} events stored")
-        time.sleep(2)  # a repeated batch would land now
+        wait_ingested(worker.config, engine, 60)  # no batch can land again: counting now is final
         ids = replay.all_event_ids()
         assert (len(ids), set(ids)) == (2 * BATCH, {f"proc-{i}" for i in range(2 * BATCH)})
         assert worker.alive()

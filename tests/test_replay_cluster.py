@@ -10,7 +10,7 @@ import pytest
 from store.db import make_engine
 from store.replay import ReplayStore
 from streams.producer import StorefrontProducer
-from tests.harness import Worker, wait_until, worker_env
+from tests.harness import Worker, end_offsets, wait_until, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -42,8 +42,13 @@ def test_two_workers_share_the_stream_and_trigger_each_window_once(broker, datab
                    "every event sealed into a window")
         windows = wait_until(lambda: (ws := replay.list_windows()) and all(w["trigger_claimed_by"] for w in ws)
                              and ws, 60, "every window's training trigger taken")
-        time.sleep(2)  # a second trigger for the same window would show up by now
-        health = [w.health() for w in workers]
+        # no second trigger can come: every notice is published (the outbox is empty) and every
+        # message of the windows topic (notices are published at least once) has been taken
+        wait_until(lambda: replay.unpublished_notices() == [], 30, "every notice marked published")
+        published = sum(end_offsets(broker, workers[0].config.windows_topic).values())
+        health = wait_until(lambda: (hs := [w.health() for w in workers]) and all(hs)
+                            and sum(h["replay"]["notices_received"] for h in hs) >= published and hs, 60,
+                            f"the {published} messages of the windows topic are taken")
 
         ids = replay.all_event_ids()
         assert len(ids) == len(set(ids)) == EVENTS
