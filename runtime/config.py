@@ -119,8 +119,8 @@ class Config(BaseSettings):
     max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.")
     train_epochs: PositiveInt = Field(10, description="Most epochs of a new model's first training (early stopping "
                                                       "may end sooner).")
-    train_update_epochs: PositiveInt = Field(10, description="Most epochs of an update of a trained version (early "
-                                                             "stopping may end sooner).")
+    train_update_epochs: NonNegativeInt = Field(0, description="Most epochs of an update of a trained version (early "
+                                                               "stopping may end sooner); 0: `STREAMREC_TRAIN_EPOCHS`.")
     train_loss: Literal[LOSSES] = Field(
         "auto", description=f"Training loss: {either(LOSSES)} (`auto`: the full softmax up to {SAMPLED_ABOVE_ITEMS:,} "
                             "items, sampled softmax with the log-Q correction above).")

@@ -339,7 +339,7 @@ def __getattr__(name: str):
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs per fine-tune "
               "[default: STREAMREC_TRAIN_EPOCHS]; likewise --batch-size, --lr, --dim, --rehearsal-*, "
               "--distill-weight, --history-windows, --seed.")
-@click.option("--update-epochs", type=click.IntRange(min=1), default=None,
+@click.option("--update-epochs", type=click.IntRange(min=0), default=None,
               help="Most epochs of an update of a trained model [default: STREAMREC_TRAIN_UPDATE_EPOCHS].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
