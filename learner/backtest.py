@@ -539,7 +539,8 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
             context.catalog = catalog[joins <= j]
             model.add_items(catalog[joins == j])
             scorer = model.scorer()
-        prequential = evaluate(scorer, window, events.iloc[:start], ks=(k,))
+        unseen = set(context.catalog["item_id"].astype(str)) - seen_items if context.catalog is not None else set()
+        prequential = evaluate(scorer, window, events.iloc[:start], ks=(k,), new_items=unseen)
         is_cold = ~window["item_id"].isin(seen_items).to_numpy()
         cold = (evaluate(scorer, window[is_cold], events.iloc[:end], ks=(k,)) if is_cold.any()
                 else {metric: math.nan})
@@ -554,7 +555,8 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
         rows.append({"window": j, "events": len(window), "ts_from": int(window["ts"].iloc[0]),
                      "ts_to": int(window["ts"].iloc[-1]), metric: prequential[metric],
                      f"ndcg@{k}": prequential[f"ndcg@{k}"], f"cold_recall@{k}": cold[metric],
-                     "cold_events": int(is_cold.sum()), "train_seconds": round(train_seconds, 3),
+                     "cold_events": int(is_cold.sum()), f"new_item_share@{k}": prequential[f"new_item_share@{k}"],
+                     "train_seconds": round(train_seconds, 3),
                      "eval_seconds": round(time.perf_counter() - started, 3), **facts})
         progress(f"{strategy} window {j + 1}/{n}: {len(window):,} events, {metric} {prequential[metric]:.4f}, "
                  f"cold {cold[metric]:.4f} ({int(is_cold.sum()):,} events), trained in {train_seconds:.1f}s")
@@ -562,7 +564,7 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
     scored = rows[1:]
     forgetting, bwt = transfer(R)
     mean = {name: _mean([r[name] for r in scored])
-            for name in (metric, f"ndcg@{k}", f"cold_recall@{k}", "train_seconds")}
+            for name in (metric, f"ndcg@{k}", f"cold_recall@{k}", f"new_item_share@{k}", "train_seconds")}
     known = set(catalog["item_id"]) if catalog is not None else set()
     result = {
         "strategy": strategy, "k": k, "windows": rows, "mean": mean,

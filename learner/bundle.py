@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from learner.blend import TextBlend
 from learner.device import Device, pick_device
 from learner.idmap import Vocabulary
 from learner.model import ModelConfig, SASRec
@@ -100,6 +101,13 @@ class ModelBundle:
     def text_encoder(self, base: TextEncoder | None) -> TextEncoder | None:
         """The encoder of this bundle's texts: ``base`` (the pretrained MiniLM) with this bundle's adapter."""
         return None if base is None else adapted_encoder(base, self.adapter)
+
+    @property
+    def text_blend(self) -> TextBlend:
+        """The text term of this bundle's scores (:mod:`learner.blend`; off without a text tower or a fit)."""
+        if not self.model.config.use_text or "text_blend" not in self.info:
+            return TextBlend()
+        return TextBlend(**self.info["text_blend"])
 
     @property
     def text_encoder_name(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from learner.blend import TextBlend, unit_rows
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import UNKNOWN, Vocabulary
@@ -42,13 +43,19 @@ class BundleScorer:
 
     ``precision`` scores as a worker holding the item vectors that way does
     (:data:`learner.options.SERVING_PRECISIONS`): users' states and scores both read them.
+    Scores carry the bundle's text term (:mod:`learner.blend`), or ``blend``'s with ``counts``
+    as the items' interactions when given.
     """
 
-    def __init__(self, bundle: ModelBundle, device: Device | None = None, precision: str = "float32"):
+    def __init__(self, bundle: ModelBundle, device: Device | None = None, precision: str = "float32",
+                 blend: TextBlend | None = None, counts: torch.Tensor | None = None):
         self.device = device or pick_device()
         self.model = bundle.model.to(self.device.torch_device).eval()
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
+        self.blend = bundle.text_blend if blend is None else blend
+        self.counts = self.model.item_counts if counts is None else counts.to(self.device.torch_device)
+        self.unit_text = unit_rows(self.model.item_text) if self.blend.weight else None
         with torch.no_grad(), self.device.autocast():
             self.item_vectors = self.model.item_vectors().float()
         if precision != "float32":
@@ -57,9 +64,11 @@ class BundleScorer:
 
     @torch.no_grad()
     def scores(self, inputs: SequenceBatch) -> torch.Tensor:
+        inputs = inputs.to(self.device)
         with self.device.autocast():
-            states = self.model(inputs.to(self.device), self.item_vectors)[:, -1]
-        return self.model.logits(states, self.item_vectors)
+            states = self.model(inputs, self.item_vectors)[:, -1]
+        scores = self.model.logits(states, self.item_vectors)
+        return self.blend.add_to(scores, inputs.items, self.unit_text, self.counts) if self.blend.weight else scores
 
 
 class Popularity:
@@ -124,12 +133,14 @@ def metrics_at(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tens
 
 def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None,
              ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False,
-             max_events: int | None = None, seed: int = 0) -> dict[str, float]:
+             max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None) -> dict[str, float]:
     """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
     known items, over the events whose item the scorer knows. ``max_events`` bounds the cost: a
     seeded sample of that many events is scored, the others still count as users' history.
+    With ``new_items`` (ids of items nobody has interacted with yet), ``new_item_share@K`` is
+    the share of the top-K slots (largest K of ``ks``) they fill.
     Examples are scored ``batch_size`` at a time, fewer in a large catalog: at most
     :data:`SCORES_PER_BATCH` scores at once, so memory stays bounded (33 examples a batch at a
     million items).
@@ -148,7 +159,11 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         history, events = pd.concat([events_frame(history), events[~keep]], ignore_index=True), events[keep]
     examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
-    loss, scored = 0.0, 0
+    loss, scored, new_slots = 0.0, 0, 0.0
+    if new_items is not None:
+        is_new = torch.zeros(len(scorer.vocab.items), dtype=torch.bool)
+        is_new[torch.from_numpy(scorer.vocab.items.index(new_items))] = True
+        is_new[:UNKNOWN + 1] = False
     batch_size = max(1, min(batch_size, SCORES_PER_BATCH // len(scorer.vocab.items)))
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
@@ -166,8 +181,13 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         scores.scatter_(1, targets[:, None], target_scores)
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
+        if new_items is not None:
+            top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices.cpu()
+            new_slots += is_new[top].float().mean(1).sum().item()
     n = len(examples)
     result = {name: total / n if n else math.nan for name, total in totals.items()}
+    if new_items is not None:
+        result[f"new_item_share@{max(ks)}"] = new_slots / n if n else math.nan
     result["examples"] = n
     if with_loss:
         result["loss"] = loss / scored if scored else math.nan

@@ -243,6 +243,12 @@ class ItemIndex:
             return np.asarray(self.vectors[rows], dtype=np.float32)
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
+    def dot(self, query: np.ndarray) -> np.ndarray:
+        """float32 [n_rows]: every row as kept times ``query`` (not normalised); exact indexes only."""
+        if self.index is not None:
+            raise ValueError("an inverted-file index scores only the rows it searches")
+        return np.asarray(self.vectors @ np.asarray(query, dtype=np.float32), dtype=np.float32)
+
     @property
     def nbytes(self) -> int:
         """Memory of the vectors (in an index: their codes, without the 16 bytes a row of ids)."""

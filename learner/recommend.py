@@ -34,6 +34,8 @@ PERSONALISATION_WEIGHT = 0.05
 """Search: added to text cosine per standard deviation of the user's model score among the candidates."""
 SEARCH_CANDIDATES = 100
 """Search: how many text matches are re-ranked for a user."""
+BLEND_CANDIDATES = 100
+"""Recommend with a text term: how many of the model's best and of the text's best are rescored."""
 TUNING_USERS, TUNING_EVENTS = 200, 20
 """The recommend index is tuned with 200 users' states; histories of 20 random items stand in for missing users."""
 
@@ -125,6 +127,9 @@ class Recommender:
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
         self.model = bundle.model.to(self.device.torch_device).eval()
+        self.blend = bundle.text_blend
+        self._text_weights = self.blend.item_weights(self.model.item_counts.cpu()).numpy() if self.blend.weight \
+            else None
         self._state_module, self._state = UserState(self.model).eval(), None
         with torch.inference_mode(), self.device.autocast():
             vectors = self.model.item_vectors().float().cpu().numpy()
@@ -274,7 +279,11 @@ class Recommender:
             allowed = np.ones(len(self.item_ids), dtype=bool)
         if exclude:
             allowed[self.vocab.items.index(exclude)] = False
-        rows, scores = self.recommend_index.search(self.user_vector(history).cpu().numpy(), k, allowed)
+        user = self.user_vector(history).cpu().numpy()
+        if self._text_weights is None:
+            rows, scores = self.recommend_index.search(user, k, allowed)
+        else:
+            rows, scores = self._blended(user, history, k, allowed)
         top = list(zip(rows.tolist(), scores.tolist()))
         seen = torch.from_numpy(np.unique(self.vocab.items.index(e.item_id for e in history)))
         seen = seen[seen > UNKNOWN]
@@ -285,6 +294,34 @@ class Recommender:
         best, at = similarity.clamp(-1.0, 1.0).max(dim=1)
         return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
                 for (row, score), a, b in zip(top, at.tolist(), best.tolist())]
+
+    def _blended(self, user: np.ndarray, history: Sequence, k: int,
+                 allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the top ``k`` by the version's score plus its text term
+        (:mod:`learner.blend`), as the gate scores: every item exactly with exact indexes; with
+        inverted-file indexes, the model's :data:`BLEND_CANDIDATES` best and the text's best
+        among new items (at most ``half_count`` interactions), rescored."""
+        recent = self.vocab.items.index(e.item_id for e in history[-self.blend.recent:])
+        known = recent[recent > UNKNOWN]
+        profile = self.search_index.rows(known).sum(0) / max(1, len(recent)) if len(known) else None
+        if profile is None or not profile.any():
+            return self.recommend_index.search(user, k, allowed)
+        if not self.recommend_index.approximate and not self.search_index.approximate:
+            scores = self.recommend_index.dot(user) + self._text_weights * self.search_index.dot(profile)
+            scores[~allowed] = -np.inf
+            scores[:UNKNOWN + 1] = -np.inf
+            k = min(k, int(np.isfinite(scores).sum()))
+            top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return top, scores[top]
+        pool = max(k, BLEND_CANDIDATES)
+        new = allowed & self._has_text & (self._text_weights >= self.blend.weight / 2)
+        rows = np.union1d(self.recommend_index.search(user, pool, allowed)[0],
+                          self.search_index.search(profile, pool, new)[0])
+        scores = self.recommend_index.rows(rows) @ user + self._text_weights[rows] * (
+            self.search_index.rows(rows) @ profile)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return rows[top], scores[top].astype(np.float32)
 
     @torch.inference_mode()
     def similar(self, item_id: str, k: int) -> list[Scored]:

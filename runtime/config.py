@@ -149,6 +149,11 @@ class Config(BaseSettings):
     text_tune_steps: PositiveInt = Field(30, description="Most training steps of a job that also tune text (bounds "
                                                          "its CPU cost; raise it on a GPU).")
     text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.")
+    text_blend: bool = Field(True, description="Add to every score a text term for items with little evidence "
+                                               "(new products), its weight fitted on each job's held-out events.")
+    text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text term's weight is the largest "
+                                                                           "whose held-out Recall@20 stays within this "
+                                                                           "share of the model's alone.")
     train_batch_size: PositiveInt = Field(128, description="Sequences per training step.")
     learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.")
     purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.")

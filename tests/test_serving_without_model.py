@@ -4,8 +4,10 @@ A worker that has a catalog and a history but no promoted version (its own train
 as when the gate keeps rejecting candidates) answers every shopper: ``/recommend`` from the
 storefront's trending items (purchases left out), ``/similar`` and ``/search`` by the
 pretrained text encoder. Once a version is published, the same calls answer from it without a
-restart. Throughout, from start-up on, a seeded fuzz of every GET operation of
-``streams/openapi.yaml`` must meet only documented statuses and shapes.
+restart; and a catalog item that arrives then, with no interaction at all, reaches the top 20
+of a shopper whose recent items its text matches, and not of one with unrelated history.
+Throughout, from start-up on, a seeded fuzz of every GET operation of ``streams/openapi.yaml``
+must meet only documented statuses and shapes.
 """
 
 from __future__ import annotations
@@ -106,6 +108,28 @@ def test_a_worker_without_a_version_answers_by_trending_and_text_then_by_the_mod
             assert status == 200 and answer["source"] == "model" and answer["model_version"] == version, answer
         assert api.get("/models")[1]["loaded"]["source"] == "model"
         fuzz(api, seed=3)
+
+        # a new product, never clicked, reaches the shoppers whose recent items its text matches
+        new_item = {"item_id": "m-new-saga", "title": "Star Wars: Return of the Empire (2031)",
+                    "category": "Action, Adventure, Romance, Sci-Fi, War", "storefront": "movielens",
+                    "description": "Star Wars: Return of the Empire (2031) is a 2031 film. "
+                                   "Genres: Action, Adventure, Romance, Sci-Fi, War."}
+        tastes = {"saga-fan": ["m50", "m172", "m181"], "romcom-fan": ["m88", "m216", "m739", "m70", "m66"]}
+        shopper_events = [{"event_id": f"{user}-{i}", "type": "click", "user_id": user, "item_id": item,
+                           "ts": now_ms() - 60_000 + i, "storefront": "movielens"}
+                          for user, items in tastes.items() for i, item in enumerate(items)]
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_catalog([new_item]).ok and producer.send_events(shopper_events).ok
+        wait_until(lambda: api.get("/models")[1]["loaded"]["items"] > len(catalog), 60,
+                   f"the worker adds the new item\n{worker.tail()}")
+
+        def top(user: str) -> list[str]:
+            answer = api.get(f"/recommend/{user}?k=20")[1]
+            return [i["item_id"] for i in answer["items"]] if answer["source"] == "model" else []
+
+        wait_until(lambda: all(len(top(user)) == 20 for user in tastes), 30, "the shoppers' clicks arrive")
+        assert new_item["item_id"] in top("saga-fan"), top("saga-fan")
+        assert new_item["item_id"] not in top("romcom-fan"), top("romcom-fan")
         assert statuses[503] <= 60 and set(statuses) <= {200, 400, 404, 503}, statuses
         assert worker.alive(), worker.tail()
         print(f"\n{sum(statuses.values())} fuzzed requests, by status: {dict(sorted(statuses.items()))}")

@@ -73,12 +73,11 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
     text = TextTuningConfig(tuning=config.text_tuning, layers=config.text_tune_layers, rank=config.text_lora_rank,
                             alpha=config.text_lora_alpha, targets=tuple(config.text_lora_targets.split(",")),
                             lr=config.text_tune_lr, steps=config.text_tune_steps, every=config.text_tune_every)
+    ids = IdPolicy(config.id_min_count, round(config.id_ttl_days * DAY_MS) if config.id_ttl_days else None)
     return model, FineTuneConfig(train=train, update_epochs=config.train_update_epochs or None,
-                                 rehearsal_ratio=config.rehearsal_ratio,
-                                 distillation_weight=config.distill_weight, rehearsal_unit=config.rehearsal_unit,
-                                 text=text, ids=IdPolicy(config.id_min_count,
-                                                         round(config.id_ttl_days * DAY_MS) if config.id_ttl_days
-                                                         else None))
+                                 rehearsal_ratio=config.rehearsal_ratio, distillation_weight=config.distill_weight,
+                                 rehearsal_unit=config.rehearsal_unit, text=text, ids=ids,
+                                 text_blend=config.text_blend, text_blend_tolerance=config.text_blend_tolerance)
 
 
 @dataclass

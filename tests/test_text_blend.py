@@ -1,0 +1,65 @@
+"""The text term for new items (:mod:`learner.blend`): fitted on held-out events, and scored the
+same way by the gate (``BundleScorer``) and by serving (``Recommender``). Real MovieLens-100k
+events and catalog, the real MiniLM vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from learner.blend import TextBlend
+from learner.bundle import ModelBundle
+from learner.device import Device
+from learner.evaluate import BundleScorer
+from learner.finetune import FineTuneConfig, fine_tune
+from learner.model import ModelConfig
+from learner.recommend import Click, Recommender
+from learner.sequences import history_batch
+from learner.trainer import TrainConfig
+from streams import movielens
+
+CPU = Device(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained(movielens_text_vectors) -> tuple[ModelBundle, pd.DataFrame, pd.DataFrame]:
+    """A model trained on 6,000 MovieLens events, its catalog and the events."""
+    events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), 10 ** 12)).sort_values("ts")[:6_000]
+    catalog = pd.DataFrame(movielens.to_catalog(movielens.load_movies()))
+    cache = dict(movielens_text_vectors)
+    base = ModelBundle.build(ModelConfig(dim=32), catalog=catalog, events=events, cache=cache)
+    bundle, _ = fine_tune(base, events, catalog=catalog, cache=cache, device=CPU,
+                          config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=0.003)))
+    return bundle, catalog, events
+
+
+def test_the_text_term_is_fitted_on_held_out_events_and_favours_items_without_evidence(trained):
+    bundle, _, events = trained
+    blend = bundle.text_blend
+    assert bundle.info["text_blend"] == blend.to_dict() and blend.weight >= 0 and np.isfinite(blend.weight)
+    counts = bundle.model.item_counts
+    assert int(counts.sum()) == len(events)  # the interactions it trained on (held-out ones included)
+    weights = TextBlend(weight=1.0).item_weights(counts)
+    assert weights[counts == 0].eq(1.0).all() and (weights[counts > 50] < 0.1).all()
+
+
+def test_serving_ranks_with_the_text_term_as_the_gate_scores(trained, movielens_text_vectors):
+    bundle, catalog, events = trained
+    bundle = bundle.copy()
+    bundle.info["text_blend"] = TextBlend(weight=4.0).to_dict()  # strong, so that it matters
+    user = events["user_id"].value_counts().index[3]
+    history = events[events["user_id"] == user].sort_values(["ts", "event_id"])  # as workers keep histories
+    _, batch = history_batch(history, bundle.vocab, bundle.model.config.max_len)
+    scores = BundleScorer(bundle, CPU).scores(batch)[0]
+    scores[:2] = float("-inf")
+    expected = [bundle.vocab.items.keys()[row - 2] for row in scores.topk(10).indices.tolist()]
+    without = BundleScorer(bundle, CPU, blend=TextBlend()).scores(batch)[0]
+    without[:2] = float("-inf")
+    assert expected != [bundle.vocab.items.keys()[row - 2] for row in without.topk(10).indices.tolist()]
+
+    recommender = Recommender({"id": 1}, bundle, catalog, cache=dict(movielens_text_vectors), device=CPU)
+    clicks = [Click(e.item_id, e.type, e.storefront) for e in history.itertuples()]
+    assert [s.item_id for s in recommender.recommend(clicks, 10)] == expected
+
