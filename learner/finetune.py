@@ -95,20 +95,23 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
-                   tolerance: float = 0.01, max_events: int = 1000) -> TextBlend:
+                   tolerance: float = 0.01, max_events: int = 1000, min_events: int = 200) -> TextBlend:
     """The text term (:mod:`learner.blend`) for ``bundle``, fitted on ``held_out`` events it was not
     trained on (``history``: what precedes them): the largest weight of :data:`learner.blend.GRID`
     (in standard deviations of the model's scores) whose Recall@20 on a seeded sample of at most
     ``max_events`` of them is within ``tolerance`` of the model's alone. Items count only the
     interactions the model trained on, so items first seen in ``held_out`` are new, as they
-    will be when it serves."""
+    will be when it serves. With fewer than ``min_events`` held-out events the bundle keeps the
+    term it has (its parent's; none for a new model): too few to tell a 1% change."""
+    if len(held_out) < min_events:
+        return bundle.text_blend
     rows = bundle.vocab.items.index(held_out["item_id"])
     counts = training_counts(bundle.model.item_counts, held_out, rows)
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts)
     sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)
     scores = model_alone.scores(sample.inputs)[:, UNKNOWN + 1:]
     spread = float(scores.std(dim=1).mean()) if len(sample) else 0.0
-    if not spread or not len(held_out):
+    if not spread:
         return TextBlend()
     recalls = {}
     for multiple in GRID:

@@ -217,7 +217,7 @@ def _shops(catalog: pd.DataFrame) -> pd.DataFrame:
 
 
 def _bundle_of(recommender: Recommender) -> ModelBundle:
-    return ModelBundle(recommender.model, recommender.vocab, {}, {})
+    return ModelBundle(recommender.model, recommender.vocab, {}, {"text_blend": recommender.blend.to_dict()})
 
 
 @pytest.fixture(scope="module")
