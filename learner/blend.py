@@ -7,9 +7,12 @@ vector against each item's) finds new items far better. So every score gets a te
 
     score(u, i) = model(u, i) + weight * evidence(n_i) * profile(u) . text(i)
 
-``profile(u)`` is the mean unit MiniLM vector of the user's ``recent`` newest items (as the
-``text-knn`` baseline reads it), ``text(i)`` the item's unit MiniLM vector (the version's tuned
-encoder's when text is tuned; zero without text), ``n_i`` the item's interactions the model has trained on and
+``text(i)`` is the item's unit MiniLM vector (the version's tuned encoder's when text is
+tuned) less ``center``, the mean of the catalog's (zero for an item without text);
+``profile(u)`` the mean of ``text`` over the user's ``recent`` newest items. MiniLM's
+vectors share a large common direction (two unrelated product texts have a cosine near 0.3):
+centred, an unrelated new item gets no lift, or a negative one, and a related one a positive
+one. ``n_i`` the item's interactions the model has trained on and
 ``evidence(n) = 1 / (1 + n / half_count)``: a new item gets the whole text term, an item
 with ``half_count`` interactions half of it, a popular one next to none.
 
@@ -42,33 +45,41 @@ class TextBlend:
 
     Examples
     --------
-    >>> blend = TextBlend(weight=2.0, half_count=5.0, recent=2)
+    >>> blend = TextBlend(weight=2.0, half_count=5.0, recent=2, center=(0.5, 0.5))
     >>> blend.item_weights(torch.tensor([0, 5, 45])).tolist()
     [2.0, 1.0, 0.20000000298023224]
-    >>> texts = torch.tensor([[0.0, 0], [0, 0], [1, 0], [0, 1]])
+    >>> texts = blend.text_rows(torch.tensor([[0.0, 0], [0, 0], [2, 0], [0, 1]]))
+    >>> texts.tolist()
+    [[0.0, 0.0], [0.0, 0.0], [0.5, -0.5], [-0.5, 0.5]]
     >>> items = torch.tensor([[0, 2, 2]])
-    >>> profiles(items, texts, recent=2).tolist()
-    [[1.0, 0.0]]
     >>> blend.add_to(torch.zeros(1, 4), items, texts, torch.tensor([0, 0, 5, 0])).tolist()
-    [[0.0, 0.0, 1.0, 0.0]]
+    [[0.0, 0.0, 0.5, -1.0]]
     """
 
     weight: float = 0.0
     half_count: float = 5.0
     recent: int = 10
+    center: tuple[float, ...] = ()
 
     def item_weights(self, counts: torch.Tensor) -> torch.Tensor:
         """Each item's text weight: ``weight * evidence(count)``."""
         return self.weight / (1 + counts.float() / self.half_count)
 
-    def add_to(self, scores: torch.Tensor, items: torch.Tensor, item_text: torch.Tensor,
+    def text_rows(self, item_text: torch.Tensor) -> torch.Tensor:
+        """float32 ``text(i)`` of every item row: unit vectors less ``center``, zero without text."""
+        unit = unit_rows(item_text)
+        if not self.center:
+            return unit
+        has_text = unit.abs().sum(1, keepdim=True) > 0
+        return torch.where(has_text, unit - torch.tensor(self.center, device=unit.device), 0.0)
+
+    def add_to(self, scores: torch.Tensor, items: torch.Tensor, text: torch.Tensor,
                counts: torch.Tensor) -> torch.Tensor:
         """``scores`` [B, n_items] plus the text term, for histories ``items`` [B, L] (0 pads);
-        ``item_text``: unit text vectors (:func:`unit_rows`)."""
+        ``text``: :meth:`text_rows`."""
         if not self.weight:
             return scores
-        text = profiles(items, item_text, self.recent) @ item_text.float().T
-        return scores + text * self.item_weights(counts).to(scores.device)
+        return scores + (profiles(items, text, self.recent) @ text.T) * self.item_weights(counts).to(scores.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +95,13 @@ def profiles(items: torch.Tensor, item_text: torch.Tensor, recent: int) -> torch
 def unit_rows(item_text: torch.Tensor) -> torch.Tensor:
     """float32 unit rows of ``item_text`` (zero rows stay zero), as serving's text index holds them."""
     return torch.nn.functional.normalize(item_text.float(), dim=1)
+
+
+def center_of(item_text: torch.Tensor) -> tuple[float, ...]:
+    """The mean unit text vector of the items that have text (``()`` when none has)."""
+    unit = unit_rows(item_text)
+    with_text = unit[unit.abs().sum(1) > 0]
+    return tuple(with_text.mean(0).tolist()) if len(with_text) else ()
 
 
 def fit_weight(recalls: dict[float, float], tolerance: float) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from learner.blend import TextBlend, unit_rows
+from learner.blend import TextBlend
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import UNKNOWN, Vocabulary
@@ -55,7 +55,7 @@ class BundleScorer:
         self.max_len = bundle.model.config.max_len
         self.blend = bundle.text_blend if blend is None else blend
         self.counts = self.model.item_counts if counts is None else counts.to(self.device.torch_device)
-        self.unit_text = unit_rows(self.model.item_text) if self.blend.weight else None
+        self.blend_text = self.blend.text_rows(self.model.item_text) if self.blend.weight else None
         with torch.no_grad(), self.device.autocast():
             self.item_vectors = self.model.item_vectors().float()
         if precision != "float32":
@@ -68,7 +68,7 @@ class BundleScorer:
         with self.device.autocast():
             states = self.model(inputs, self.item_vectors)[:, -1]
         scores = self.model.logits(states, self.item_vectors)
-        return self.blend.add_to(scores, inputs.items, self.unit_text, self.counts) if self.blend.weight else scores
+        return self.blend.add_to(scores, inputs.items, self.blend_text, self.counts) if self.blend.weight else scores
 
 
 class Popularity:

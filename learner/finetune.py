@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from learner.admission import IdPolicy, update_ids
-from learner.blend import GRID, TextBlend, fit_weight, training_counts
+from learner.blend import GRID, TextBlend, center_of, fit_weight, training_counts
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
@@ -107,6 +107,7 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         return bundle.text_blend
     rows = bundle.vocab.items.index(held_out["item_id"])
     counts = training_counts(bundle.model.item_counts, held_out, rows)
+    center = center_of(bundle.model.item_text)
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts)
     sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)
     scores = model_alone.scores(sample.inputs)[:, UNKNOWN + 1:]
@@ -115,9 +116,9 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         return TextBlend()
     recalls = {}
     for multiple in GRID:
-        scorer = BundleScorer(bundle, device, blend=TextBlend(weight=multiple * spread), counts=counts)
+        scorer = BundleScorer(bundle, device, blend=TextBlend(weight=multiple * spread, center=center), counts=counts)
         recalls[multiple] = evaluate(scorer, held_out, history, ks=(20,), max_events=max_events)["recall@20"]
     chosen = fit_weight(recalls, tolerance)
     log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s", chosen, chosen * spread, GRID,
              {m: round(r, 4) for m, r in recalls.items()})
-    return TextBlend(weight=chosen * spread)
+    return TextBlend(weight=chosen * spread, center=center)

@@ -302,12 +302,15 @@ class Recommender:
         inverted-file indexes, the model's :data:`BLEND_CANDIDATES` best and the text's best
         among new items (at most ``half_count`` interactions), rescored."""
         recent = self.vocab.items.index(e.item_id for e in history[-self.blend.recent:])
-        known = recent[recent > UNKNOWN]
-        profile = self.search_index.rows(known).sum(0) / max(1, len(recent)) if len(known) else None
-        if profile is None or not profile.any():
+        known = recent[(recent > UNKNOWN) & self._has_text[recent]]
+        if not len(known):
             return self.recommend_index.search(user, k, allowed)
+        center = np.asarray(self.blend.center or np.zeros(TEXT_DIM), dtype=np.float32)
+        profile = (self.search_index.rows(known) - center).sum(0) / len(recent)
+        offset = float(profile @ center)  # text(i) . profile = unit(i) . profile - center . profile
         if not self.recommend_index.approximate and not self.search_index.approximate:
-            scores = self.recommend_index.dot(user) + self._text_weights * self.search_index.dot(profile)
+            text = np.where(self._has_text, self.search_index.dot(profile) - offset, 0.0)
+            scores = self.recommend_index.dot(user) + self._text_weights * text
             scores[~allowed] = -np.inf
             scores[:UNKNOWN + 1] = -np.inf
             k = min(k, int(np.isfinite(scores).sum()))
@@ -318,8 +321,8 @@ class Recommender:
         new = allowed & self._has_text & (self._text_weights >= self.blend.weight / 2)
         rows = np.union1d(self.recommend_index.search(user, pool, allowed)[0],
                           self.search_index.search(profile, pool, new)[0])
-        scores = self.recommend_index.rows(rows) @ user + self._text_weights[rows] * (
-            self.search_index.rows(rows) @ profile)
+        text = np.where(self._has_text[rows], self.search_index.rows(rows) @ profile - offset, 0.0)
+        scores = self.recommend_index.rows(rows) @ user + self._text_weights[rows] * text
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top].astype(np.float32)
 

@@ -23,10 +23,10 @@ from learner.recommend import Click, Recommender
 from learner.text import TextEncoder
 from learner.text_tuning import TextTuningConfig
 from learner.trainer import TrainConfig
-from streams import movielens
-from tests.device_discipline import CudaOnCpu, DeviceMixed
 from store.drift_metrics import recent
 from store.registry import list_versions
+from streams import movielens
+from tests.device_discipline import CudaOnCpu, DeviceMixed
 from training.job import run_job
 
 CUDA = Device(torch.device("cuda"))
