@@ -19,10 +19,10 @@ with ``half_count`` interactions half of it, a popular one next to none.
 ``weight`` is fitted on each job's own held-out events (:func:`fit_weight`), not set by hand:
 the largest weight of a grid (multiples of the spread of the model's scores) whose Recall@K
 on those events stays within ``tolerance`` of the model's alone, so new items gain what
-warm items can spare and no more. The gate, the backtest, early stopping and serving all
-score through :meth:`TextBlend.add_to` (serving through :meth:`TextBlend.item_weights` and
-:func:`profiles`, re-ranking the model's and the text index's candidates), so what the gate
-judged is what shoppers get.
+warm items can spare and no more. The gate, the backtest and early stopping score through
+:meth:`TextBlend.add_to`, serving (:meth:`learner.recommend.Recommender.recommend`) with the
+same weights, centre and profile over its indexes' rows, so what the gate judged is what
+shoppers get.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from learner.idmap import PAD
@@ -114,7 +113,7 @@ def fit_weight(recalls: dict[float, float], tolerance: float) -> float:
     return max(weight for weight, recall in recalls.items() if recall >= floor)
 
 
-def training_counts(counts: torch.Tensor, held_out: pd.DataFrame, rows: np.ndarray) -> torch.Tensor:
-    """``counts`` less the held-out events' (``rows``: their item rows), as the model saw them."""
+def training_counts(counts: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``counts`` less one per held-out event (``rows``: their item rows), as the model trained on them."""
     seen = torch.bincount(torch.from_numpy(rows.astype(np.int64)), minlength=len(counts)).to(counts.device)
     return (counts - seen[:len(counts)]).clamp(min=0)

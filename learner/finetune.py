@@ -105,8 +105,7 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     term it has (its parent's; none for a new model): too few to tell a 1% change."""
     if len(held_out) < min_events:
         return bundle.text_blend
-    rows = bundle.vocab.items.index(held_out["item_id"])
-    counts = training_counts(bundle.model.item_counts, held_out, rows)
+    counts = training_counts(bundle.model.item_counts, bundle.vocab.items.index(held_out["item_id"]))
     center = center_of(bundle.model.item_text)
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts)
     sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)

@@ -62,8 +62,9 @@ def small_log() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.mark.parametrize("strategy, tuning, loss", [
-    ("rehearsal", "frozen", "full"), ("rehearsal", "top", "sampled"), ("rehearsal", "lora", "full"),
-    ("joint", "frozen", "sampled"), ("id-only", "frozen", "full")])
+    ("rehearsal", "frozen", "full"), pytest.param("rehearsal", "top", "sampled", marks=pytest.mark.slow),
+    pytest.param("rehearsal", "lora", "full", marks=pytest.mark.slow), ("joint", "frozen", "sampled"),
+    ("id-only", "frozen", "full")])
 def test_backtest_strategies_train_and_rank_on_one_device(small_log, movielens_text_vectors, strategy, tuning, loss):
     events, catalog = small_log
     settings = BacktestSettings(windows=3, eval_sample=200, model=ModelConfig(dim=16, heads=1),

@@ -27,6 +27,7 @@ from streams import movielens
 
 WINDOW = 15_000
 WINDOWS = 4
+pytestmark = pytest.mark.slow  # four MovieLens fine-tunes: minutes on 2 CPUs
 
 
 @pytest.fixture(scope="module")
