@@ -23,8 +23,9 @@ Map of the package (one job per module):
 * ``text_tuning`` -- ``TextTuning`` plugin: tune MiniLM (top layers or LoRA) on behaviour, then re-embed.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on sealed windows (fewer
   epochs for an update of a trained bundle when asked).
-* ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss): the one ranking routine;
-  ``BundleScorer`` and the ``Popularity`` baseline.
+* ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss, new items' share of slots): the one
+  ranking routine; ``BundleScorer`` and the ``Popularity`` baseline.
+* ``blend``      -- ``TextBlend``: the text term that ranks new items by what their text knows.
 * ``gate``       -- the gate's held-out split and verdict.
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
 * ``recommend``  -- ``Recommender``: the serving snapshot (top-k, similar items, search re-ranking);
