@@ -336,9 +336,11 @@ class Recommender:
         return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
     @torch.inference_mode()
-    def search(self, query: np.ndarray, k: int, history: Sequence = ()) -> list[Scored]:
+    def search(self, query: np.ndarray, k: int, history: Sequence = (),
+               exclude: set[str] = frozenset()) -> list[Scored]:
         """Catalog items whose text is nearest to ``query`` (a unit vector by :attr:`text_encoder`,
-        which with a tuned version has learned from behaviour which texts shoppers treat alike).
+        which with a tuned version has learned from behaviour which texts shoppers treat alike),
+        without ``exclude``.
 
         With a ``history``, the best :data:`SEARCH_CANDIDATES` text matches are re-ranked by
         ``cosine + PERSONALISATION_WEIGHT * z``, where z is the user's model score of the item
@@ -346,8 +348,10 @@ class Recommender:
         """
         if not self._has_text.any():
             return []
-        rows, cosines = self.search_index.search(query, max(k, SEARCH_CANDIDATES) if len(history) else k,
-                                                 self._has_text)
+        allowed = self._has_text.copy()
+        if exclude:
+            allowed[self.vocab.items.index(exclude)] = False
+        rows, cosines = self.search_index.search(query, max(k, SEARCH_CANDIDATES) if len(history) else k, allowed)
         rows, scores = torch.from_numpy(rows), torch.from_numpy(cosines)
         if len(history) and len(rows) > 1:
             vectors = torch.from_numpy(self.recommend_index.rows(rows.numpy())).to(self.device.torch_device)
@@ -419,7 +423,10 @@ class TextRanker:
         rows, scores = self.index.search(self.index.rows(np.array([row]))[0], k, allowed)
         return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
-    def search(self, query: np.ndarray, k: int) -> list[Scored]:
-        """The ``k`` catalog items whose text is nearest to ``query`` (a unit vector by :attr:`text_encoder`)."""
-        rows, scores = self.index.search(np.asarray(query, dtype=np.float32), k)
+    def search(self, query: np.ndarray, k: int, exclude: set[str] = frozenset()) -> list[Scored]:
+        """The ``k`` catalog items whose text is nearest to ``query`` (a unit vector by
+        :attr:`text_encoder`), without ``exclude``."""
+        allowed = np.ones(len(self.item_ids), dtype=bool)
+        allowed[[self._rows[item] for item in exclude if item in self._rows]] = False
+        rows, scores = self.index.search(np.asarray(query, dtype=np.float32), k, allowed)
         return [Scored(self.item_ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_K = 200
 MAX_QUERY_CHARS = 500
+MAX_EXCLUDE = 500
 
 
 class HTTPProblem(Exception):
@@ -74,6 +75,15 @@ def scored(items: list[Scored], ranker: Recommender | TextRanker | None) -> list
     return [{"item_id": s.item_id, "score": round(s.score, 6), "title": titles.get(s.item_id),
              "because": None if s.because is None else {"item_id": s.because[0], "similarity": round(s.because[1], 6)}}
             for s in items]
+
+
+def excluded(request) -> set[str]:
+    """The item ids of the request's ``exclude`` parameters (repeated: ``exclude=a&exclude=b``),
+    e.g. what is in the shopper's cart."""
+    items = request.query.getall("exclude", [])
+    if len(items) > MAX_EXCLUDE:
+        raise HTTPProblem(400, f"exclude names {len(items)} items; the limit is {MAX_EXCLUDE}", parameter="exclude")
+    return set(items)
 
 
 def answered_by(ranker: Recommender | TextRanker) -> dict:
@@ -141,7 +151,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             check_storefront(storefront)
             ranker = ranker_or_503()  # while the worker starts, histories are not read yet either
             history = serving.histories.recent(user_id)
-            exclude = set() if include_purchased else serving.histories.purchased(user_id)
+            exclude = excluded(request) | (set() if include_purchased else serving.histories.purchased(user_id))
             recommender = serving.recommender
             answer = {"user_id": user_id, "storefront": storefront, "k": k}
             if not history or recommender is None:
@@ -183,11 +193,12 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             user_id = request.query.get("user_id")
             ranker = ranker_or_503()
             vector = await serving.queries.encode(query, ranker.text_encoder)
+            exclude = excluded(request)
             if isinstance(ranker, Recommender):
                 history = serving.histories.recent(user_id) if user_id else []
-                items = ranker.search(vector, k, history)
+                items = ranker.search(vector, k, history, exclude)
             else:
-                history, items = [], ranker.search(vector, k)
+                history, items = [], ranker.search(vector, k, exclude)
             return self.json({"query": query, "user_id": user_id, "k": k, "personalised": bool(history),
                               **answered_by(ranker), "items": scored(items, ranker)})
 

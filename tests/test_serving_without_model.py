@@ -80,6 +80,11 @@ def test_a_worker_without_a_version_answers_by_trending_and_text_then_by_the_mod
         assert scores == sorted(scores, reverse=True) and all(i["title"] for i in answer["items"])
         with_bought = {i["item_id"] for i in api.get(f"/recommend/{buyer}?k=200&include_purchased=true")[1]["items"]}
         assert bought & with_bought
+        in_cart = [i["item_id"] for i in answer["items"][:2]]  # `exclude`: e.g. what is in the cart
+        status, answer = api.get(f"/recommend/{buyer}?k=50&exclude={in_cart[0]}&exclude={in_cart[1]}")
+        assert status == 200 and not set(in_cart) & {i["item_id"] for i in answer["items"]}
+        status, answer = api.get("/recommend/x?" + "&".join(f"exclude=i{n}" for n in range(501)))
+        assert status == 400 and answer["parameter"] == "exclude", answer
 
         # similar items and search by the pretrained text encoder, also for an item nobody touched
         status, answer = api.get(f"/similar/{cold_item['item_id']}?k=5")
@@ -88,6 +93,8 @@ def test_a_worker_without_a_version_answers_by_trending_and_text_then_by_the_mod
         status, answer = api.get("/search?q=star%20wars&k=5")
         assert status == 200 and answer["source"] == "text" and not answer["personalised"]
         assert any("Star Wars" in i["title"] for i in answer["items"]), answer
+        first = answer["items"][0]["item_id"]
+        assert first not in {i["item_id"] for i in api.get(f"/search?q=star%20wars&k=5&exclude={first}")[1]["items"]}
         status, answer = api.get(f"/search?q={quote(cold_item['title'])}&k=1&user_id={buyer}")
         assert status == 200 and answer["items"][0]["item_id"] == cold_item["item_id"] and not answer["personalised"]
         fuzz(api, seed=2)
@@ -107,6 +114,11 @@ def test_a_worker_without_a_version_answers_by_trending_and_text_then_by_the_mod
         for path in (f"/similar/{cold_item['item_id']}?k=5", "/search?q=star%20wars&k=5"):
             status, answer = api.get(path)
             assert status == 200 and answer["source"] == "model" and answer["model_version"] == version, answer
+        first = answer["items"][0]["item_id"]
+        assert first not in {i["item_id"] for i in api.get(f"/search?q=star%20wars&k=5&exclude={first}")[1]["items"]}
+        shown = [i["item_id"] for i in api.get(f"/recommend/{buyer}?k=5")[1]["items"]]
+        assert not set(shown) & {i["item_id"] for i in api.get(
+            f"/recommend/{buyer}?k=5&" + "&".join(f"exclude={item}" for item in shown))[1]["items"]}
         assert api.get("/models")[1]["loaded"]["source"] == "model"
         fuzz(api, seed=3)
 
