@@ -54,8 +54,7 @@ class DeviceMixed(RuntimeError):
 
 
 def _is_cuda(device) -> bool:
-    return device is not None and torch.device(device).type == "cuda" if isinstance(device, (str, torch.device)) \
-        else False
+    return isinstance(device, (str, torch.device)) and torch.device(device).type == "cuda"
 
 
 class CudaOnCpu(TorchFunctionMode):

@@ -30,6 +30,7 @@ from tests.device_discipline import CudaOnCpu, DeviceMixed
 from training.job import run_job
 
 CUDA = Device(torch.device("cuda"))
+pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # autocast is off on a CPU
 
 
 def test_the_checker_refuses_what_cuda_refuses_and_allows_what_it_allows():
