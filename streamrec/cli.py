@@ -394,7 +394,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
         import torch
 
         torch.set_num_threads(threads)
-    names = {"epochs": "train_epochs", "update_epochs": "train_update_epochs", "batch_size": "train_batch_size", "lr": "learning_rate", "dim": "model_dim",
+    names = {"epochs": "train_epochs", "update_epochs": "train_update_epochs", "batch_size": "train_batch_size",
+             "lr": "learning_rate", "dim": "model_dim",
              "distill_weight": "distill_weight", "rehearsal_ratio": "rehearsal_ratio", "seed": "seed",
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
              "history_windows": "history_windows", "text_tuning": "text_tuning",

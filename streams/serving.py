@@ -187,7 +187,8 @@ class ServingService(mode.Service):
         self.text_ranker, self.recommender, self._built_from = ranker, None, mark
         self.loaded_at = time.time_ns() // 1_000_000
         log.info("No version serves: %d catalog items ranked by their text after %.2fs%s", len(ranker),
-                 time.perf_counter() - started, "" if replaced is None else f", replacing version {replaced.version['id']}")
+                 time.perf_counter() - started,
+                 "" if replaced is None else f", replacing version {replaced.version['id']}")
         del replaced
         release_free_heap()
 

@@ -152,7 +152,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             ranker = ranker_or_503()  # while the worker starts, histories are not read yet either
             history = serving.histories.recent(user_id)
             exclude = excluded(request) | (set() if include_purchased else serving.histories.purchased(user_id))
-            recommender = serving.recommender
+            recommender = ranker if isinstance(ranker, Recommender) else None  # the snapshot taken above
             answer = {"user_id": user_id, "storefront": storefront, "k": k}
             if not history or recommender is None:
                 shop = storefront or (history[-1].storefront if history else "default")

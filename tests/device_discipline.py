@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 PROJECT = Path(__file__).resolve().parent.parent
-CHECKED = tuple(str(PROJECT / package) + "/" for package in ("learner", "training", "drift", "replay", "bench", "tests"))
+CHECKED = tuple(f"{PROJECT / package}/" for package in ("learner", "training", "drift", "replay", "bench", "tests"))
 TRANSFERS = {"to", "cuda", "copy_", "cpu", "pin_memory", "__set__", "numpy"}
 INDEXING = {"__getitem__", "__setitem__", "index_select", "index_put_", "index_add_", "index_copy_", "index_fill_",
             "take_along_dim", "gather", "scatter_", "scatter_add_"}

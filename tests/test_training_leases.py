@@ -226,7 +226,8 @@ def test_two_trainers_keep_one_lineage_through_a_burst_and_a_killed_trainer(data
         runs = list_runs(engine)
         killed = next(r for r in runs if r["id"] == run["id"])
         assert killed["status"] == "failed" and "lease expired" in killed["error"], killed
-        taken_over = min(r["started_at"] for r in runs if r["id"] != run["id"] and set(r["windows"]) & set(run["windows"]))
+        taken_over = min(r["started_at"] for r in runs
+                         if r["id"] != run["id"] and set(r["windows"]) & set(run["windows"]))
         assert taken_over - killed_at <= (lease_s + 2) * 1000, (taken_over - killed_at, runs)
         starts = sorted((r["started_at"], r["finished_at"] or 0) for r in runs if r["status"] == "succeeded")
         assert all(later[0] >= earlier[1] for earlier, later in zip(starts, starts[1:]))  # one job at a time
