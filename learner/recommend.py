@@ -391,7 +391,6 @@ class TextRanker:
     """
 
     text_encoder_name = "frozen"
-    version = None
 
     def __init__(self, catalog: pd.DataFrame, encoder: TextEncoder | None, cache: TextEmbeddingCache | None = None,
                  ann_above: int | None = None, precision: str | None = None, ann_recall: float = 0.95,
