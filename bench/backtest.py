@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from backtest.strategies import STRATEGIES
 from bench.provenance import run_folder
-from learner.backtest import STRATEGIES
 from streams import movielens
 
 # Batch size and learning rate of tests/test_learner_movielens.py (tuned on MovieLens) instead
