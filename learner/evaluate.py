@@ -19,8 +19,9 @@ training data (``history``), ``N`` their total and ``L`` the lists:
   the scorer's own item vectors (``scorer.item_vectors``; NaN for a scorer without them, such
   as :class:`Popularity`). Items without a vector (all zero) are left out of the pairs, and a
   list with fewer than two such items out of the mean;
-* ``novelty@K``: the mean over every slot of ``-log2 p_i``, ``p_i = (c_i + 1) / (N + |I|)``,
-  the item's add-one smoothed share of the training events (a never-seen item is the most novel);
+* ``novelty@K``: the mean over every slot of ``-log2 p_i``, ``p_i = (c_i + 0.5) / (N + 0.5 |I|)``,
+  the item's share of the training events with 0.5 added to every count (as the online metrics
+  smooth it; Zhou et al., PNAS 2010): a never-seen item is the most novel;
 * ``avg_popularity@K``: the mean over every slot of ``c_i``.
 
 Slots whose score is ``-inf`` (a list longer than the items left to rank) are no slots.
@@ -186,7 +187,7 @@ class _BeyondAccuracy:
         rows = vocab.index(history["item_id"]) if len(history) else np.zeros(0, np.int64)
         counts = np.bincount(rows[rows > UNKNOWN], minlength=len(vocab)).astype(np.float64)
         self.counts = torch.from_numpy(counts)
-        self.novelty = torch.from_numpy(-np.log2((counts + 1) / (len(history) + max(self.known, 1))))
+        self.novelty = torch.from_numpy(-np.log2((counts + 0.5) / (len(history) + 0.5 * max(self.known, 1))))
         if item_vectors is None and getattr(scorer, "item_vectors", None) is not None:
             item_vectors = ItemVectors(vocab, scorer.item_vectors, "model")
         self.vectors = item_vectors
@@ -282,15 +283,15 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
 
     Beyond accuracy: ``u2`` clicked ``a`` before its second event, so that list is ``b`` alone;
     the lists are ``[a, b]`` and ``[b]`` of the two known items, with ``a`` counted once in the
-    one training event (``p_a = 2/3``, ``p_b = 1/3``); ``a`` and ``b`` are orthogonal:
+    one training event (``p_a = 1.5/2``, ``p_b = 0.5/2``); ``a`` and ``b`` are orthogonal:
 
     >>> texts = ItemVectors.of({"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])})
     >>> result = evaluate(Popularity.of(ev.iloc[:1], also=ev), ev.iloc[1:], ev.iloc[:1], ks=(2,),
     ...                   beyond_accuracy=True, item_vectors=texts)
     >>> [round(result[f"{name}@2"], 4) for name in BEYOND_ACCURACY]
-    [1.0, 1.0, 1.2516, 0.3333]
+    [1.0, 1.0, 1.4717, 0.3333]
 
-    (novelty: ``(-log2(2/3) - 2 log2(1/3)) / 3``; popularity: ``(1 + 0 + 0) / 3``.)
+    (novelty: ``(-log2(3/4) - 2 log2(1/4)) / 3``; popularity: ``(1 + 0 + 0) / 3``.)
     """
     training = events_frame(history)
     if max_events is not None and len(events) > max_events:
