@@ -10,7 +10,8 @@ competes with serving. Then an open-loop generator on the same machine sends req
 fixed schedule (``--rate`` per second, bounded to 256 in flight) for users drawn at random,
 and latency is measured from each request's scheduled start, so a stall is not hidden.
 Search queries are all distinct, so each one is encoded by MiniLM (the worker caches repeats).
-Prints p50/p95/p99/max latency and the error count per endpoint.
+Prints p50/p95/p99/max latency and the error count per endpoint, and writes the run to
+``bench/results/serving/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.provenance import provenance, write_result
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
     args = parser.parse_args()
+    started = provenance()
 
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = f"sqlite:///{workdir / 'streamrec.db'}"
@@ -155,6 +158,9 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
+    settings = {**vars(args), "out": str(args.out) if args.out else None}
+    result = {"rows": [{"endpoint": name, **measured} for name, measured in rows.items()]}
+    print(f"written to {write_result('serving', settings, result, started=started)}")
 
 
 async def _wait_until_served(base: str, user: str, items: int, timeout_s: float = 600.0) -> None:
