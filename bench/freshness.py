@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--trainers", type=int, default=0, help="standalone trainers (0: the worker trains)")
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-freshness-"))
     database_url = args.database_url or fresh_postgres()
     port = free_port()
@@ -155,10 +155,10 @@ def main() -> None:
         for proc in (*trainers, worker, broker):
             stop(proc)
         engine.dispose()
-    report(args, per_window, samples, stopped[0] - streamed, tmp, started)
+    report(args, per_window, samples, stopped[0] - streamed, tmp, stamp)
 
 
-def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path, started: dict) -> None:
+def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path, stamp: dict) -> None:
     during = [s for s in samples if s["s"] <= stream_s]
     stored_rate = during[-1]["stored"] / stream_s if during else 0.0
     served = [w["latency_s"] for w in per_window if w["latency_s"] is not None]
@@ -196,7 +196,7 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
           f"{result['backlog_max_windows']}, trend after the first minute {trend:+.2f} windows/min; "
           f"{result['events_stored_per_s']:,} events/s stored")
     settings = {**vars(args), "database_url": make_url(args.database_url).drivername if args.database_url else None}
-    print(f"written to {write_result('freshness', settings, result, started=started)}")
+    print(f"written to {write_result('freshness', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    started, rows = provenance(), []
+    stamp, rows = provenance(), []
     events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), now_ms=1_763_000_000_000))
     events = events.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
     catalog = pd.DataFrame(movielens.to_catalog(movielens.load_movies()))
@@ -87,7 +87,7 @@ def main() -> None:
             synthetic.model.eval().item_vectors()[2:].numpy(), rows)
         row("default model over synthetic text, trained-like ids (`bench.scale`'s default)",
             trained_like.model.eval().item_vectors()[2:].numpy(), rows)
-    print(f"written to {write_result('geometry', vars(args), {'items': n, 'rows': rows}, started=started)}")
+    print(f"written to {write_result('geometry', vars(args), {'items': n, 'rows': rows}, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def main() -> None:
                              "partition)")
     parser.add_argument("--faust-agent", action="store_true", help="also time a plain per-message Faust agent")
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
     port = free_port()
@@ -229,7 +229,7 @@ def main() -> None:
                         "ratio_to_raw": round(n / seconds / raw_rate, 2)} for name, n, seconds in rows],
               "stages_us_per_event": {name: round(micros, 2) for name, micros in stages}}
     settings = {**vars(args), "database_url": store}  # the URL itself may name a password
-    print(f"written to {write_result('ingest', settings, result, started=started)}")
+    print(f"written to {write_result('ingest', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

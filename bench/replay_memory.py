@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--window-events", type=int, default=10_000)
     parser.add_argument("--database-url", default=None, help="store for the worker (default: a fresh SQLite file)")
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
     port = free_port()
@@ -97,7 +97,7 @@ def main() -> None:
               "rss_at_end_mib": round(samples[-1][2]),
               "tenths": [{"events": at[1], "seconds": round(at[0], 1), "rss_mib": round(at[2])} for at in tenths]}
     settings = {**vars(args), "database_url": result["store"]}
-    print(f"written to {write_result('replay_memory', settings, result, started=started)}")
+    print(f"written to {write_result('replay_memory', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -348,9 +348,9 @@ def main() -> None:
         print(json.dumps(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
                                  args.precision, args.vectors, args.recall, args.model, args.inference)), flush=True)
         return
-    started, result = provenance(), {}
+    stamp, result = provenance(), {}
     measure(args, sizes, parts, result)
-    print(f"written to {write_result('scale', vars(args), result, started=started)}")
+    print(f"written to {write_result('scale', vars(args), result, started=stamp)}")
 
 
 def measure(args, sizes: list[int], parts: set[str], result: dict) -> None:

@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
 
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = f"sqlite:///{workdir / 'streamrec.db'}"
@@ -160,7 +160,7 @@ def main() -> None:
         args.out.write_text(table + "\n")
     settings = {**vars(args), "out": str(args.out) if args.out else None}
     result = {"rows": [{"endpoint": name, **measured} for name, measured in rows.items()]}
-    print(f"written to {write_result('serving', settings, result, started=started)}")
+    print(f"written to {write_result('serving', settings, result, started=stamp)}")
 
 
 async def _wait_until_served(base: str, user: str, items: int, timeout_s: float = 600.0) -> None:

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--window-events", type=int, default=20_000)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'soak.db'}"
     port = free_port()
@@ -125,7 +125,7 @@ def main() -> None:
               "rows": [{**s, "s": round(s["s"], 1), "worker": round(s["worker"]), "training": round(s["training"])}
                        for s in shown]}
     settings = {**vars(args), "database_url": result["store"]}
-    print(f"written to {write_result('soak', settings, result, started=started)}")
+    print(f"written to {write_result('soak', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

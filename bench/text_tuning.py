@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    started = provenance()
+    stamp = provenance()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -102,7 +102,7 @@ def main() -> None:
                      "reembed_items_per_s": round(rate), "query_ms": round(query_ms, 1)})
     settings = {**vars(args), "torch_threads": torch.get_num_threads()}
     result = {"device": name, "rows": rows}
-    print(f"written to {write_result('text_tuning', settings, result, started=started)}")
+    print(f"written to {write_result('text_tuning', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":
