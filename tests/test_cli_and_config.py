@@ -1,4 +1,4 @@
-"""Command line, configuration and the README's promises about them."""
+"""Command line, configuration and the docs' promises about them (README and settings reference)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from replay.memory import POLICIES
 from runtime.config import (
+    SECTIONS,
     SETTINGS,
     Config,
     ConfigError,
@@ -16,8 +17,11 @@ from runtime.config import (
     with_settings_table,
 )
 from streamrec.cli import main
+from tests.docs import load_docs_generator
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+SETTINGS_PAGE = ROOT / "docs" / "reference" / "settings.md"
 
 
 def test_every_command_has_help():
@@ -60,15 +64,21 @@ def test_cli_reports_bad_settings_without_a_traceback(monkeypatch):
     assert result.exit_code == 1 and "STREAMREC_WEB_PORT='http'" in result.output
 
 
-def test_readme_documents_every_setting():
+def test_settings_reference_documents_every_setting_in_its_section():
+    page = SETTINGS_PAGE.read_text()
     for setting in SETTINGS.values():
-        assert f"| `{setting.env}` | `{setting.default}` |" in README, setting.env
+        assert setting.section in SECTIONS, f"{setting.env} names no section of runtime.config.SECTIONS"
+        section = page.split(f"\n## {setting.section}\n", 1)[1].split("\n## ", 1)[0]
+        assert f"| `{setting.env}` | `{setting.default}` |" in section, setting.env
 
 
-def test_readme_settings_table_is_generated():
-    assert with_settings_table(README) == README, "run: python -m runtime.config --write-readme README.md"
+def test_settings_reference_is_generated():
+    generate = load_docs_generator()
+    assert SETTINGS_PAGE.read_text() == generate.settings_page(), "run: ./dev docs"
     result = CliRunner().invoke(main, ["config", "--markdown"])
     assert result.exit_code == 0 and result.output == settings_table()
+    table = "<!-- settings:begin -->\n<!-- settings:end -->\n"
+    assert with_settings_table(table) == f"<!-- settings:begin -->\n{settings_table()}<!-- settings:end -->\n"
 
 
 def test_settings_round_trip_and_replace():
@@ -96,8 +106,11 @@ def test_from_env_reads_only_the_given_variables(monkeypatch, tmp_path):
 
 
 def test_readme_starts_with_the_run_and_test_commands():
+    title, rest = README.split("\n\n", 1)
+    assert title == "# streamrec" and rest.startswith("```bash\n"), "the two commands come first"
     first_block = README.split("```bash", 1)[1].split("```", 1)[0]
     assert "./dev run" in first_block and "./dev test" in first_block
+    assert "./dev test --quick" in README
 
 
 def test_secrets_are_never_shown(monkeypatch):
