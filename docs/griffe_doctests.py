@@ -1,19 +1,14 @@
-"""A griffe extension for the API pages: docstrings written for Sphinx and doctest read as Markdown.
+r"""A griffe extension for the API pages: docstrings written for Sphinx and doctest read as Markdown.
 
 The project's docstrings use reStructuredText roles (:func:`name`), double-backtick literals and
 doctest examples (``>>>`` lines with their output). Rendered as Markdown, the examples would
 become nested quotes; this extension fences each example as a ``pycon`` block and turns the roles
 into inline code before mkdocstrings renders the docstring.
 
->>> print(markdown("See :func:`make_memory`.\\n\\n>>> 1 + 1\\n2\\n\\nDone."))
-See `make_memory`.
-<BLANKLINE>
-```pycon
->>> 1 + 1
-2
-```
-<BLANKLINE>
-Done.
+>>> example = ">" * 3 + " 1 + 1\n2"
+>>> lines = markdown(f"See :func:`make_memory`.\n\n{example}\n\nDone.").splitlines()
+>>> lines[0], lines[2], lines[3] == example.splitlines()[0], lines[5], lines[-1]
+('See `make_memory`.', '```pycon', True, '```', 'Done.')
 """
 
 from __future__ import annotations

@@ -3,15 +3,26 @@ every results file it names exists, and the README stays a short way in."""
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 
-from bench import render
+from bench import provenance, render
 from tests.docs import ROOT, load_docs_generator
 
 DOCS = ROOT / "docs"
+
+
+def test_the_examples_of_the_docs_and_bench_tools_run():
+    spec = importlib.util.spec_from_file_location("streamrec_griffe_doctests", DOCS / "griffe_doctests.py")
+    griffe_doctests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(griffe_doctests)
+    for module in (load_docs_generator(), griffe_doctests, render, provenance):
+        failed, tried = doctest.testmod(module)
+        assert tried and not failed, module.__name__
 
 
 def test_generated_pages_are_current():
