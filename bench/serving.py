@@ -1,6 +1,6 @@
 """Serving latency benchmark: a worker answering ``GET /recommend`` at a fixed request rate.
 
-    python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out bench/results/serving.md]
+    python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out TABLE.md]
 
 Sets up a real worker on embedded defaults (bundled broker, SQLite in a temporary folder):
 a catalog of ``--items`` products (the 1,682 MovieLens-100k movies plus generated products),
@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Also write the table (markdown) here; an existing file is never replaced.")
     args = parser.parse_args()
     stamp = provenance()
 
@@ -157,7 +158,8 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        with args.out.open("x") as out:  # never replace an earlier run's table
+            out.write(table + "\n")
     settings = {**vars(args), "out": str(args.out) if args.out else None}
     result = {"rows": [{"endpoint": name, **measured} for name, measured in rows.items()]}
     print(f"written to {write_result('serving', settings, result, started=stamp)}")
