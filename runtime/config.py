@@ -84,7 +84,7 @@ class Config(BaseSettings):
                                                  "(`<app_id>-ingest`).")
     topic_prefix: str = Field("streamrec", description="Prefix of every topic: `<prefix>-events`, "
                                                        "`<prefix>-catalog`, `<prefix>-dead-letters`, "
-                                                       "`<prefix>-windows`.")
+                                                       "`<prefix>-windows`, `<prefix>-served`.")
     topic_partitions: PositiveInt = Field(4, description="Partitions of topics the worker creates (the upper bound "
                                                          "on useful workers).")
     web_port: PositiveInt = Field(6066, description="HTTP port of the worker (recommendations, `/health`, "
@@ -214,6 +214,17 @@ class Config(BaseSettings):
     trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
                                                                   "this many seconds of event time.")
     post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")
+    served_log: bool = Field(True, description="Log every list `/recommend`, `/similar` and `/search` serve to "
+                                               "`<prefix>-served` (after the answer, off the request path), "
+                                               "so clicks and purchases can be attributed to it.")
+    served_retention_days: PositiveFloat = Field(30, description="Served lists and their attributed events are "
+                                                                 "kept this many days; online metrics for good.")
+    attribution_window_s: PositiveInt = Field(3600, description="An event without `request_id` is attributed to "
+                                                                "the newest list that showed the same user that "
+                                                                "item at most this long before it (inferred).")
+    online_metrics_s: PositiveFloat = Field(60, description="How often a worker recomputes the online metrics of "
+                                                            "the hours whose lists can still gain attributed "
+                                                            "events.")
     api_token: str = Field("", repr=False,  # a secret: shown only as (set) or (unset)
                            description="Bearer token required by state-changing HTTP endpoints; they are refused "
                                        "while it is unset.")
@@ -330,6 +341,11 @@ class Config(BaseSettings):
     def windows_topic(self) -> str:
         """Single-partition control topic: one notice per sealed window, read by one worker."""
         return f"{self.topic_prefix}-windows"
+
+    @property
+    def served_topic(self) -> str:
+        """Served lists, logged by the workers that answered them and ingested like events."""
+        return f"{self.topic_prefix}-served"
 
     @property
     def ingest_group(self) -> str:
