@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from store.db import make_engine
@@ -20,6 +21,7 @@ from store.models import attributed_events, served_lists
 from store.online import read_online_metrics, served_count
 from store.registry import now_ms
 from store.replay import ReplayStore
+from streamrec.cli import main
 from streams import movielens
 from streams.producer import StorefrontProducer
 from tests.api import Client
@@ -150,5 +152,9 @@ def test_served_lists_attribution_and_online_metrics(broker, database_url, topic
         assert status == 200 and 'streamrec_served_lists_total{outcome="sent"}' in exposition
         ctr = next(line for line in exposition.splitlines() if line.startswith("streamrec_online_ctr{"))
         assert 'surface="recommend"' in ctr and float(ctr.split()[-1]) == pytest.approx(row["metrics"]["ctr"])
+        shown = CliRunner().invoke(main, ["online", "--surface", "recommend"],
+                                   env={"STREAMREC_DATABASE_URL": database_url})
+        assert shown.exit_code == 0, shown.output
+        assert "trending" in shown.output and f"{row['metrics']['ctr']:.4f}" in shown.output
     finally:
         worker.stop()

@@ -2,7 +2,8 @@
 
 * ``served_lists``: every list a worker served, with its request id, ranker, version and arm;
 * ``attributed_events``: clicks and purchases attributed to a served list (direct or inferred);
-* ``online_metrics``: per served hour, surface, storefront, ranker, version and arm.
+* ``online_metrics``: per served hour, surface, storefront, ranker, version and arm;
+* ``drift_metrics.value`` gets the comment the table declares (Postgres keeps comments).
 
 Revision ID: 0008
 Revises: 0007
@@ -19,7 +20,13 @@ ID = sa.String(256)
 BIGID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
 
+VALUE_COMMENT = 'NULL when the measurement was not a finite number (see reference)'
+
+
 def upgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        op.alter_column('drift_metrics', 'value', existing_type=sa.Float(), existing_nullable=True,
+                        comment=VALUE_COMMENT)
     op.create_table(
         'served_lists',
         sa.Column('request_id', sa.String(64), primary_key=True),
@@ -83,6 +90,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        op.alter_column('drift_metrics', 'value', existing_type=sa.Float(), existing_nullable=True,
+                        comment=None, existing_comment=VALUE_COMMENT)
     op.drop_table('online_metrics')
     op.drop_table('attributed_events')
     op.drop_table('served_lists')
