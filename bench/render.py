@@ -254,11 +254,23 @@ def render_gpu(sources: list[Source], options: dict) -> str:
     return table(["measure", *devices], rows, [False] + [True] * len(devices))
 
 
+def render_online(sources: list[Source], options: dict) -> str:
+    """``bench.online``: the worker's online metrics next to a direct count of what the shoppers did."""
+    (source,) = sources
+    result = source.load()["result"]
+    direct, online = result["direct_count"], result["online_metrics"]
+    rows = [[name.replace("_", " "), num(direct.get(name), 2 if name == "revenue" else 0),
+             num(online.get(name), 2 if name == "revenue" else 0)] for name in direct]
+    return (table(["measure", "direct count", "online metrics"], rows, [False, True, True])
+            + f"\n\nThey agree: {'yes' if result['agree'] else 'no'}. "
+              f"{num(result['served_lists_stored'])} served lists stored; {result['requests_per_s']:.1f} requests/s.")
+
+
 RENDERERS: dict[str, Callable[[list[Source], dict], str]] = {
     "report": render_report, "backtest": render_backtest, "ingest": render_ingest,
     "replay_memory": render_replay_memory, "soak": render_soak, "serving": render_serving,
     "freshness": render_freshness, "scale-training": render_scale_training, "scale-serving": render_scale_serving,
-    "geometry": render_geometry, "text_tuning": render_text_tuning, "gpu": render_gpu,
+    "geometry": render_geometry, "text_tuning": render_text_tuning, "gpu": render_gpu, "online": render_online,
 }
 
 

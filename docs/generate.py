@@ -49,6 +49,8 @@ SECTION_GUIDES = {
     "Gate": ("Training: gate and registry", "guides/training.md#gate-and-registry"),
     "Drift": ("Drift metrics and alerts", "guides/drift.md"),
     "Serving": ("Serving", "guides/serving.md"),
+    "Served lists and online metrics": ("Serving: served lists, attribution and online metrics",
+                                        "guides/serving.md#served-lists-attribution-and-online-metrics"),
 }
 
 

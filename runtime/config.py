@@ -72,10 +72,10 @@ RETIRED = {
 
 
 SECTIONS = ("Kafka and the worker", "Store", "Ingest", "Replay windows", "Rehearsal memory", "Training",
-            "Text tuning", "Gate", "Drift", "Serving")
+            "Text tuning", "Gate", "Drift", "Serving", "Served lists and online metrics")
 """The sections of the settings reference, in its order; every field of :class:`Config` names one."""
-KAFKA, STORE, INGEST, WINDOWS, REHEARSAL, TRAINING, TEXT, GATE, DRIFT, SERVING = ({"section": title}
-                                                                                 for title in SECTIONS)
+KAFKA, STORE, INGEST, WINDOWS, REHEARSAL, TRAINING, TEXT, GATE, DRIFT, SERVING, ONLINE = (
+    {"section": title} for title in SECTIONS)
 
 
 class Config(BaseSettings):
@@ -93,7 +93,8 @@ class Config(BaseSettings):
                                                  "(`<app_id>-ingest`).", json_schema_extra=KAFKA)
     topic_prefix: str = Field("streamrec", description="Prefix of every topic: `<prefix>-events`, "
                                                        "`<prefix>-catalog`, `<prefix>-dead-letters`, "
-                                                       "`<prefix>-windows`.", json_schema_extra=KAFKA)
+                                                       "`<prefix>-windows`, `<prefix>-served`.",
+                              json_schema_extra=KAFKA)
     topic_partitions: PositiveInt = Field(4, description="Partitions of topics the worker creates (the upper bound "
                                                          "on useful workers).", json_schema_extra=KAFKA)
     web_port: PositiveInt = Field(6066, description="HTTP port of the worker (recommendations, `/health`, "
@@ -250,6 +251,20 @@ class Config(BaseSettings):
                                                 json_schema_extra=SERVING)
     post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.",
                                          json_schema_extra=INGEST)
+    served_log: bool = Field(True, description="Log every list `/recommend`, `/similar` and `/search` serve to "
+                                               "`<prefix>-served` (after the answer, off the request path), "
+                                               "so clicks and purchases can be attributed to it.",
+                             json_schema_extra=ONLINE)
+    served_retention_days: PositiveFloat = Field(30, description="Served lists and their attributed events are "
+                                                                 "kept this many days; online metrics for good.",
+                                                 json_schema_extra=ONLINE)
+    attribution_window_s: PositiveInt = Field(3600, description="An event without `request_id` is attributed to "
+                                                                "the newest list that showed the same user that "
+                                                                "item at most this long before it (inferred).",
+                                              json_schema_extra=ONLINE)
+    online_metrics_s: PositiveFloat = Field(60, description="How often a worker recomputes the online metrics of "
+                                                            "the hours whose lists can still gain attributed "
+                                                            "events.", json_schema_extra=ONLINE)
     api_token: str = Field("", repr=False,  # a secret: shown only as (set) or (unset)
                            description="Bearer token required by state-changing HTTP endpoints; they are refused "
                                        "while it is unset.", json_schema_extra=SERVING)
@@ -366,6 +381,11 @@ class Config(BaseSettings):
     def windows_topic(self) -> str:
         """Single-partition control topic: one notice per sealed window, read by one worker."""
         return f"{self.topic_prefix}-windows"
+
+    @property
+    def served_topic(self) -> str:
+        """Served lists, logged by the workers that answered them and ingested like events."""
+        return f"{self.topic_prefix}-served"
 
     @property
     def ingest_group(self) -> str:
