@@ -263,7 +263,14 @@ def render_online(sources: list[Source], options: dict) -> str:
              num(online.get(name), 2 if name == "revenue" else 0)] for name in direct]
     return (table(["measure", "direct count", "online metrics"], rows, [False, True, True])
             + f"\n\nThey agree: {'yes' if result['agree'] else 'no'}. "
-              f"{num(result['served_lists_stored'])} served lists stored; {result['requests_per_s']:.1f} requests/s.")
+              f"{num(result['served_lists_stored'])} served lists stored; {result['requests_per_s']:.1f} requests/s; "
+              f"CTR {fraction(result.get('ctr'))}, coverage {fraction(result.get('coverage'))}, "
+              f"diversity {fraction(result.get('diversity'))}, novelty {fraction(result.get('novelty'))}.")
+
+
+def fraction(value) -> str:
+    """A rate with four decimals, or ``-`` when there is none."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 RENDERERS: dict[str, Callable[[list[Source], dict], str]] = {
