@@ -15,7 +15,8 @@ Per window it reports when it sealed, the version whose job trained it, and when
 began serving (its promotion; workers load it within ``STREAMREC_SERVING_POLL_S`` plus the
 build time). Seal-to-serving latency is the difference; a window whose version the gate
 rejected never served. Prints p50/p95 latency, the backlog over time and the events/s
-sustained, and appends the run to ``bench/results/freshness.json``.
+sustained, and writes the run to ``bench/results/freshness/`` with its provenance
+(:mod:`bench.provenance`). ``bench/results/freshness.json`` holds the runs made before that.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from bench.provenance import provenance, write_result
 from runtime.config import Config
 from runtime.processes import free_port, spawn, start_broker, start_worker, stop
 from store.db import make_engine, migrate
@@ -45,7 +47,6 @@ from store.training_queue import backlog
 from streams import movielens
 from streams.producer import StorefrontProducer
 
-RESULTS = Path(__file__).parent / "results" / "freshness.json"
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--trainers", type=int, default=0, help="standalone trainers (0: the worker trains)")
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-freshness-"))
     database_url = args.database_url or fresh_postgres()
     port = free_port()
@@ -134,13 +136,14 @@ def main() -> None:
             assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
         sent, stopped = [0], [0.0]
         sender = threading.Thread(target=produce, args=(config, args.rate, args.seconds, sent, stopped), daemon=True)
-        store, started = ReplayStore(engine), time.monotonic()
+        store, streamed = ReplayStore(engine), time.monotonic()
         sender.start()
         while True:
             if worker.poll() is not None:
                 sys.exit(f"worker exited; see {tmp / 'worker.log'}")
             waiting = backlog(engine, now_ms())
-            samples.append({"s": round(time.monotonic() - started, 1), "sent": sent[0], "stored": store.stored_events(),
+            samples.append({"s": round(time.monotonic() - streamed, 1), "sent": sent[0],
+                            "stored": store.stored_events(),
                             "windows_waiting": waiting["windows_waiting"], "in_training": waiting["windows_training"],
                             "events_waiting": waiting["events_waiting"], "trained": waiting["windows_trained"]})
             streaming = sender.is_alive()
@@ -152,10 +155,10 @@ def main() -> None:
         for proc in (*trainers, worker, broker):
             stop(proc)
         engine.dispose()
-    report(args, per_window, samples, stopped[0] - started, tmp)
+    report(args, per_window, samples, stopped[0] - streamed, tmp, stamp)
 
 
-def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path) -> None:
+def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path, stamp: dict) -> None:
     during = [s for s in samples if s["s"] <= stream_s]
     stored_rate = during[-1]["stored"] / stream_s if during else 0.0
     served = [w["latency_s"] for w in per_window if w["latency_s"] is not None]
@@ -166,7 +169,8 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
              if len(steady) >= 3 else float("nan"))
     third = max(1, len(backlog_during) // 3)
     result = {
-        "rate": args.rate or "max", "seconds": args.seconds, "trainers": args.trainers or "worker", "cpus": os.cpu_count(),
+        "rate": args.rate or "max", "seconds": args.seconds, "trainers": args.trainers or "worker",
+        "cpus": os.cpu_count(),
         "events_sent": samples[-1]["sent"], "events_stored_per_s": round(stored_rate),
         "windows_sealed": len(per_window), "windows_trained": sum(w["train_state"] == "trained" for w in per_window),
         "windows_served": len(served), "versions": len({w["version_id"] for w in per_window if w["version_id"]}),
@@ -186,13 +190,13 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
               f"{s['events_waiting']:,} | {s['trained']} |")
     print(f"\n{result['windows_sealed']} windows sealed, {result['windows_trained']} trained in "
           f"{result['versions']} versions, {result['windows_served']} served; seal-to-serving p50 "
-          f"{result['latency_p50_s']}s, p95 {result['latency_p95_s']}s; backlog mean {result['backlog_first_third_mean']} "
+          f"{result['latency_p50_s']}s, p95 {result['latency_p95_s']}s; backlog mean "
+          f"{result['backlog_first_third_mean']} "
           f"windows in the first third of the stream, {result['backlog_last_third_mean']} in the last, max "
           f"{result['backlog_max_windows']}, trend after the first minute {trend:+.2f} windows/min; "
           f"{result['events_stored_per_s']:,} events/s stored")
-    RESULTS.parent.mkdir(exist_ok=True)
-    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps(runs + [result], indent=1, default=str) + "\n")
+    settings = {**vars(args), "database_url": make_url(args.database_url).drivername if args.database_url else None}
+    print(f"written to {write_result('freshness', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ mean cosine to each item's nearest and 20th nearest item:
   MovieLens-100k events for ``--epochs`` epochs;
 * the default model over as many synthetic items, untrained and with trained-like id vectors
   (what ``bench.scale`` serves by default; its shares are fitted to the trained model's row).
+
+The run is written to ``bench/results/geometry/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.provenance import provenance, write_result
 from bench.scale import catalog_groups, synthetic_bundle, text_vectors
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
@@ -32,36 +35,45 @@ from learner.trainer import TrainConfig
 from streams import movielens
 
 
-def geometry(vectors: np.ndarray) -> str:
-    """One table row's cells: mean pairwise cosine, mean cosine to the nearest and to the 20th nearest.
+def geometry(vectors: np.ndarray) -> dict[str, float]:
+    """Mean pairwise cosine, mean cosine to the nearest and to the 20th nearest item.
 
     >>> geometry(np.eye(21, dtype=np.float32) + 1)
-    '0.958 | 0.958 | 0.958'
+    {'mean_cosine': 0.958, 'nearest': 0.958, 'nearest_20th': 0.958}
     """
     units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosines = units @ units.T
     np.fill_diagonal(cosines, np.nan)
     nearest = np.sort(np.nan_to_num(cosines, nan=-2.0), axis=1)[:, ::-1]
-    return f"{np.nanmean(cosines):.3f} | {nearest[:, 0].mean():.3f} | {nearest[:, 19].mean():.3f}"
+    return {"mean_cosine": round(float(np.nanmean(cosines)), 3), "nearest": round(float(nearest[:, 0].mean()), 3),
+            "nearest_20th": round(float(nearest[:, 19].mean()), 3)}
+
+
+def row(name: str, vectors: np.ndarray, rows: list[dict]) -> None:
+    """Measure ``vectors``, print their table row and keep it in ``rows``."""
+    measured = geometry(vectors)
+    rows.append({"vectors": name, **measured})
+    print(f"| {name} | {' | '.join(f'{value:.3f}' for value in measured.values())} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
+    stamp, rows = provenance(), []
     events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), now_ms=1_763_000_000_000))
     events = events.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
     catalog = pd.DataFrame(movielens.to_catalog(movielens.load_movies()))
     encoder, cache = TextEncoder(), {}
     n = len(catalog)
     print("| vectors | mean pairwise cosine | nearest item | 20th nearest |\n|---|---:|---:|---:|")
-    print(f"| MiniLM, {n:,} MovieLens titles | "
-          f"{geometry(np.asarray(encoder.encode(list(catalog_texts(catalog).values())), dtype=np.float32))} |")
-    print(f"| synthetic text, {n:,} items | {geometry(text_vectors(n, np.random.default_rng(1)))} |")
+    row(f"MiniLM, {n:,} MovieLens titles",
+        np.asarray(encoder.encode(list(catalog_texts(catalog).values())), dtype=np.float32), rows)
+    row(f"synthetic text, {n:,} items", text_vectors(n, np.random.default_rng(1)), rows)
     base = ModelBundle.build(ModelConfig(), catalog=catalog, events=events, encoder=encoder, cache=cache, seed=0)
     with torch.no_grad():
         untrained = base.model.eval().item_vectors()[2:].numpy()
-    print(f"| default model over the titles, untrained | {geometry(untrained)} |")
+    row("default model over the titles, untrained", untrained, rows)
     trained, _ = fine_tune(base, events, catalog=catalog, encoder=encoder, cache=cache,
                            config=FineTuneConfig(train=TrainConfig(epochs=args.epochs, batch_size=256, seed=0)))
     synthetic = synthetic_bundle(n, seed=1)
@@ -69,12 +81,13 @@ def main() -> None:
     trained_like = synthetic_bundle(n, seed=1, text=text_vectors(n + 2, np.random.default_rng(2), groups=groups),
                                     groups=groups)
     with torch.no_grad():
-        print(f"| default model over the titles, trained {args.epochs} epochs on MovieLens-100k | "
-              f"{geometry(trained.model.eval().item_vectors()[2:].numpy())} |")
-        print(f"| default model over synthetic text, untrained | "
-              f"{geometry(synthetic.model.eval().item_vectors()[2:].numpy())} |")
-        print(f"| default model over synthetic text, trained-like ids (bench.scale) | "
-              f"{geometry(trained_like.model.eval().item_vectors()[2:].numpy())} |")
+        row(f"default model over the titles, trained {args.epochs} epochs on MovieLens-100k",
+            trained.model.eval().item_vectors()[2:].numpy(), rows)
+        row("default model over synthetic text, untrained (`--model untrained`)",
+            synthetic.model.eval().item_vectors()[2:].numpy(), rows)
+        row("default model over synthetic text, trained-like ids (`bench.scale`'s default)",
+            trained_like.model.eval().item_vectors()[2:].numpy(), rows)
+    print(f"written to {write_result('geometry', vars(args), {'items': n, 'rows': rows}, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 
 from backtest.protocol import run_backtest
 from backtest.settings import BacktestSettings
-from bench.provenance import RESULTS, write_result
+from bench.provenance import RESULTS, provenance, write_result
 from bench.scale import synthetic_bundle, time_steps
 from learner.bundle import ModelBundle
 from learner.device import Device
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    stamp = provenance()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -140,7 +141,7 @@ def main() -> None:
     if len(devices) == 2 and "agreement" in parts:
         result["agree"] = agree(result["cpu"]["agreement"]["recall@20"], result["cuda"]["agreement"]["recall@20"])
     path = write_result("gpu", {**vars(args), "out": str(args.out), "movielens": str(args.movielens),
-                                "torch_threads": torch.get_num_threads()}, result, args.out)
+                                "torch_threads": torch.get_num_threads()}, result, args.out, started=stamp)
     rows = sorted({(part, key) for m in result.values() if isinstance(m, dict)
                    for part, values in m.items() for key in values})
     print(f"\n| measure | {' | '.join(devices)} |\n|---|{'---|' * len(devices)}")

@@ -13,7 +13,8 @@ the same topic three ways on the same broker in the same run and prints a table:
 * plain Faust agent (``--faust-agent``): ``stream.take()`` with the same validation, for reference.
 
 A second table gives the cost per event of each stage the worker runs for every event, each
-measured alone in the benchmark process, and the throughput their sum allows.
+measured alone in the benchmark process, and the throughput their sum allows. The run is
+written to ``bench/results/ingest/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from bench.provenance import provenance, write_result
 from runtime.config import Config
 from runtime.processes import free_port, spawn, start_broker, start_worker, stop
 from store.db import make_engine, migrate
@@ -101,8 +103,9 @@ def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, pro
                      log: Path) -> tuple[int, float]:
     """(events timed, seconds) for the real worker, from the first batch it stores once all its
     ingest processes hold partitions (so a startup rebalance is not timed) to the last."""
-    env = {"STREAMREC_INGEST_PROCESSES": str(processes), "STREAMREC_KAFKA_URL": f"kafka://{bootstrap}", "STREAMREC_DATABASE_URL": database_url,
-           "STREAMREC_TOPIC_PREFIX": prefix, "STREAMREC_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+    env = {"STREAMREC_INGEST_PROCESSES": str(processes), "STREAMREC_KAFKA_URL": f"kafka://{bootstrap}",
+           "STREAMREC_DATABASE_URL": database_url, "STREAMREC_TOPIC_PREFIX": prefix,
+           "STREAMREC_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
            "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_SESSION_TIMEOUT_S": "6",
            "STREAMREC_LOG_LEVEL": "warn", "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS)}
     engine = make_engine(database_url)
@@ -116,7 +119,8 @@ def streamrec_worker(bootstrap: str, prefix: str, n: int, database_url: str, pro
             time.sleep(0.02)
             first_count = accepted(engine) - before
         if first_count >= n:
-            sys.exit(f"the worker stored all {n:,} events before its ingest processes were all assigned; use more --events")
+            sys.exit(f"the worker stored all {n:,} events before its ingest processes were all assigned; "
+                     "use more --events")
         t0 = time.perf_counter()
         while accepted(engine) - before < n:
             time.sleep(0.02)
@@ -161,7 +165,8 @@ def stage_costs(database_url: str, batches: int = 5, size: int = 20_000) -> list
         t0 = time.perf_counter()
         table, rows, _ = validator.interactions(raws)
         t1 = time.perf_counter()
-        writer.write(IngestBatch(received_at=now, events=table, sources=[Source("t", 0, i, None, raws[i]) for i in rows],
+        writer.write(IngestBatch(received_at=now, events=table,
+                                 sources=[Source("t", 0, i, None, raws[i]) for i in rows],
                                  offsets={("t", 0): (b * size or None, (b + 1) * size)}))
         t2 = time.perf_counter()
         histories.add(table)
@@ -177,9 +182,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--database-url", default=None, help="store for the worker (default: a fresh SQLite file)")
     parser.add_argument("--ingest-processes", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
-                        help="the worker's STREAMREC_INGEST_PROCESSES (default: one per CPU, at most one per partition)")
+                        help="the worker's STREAMREC_INGEST_PROCESSES (default: one per CPU, at most one per "
+                             "partition)")
     parser.add_argument("--faust-agent", action="store_true", help="also time a plain per-message Faust agent")
     args = parser.parse_args()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
     port = free_port()
@@ -217,6 +224,12 @@ def main() -> None:
     print(f"| **sum: one stage after another allows {1e6 / total:,.0f} events/s, "
           f"{1e6 / total / raw_rate:.2f} of raw** | {total:.2f} |")
     print(f"\n{os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}")
+    result = {"store": store, "raw_runs_events_per_s": [round(args.events / t) for t in reversed(raw_runs)],
+              "rows": [{"path": name, "events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds),
+                        "ratio_to_raw": round(n / seconds / raw_rate, 2)} for name, n, seconds in rows],
+              "stages_us_per_event": {name: round(micros, 2) for name, micros in stages}}
+    settings = {**vars(args), "database_url": store}  # the URL itself may name a password
+    print(f"written to {write_result('ingest', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 :func:`write_result` stores one run as ``bench/results/<bench>/<date>-<commit>-<host>.json``
 and never replaces an earlier run, so runs on other machines or commits sit side by side.
+:func:`run_folder` makes a folder for a run that writes several files. Each records the
+machine's 1-minute load average when the run started (and, for :func:`write_result`, when it
+ended), so a reader can tell whether the machine was busy with other work. ``python -m
+bench.render`` turns the files into the tables the docs show.
 
 >>> stamp = provenance()
->>> sorted(stamp) == ["commit", "date", "machine"] and stamp["machine"]["cpu_cores"] >= 1
+>>> sorted(stamp) == ["commit", "date", "load_1min", "machine"] and stamp["machine"]["cpu_cores"] >= 1
 True
 """
 
@@ -59,25 +63,39 @@ def machine() -> dict:
             "gpu": gpu, "python": platform.python_version(), "torch": torch_version}
 
 
+def load_1min() -> float | None:
+    """The machine's 1-minute load average (runnable processes; 2.0 keeps 2 CPUs busy), if known."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def provenance() -> dict:
-    """Commit, UTC date and machine of a run starting now."""
-    return {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine()}
+    """Commit, UTC date, machine and 1-minute load average of a run starting now."""
+    return {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+            "load_1min": load_1min()}
 
 
 def _run_name(stamp: dict) -> str:
     return f"{stamp['date'].replace(':', '').replace('-', '')}-{stamp['commit']}-{stamp['machine']['host']}"
 
 
-def write_result(bench: str, settings: dict, result: dict, folder: Path = RESULTS) -> Path:
-    """Store one run of ``bench`` under ``folder/bench/`` with its provenance; returns the file."""
-    stamp = provenance()
+def write_result(bench: str, settings: dict, result: dict, folder: Path = RESULTS,
+                 started: dict | None = None) -> Path:
+    """Store one run of ``bench`` under ``folder/bench/`` with its provenance; returns the file.
+
+    ``started``: the run's :func:`provenance` taken when it began (its commit, date and load
+    are then the start's, and ``load_1min_end`` is the load now); default: now."""
+    stamp = {**(started or provenance()), "load_1min_end": load_1min()}
     target = folder / bench
     target.mkdir(parents=True, exist_ok=True)
     for n in range(100):  # exclusive create: never replace another run
         path = target / f"{_run_name(stamp)}{'' if n == 0 else f'-{n}'}.json"
         try:
             with path.open("x") as out:
-                json.dump({"bench": bench, **stamp, "settings": settings, "result": result}, out, indent=2)
+                json.dump({"bench": bench, **stamp, "settings": settings, "result": result}, out, indent=2,
+                          default=str)
             return path
         except FileExistsError:
             continue

@@ -6,7 +6,8 @@
 Starts the bundled broker, fills the events topic, starts one worker and samples its
 resident set size (``/proc/<pid>/status``) while it ingests, seals windows and updates the
 rehearsal memory. Prints RSS at every tenth of the stream and the peak; with the open window
-and the memory in the store, RSS must stay flat once the memory is full.
+and the memory in the store, RSS must stay flat once the memory is full. The run is written
+to ``bench/results/replay_memory/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from bench.ingest import PARTITIONS, fill_topic
+from bench.provenance import provenance, write_result
 from runtime.config import Config
 from runtime.processes import free_port, start_broker, start_worker, stop
 from store.db import make_engine, migrate
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--window-events", type=int, default=10_000)
     parser.add_argument("--database-url", default=None, help="store for the worker (default: a fresh SQLite file)")
     args = parser.parse_args()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
     port = free_port()
@@ -81,13 +84,20 @@ def main() -> None:
           f"{args.policy} memory {memory['n_events']:,}/{args.capacity:,} (seen {memory['n_seen']:,}), "
           f"store {database_url.split(':', 1)[0]}\n")
     print("| events stored | seconds | worker RSS MiB |\n|---:|---:|---:|")
-    for tenth in range(1, 11):
-        at = next(s for s in samples if s[1] >= args.events * tenth / 10)
+    tenths = [next(s for s in samples if s[1] >= args.events * tenth / 10) for tenth in range(1, 11)]
+    for at in tenths:
         print(f"| {at[1]:,} | {at[0]:.1f} | {at[2]:.0f} |")
     full = next(s for s in samples if s[1] >= args.capacity)
     print(f"\npeak RSS {peak:.0f} MiB; after the memory filled ({full[1]:,} events): "
           f"{full[2]:.0f} MiB -> {samples[-1][2]:.0f} MiB at the end")
     print(f"{os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}")
+    result = {"store": database_url.split(":", 1)[0], "windows": len(windows), "memory_events": memory["n_events"],
+              "memory_seen": memory["n_seen"], "peak_rss_mib": round(peak),
+              "rss_when_memory_full_mib": round(full[2]), "events_when_memory_full": full[1],
+              "rss_at_end_mib": round(samples[-1][2]),
+              "tenths": [{"events": at[1], "seconds": round(at[0], 1), "rss_mib": round(at[2])} for at in tenths]}
+    settings = {**vars(args), "database_url": result["store"]}
+    print(f"written to {write_result('replay_memory', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ process' at the end (the snapshot and MiniLM; the synthetic bundle it was built 
 released and freed heap handed back, as the worker does), and in brackets its peak, which
 includes building the synthetic bundle and the exact indexes; the build's own peak (what a
 worker needs on top of its loaded bundle to build a snapshot) is printed with its time.
+
+The run is written to ``bench/results/scale/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import resource
 import statistics
@@ -59,6 +62,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.provenance import provenance, write_result
 from bench.serving import ADJECTIVES, PRODUCTS
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
@@ -233,8 +237,8 @@ def paced_latencies(call, arguments: list, rate: float) -> np.ndarray:
 
 
 def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str, text_kind: str,
-            target: float, model: str, inference: str) -> str:
-    """One row of the serving table for a catalog of ``n`` items."""
+            target: float, model: str, inference: str) -> dict:
+    """One row of the serving table for a catalog of ``n`` items: its cells, and as markdown (``row``)."""
     rng = np.random.default_rng(1)
     groups = catalog_groups(n + 2 + 200, rng)
     texts = text_vectors(n + 2 + 200, rng, text_kind, groups)  # the last 200: unseen texts, as queries
@@ -279,9 +283,13 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     indexes = snapshot.describe_indexes().values()
     scanned = " / ".join(f"{i['lists_scanned']:,} of {i['lists']:,}" for i in indexes if "lists" in i) or "exact"
     exports = f"{export:.1f} / {export_queries:.1f}" if inference == "onnx" else "torch"
-    return (f"| {n:,} | {model}, {text_kind} | {build:.1f} (+{build_peak.rise:,.0f}) | {exports} | {scanned} "
-            f"| {recall} | {quantiles(recommend)} | {quantiles(similar)} | {quantiles(search)} "
-            f"| {rss:.0f} ({peak:.0f}) |")
+    measured = {"items": n, "model": f"{model}, {text_kind}", "build_s": round(build, 1),
+                "build_peak_mib": round(build_peak.rise), "exports_s": exports, "lists_scanned": scanned,
+                "recall@20": recall, "recommend_ms": quantiles(recommend), "similar_ms": quantiles(similar),
+                "search_ms": quantiles(search), "rss_mib": round(rss), "peak_rss_mib": round(peak)}
+    return {**measured, "row": f"| {n:,} | {model}, {text_kind} | {build:.1f} (+{build_peak.rise:,.0f}) | {exports} "
+                               f"| {scanned} | {recall} | {quantiles(recommend)} | {quantiles(similar)} "
+                               f"| {quantiles(search)} | {rss:.0f} ({peak:.0f}) |"}
 
 
 async def paced_searches(snapshot: Recommender, rate: float, seconds: float,
@@ -336,10 +344,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes, parts = [int(x) for x in args.items.split(",")], set(args.part.split(","))
-    if "serving-one" in parts:  # a child process of the serving part: one row
-        print(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
-                      args.precision, args.vectors, args.recall, args.model, args.inference), flush=True)
+    if "serving-one" in parts:  # a child process of the serving part: one row, as JSON on its last line
+        print(json.dumps(serving(sizes[0], args.rate, args.seconds, Config.model_fields["ann_above_items"].default,
+                                 args.precision, args.vectors, args.recall, args.model, args.inference)), flush=True)
         return
+    stamp, result = provenance(), {}
+    measure(args, sizes, parts, result)
+    print(f"written to {write_result('scale', vars(args), result, started=stamp)}")
+
+
+def measure(args, sizes: list[int], parts: set[str], result: dict) -> None:
+    """The serving and training parts, their rows kept in ``result`` as they come."""
     if "serving" in parts:
         ann_above = Config.model_fields["ann_above_items"].default
         print(f"Serving, {args.model} model, {args.vectors} text vectors, {args.precision}, indexes above "
@@ -351,12 +366,18 @@ def main() -> None:
               "| recommend p50 / p95 / p99 ms | similar p50 / p95 / p99 ms | search p50 / p95 / p99 ms "
               "| RSS MiB serving (peak) |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        rows = result["serving"] = []
         for n in sizes:  # one process per size: peak RSS is then the size's own
-            subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
-                            "--rate", str(args.rate), "--seconds", str(args.seconds), "--precision", args.precision,
-                            "--vectors", args.vectors, "--recall", str(args.recall), "--model", args.model,
-                            "--inference", args.inference],
-                           check=True)
+            child = subprocess.run([sys.executable, "-m", "bench.scale", "--part", "serving-one", "--items", str(n),
+                                    "--rate", str(args.rate), "--seconds", str(args.seconds),
+                                    "--precision", args.precision, "--vectors", args.vectors,
+                                    "--recall", str(args.recall), "--model", args.model, "--inference", args.inference],
+                                   check=True, stdout=subprocess.PIPE, text=True)
+            *said, last = child.stdout.strip().splitlines()
+            if said:
+                print("\n".join(said))
+            rows.append(json.loads(last))
+            print(rows[-1].pop("row"), flush=True)
         print()
     if "training" not in parts:
         return
@@ -364,18 +385,21 @@ def main() -> None:
           f"batches of 128 sequences x 50 events, {args.negatives} sampled negatives\n")
     print("| items | loss | step ms (median) | x sampled at the smallest catalog | peak RSS MiB |")
     print("|---:|---|---:|---:|---:|")
-    baseline = None
+    baseline, rows = None, result.setdefault("training", [])
     for n in sizes:
         bundle = synthetic_bundle(n, seed=1)
         for loss in ("sampled", "full"):
             logits_gb = 128 * 50 * n * 4 * 3 / 2 ** 30  # logits, their softmax and gradient, float32
             if loss == "full" and logits_gb > FULL_LOGITS_LIMIT_GB:
                 print(f"| {n:,} | full | not run: its logits need about {logits_gb:.0f} GB | | |")
+                rows.append({"items": n, "loss": loss, "not_run": f"its logits need about {logits_gb:.0f} GB"})
                 continue
             seconds = time_steps(bundle, loss, args.steps, args.negatives, seed=1)
             baseline = baseline or seconds
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"| {n:,} | {loss} | {seconds * 1000:.1f} | {seconds / baseline:.2f} | {peak:.0f} |", flush=True)
+            rows.append({"items": n, "loss": loss, "step_ms": round(seconds * 1000, 1),
+                         "x_smallest_sampled": round(seconds / baseline, 2), "peak_rss_mib": round(peak)})
         del bundle
 
 

@@ -1,6 +1,6 @@
 """Serving latency benchmark: a worker answering ``GET /recommend`` at a fixed request rate.
 
-    python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out bench/results/serving.md]
+    python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out TABLE.md]
 
 Sets up a real worker on embedded defaults (bundled broker, SQLite in a temporary folder):
 a catalog of ``--items`` products (the 1,682 MovieLens-100k movies plus generated products),
@@ -10,7 +10,8 @@ competes with serving. Then an open-loop generator on the same machine sends req
 fixed schedule (``--rate`` per second, bounded to 256 in flight) for users drawn at random,
 and latency is measured from each request's scheduled start, so a stall is not hidden.
 Search queries are all distinct, so each one is encoded by MiniLM (the worker caches repeats).
-Prints p50/p95/p99/max latency and the error count per endpoint.
+Prints p50/p95/p99/max latency and the error count per endpoint, and writes the run to
+``bench/results/serving/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.provenance import provenance, write_result
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
@@ -111,8 +113,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Also write the table (markdown) here; an existing file is never replaced.")
     args = parser.parse_args()
+    stamp = provenance()
 
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     database_url = f"sqlite:///{workdir / 'streamrec.db'}"
@@ -154,7 +158,11 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        with args.out.open("x") as out:  # never replace an earlier run's table
+            out.write(table + "\n")
+    settings = {**vars(args), "out": str(args.out) if args.out else None}
+    result = {"rows": [{"endpoint": name, **measured} for name, measured in rows.items()]}
+    print(f"written to {write_result('serving', settings, result, started=stamp)}")
 
 
 async def _wait_until_served(base: str, user: str, items: int, timeout_s: float = 600.0) -> None:

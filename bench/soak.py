@@ -8,7 +8,8 @@ click and purchase events from a background thread with no throttle. Every two s
 samples events produced and stored, the lag between them, windows sealed, training runs
 finished, and the resident set size of the worker and of its training process. Prints the
 samples at every tenth of the stream, the peak RSS of both processes and the sustained
-ingest rate (events stored per second from the first to the last stored event).
+ingest rate (events stored per second from the first to the last stored event). The run is
+written to ``bench/results/soak/`` with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.provenance import provenance, write_result
 from bench.replay_memory import rss_mib
 from runtime.config import Config
 from runtime.processes import free_port, start_broker, start_worker, stop
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--window-events", type=int, default=20_000)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
+    stamp = provenance()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'soak.db'}"
     port = free_port()
@@ -106,14 +109,23 @@ def main() -> None:
           f"{os.cpu_count()} CPUs\n")
     print("| seconds | produced | stored | lag | windows sealed | training runs done | worker RSS MiB | "
           "training RSS MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
-    shown = [next(s for s in samples if s["stored"] >= args.events * tenth / 10) for tenth in range(1, 11)]
-    for s in [samples[len(samples) // 20], *shown]:
+    shown = [samples[len(samples) // 20],
+             *(next(s for s in samples if s["stored"] >= args.events * tenth / 10) for tenth in range(1, 11))]
+    for s in shown:
         print(f"| {s['s']:.0f} | {s['produced']:,} | {s['stored']:,} | {s['lag']:,} | {s['windows']} | {s['runs']} | "
               f"{s['worker']:.0f} | {s['training']:.0f} |")
     rate = (last["stored"] - first["stored"]) / max(1e-9, last["s"] - first["s"])
-    print(f"\nsustained ingest {rate:,.0f} events/s while training; max lag {max(s['lag'] for s in samples):,}; "
+    max_lag = max(s["lag"] for s in samples)
+    print(f"\nsustained ingest {rate:,.0f} events/s while training; max lag {max_lag:,}; "
           f"peak RSS worker {peaks['worker']:.0f} MiB, training process {peaks['training']:.0f} MiB; "
           f"{last['windows']} windows sealed, {last['runs']} training runs finished")
+    result = {"store": database_url.split(":", 1)[0], "sustained_events_per_s": round(rate), "max_lag": max_lag,
+              "peak_rss_worker_mib": round(peaks["worker"]), "peak_rss_training_mib": round(peaks["training"]),
+              "windows_sealed": last["windows"], "training_runs_done": last["runs"],
+              "rows": [{**s, "s": round(s["s"], 1), "worker": round(s["worker"]), "training": round(s["training"])}
+                       for s in shown]}
+    settings = {**vars(args), "database_url": result["store"]}
+    print(f"written to {write_result('soak', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ For ``frozen``, ``top`` (1 layer) and ``lora`` (rank 8, query and value) it time
 * **query**: encoding one search query alone with the serving encoder (LoRA merged).
 
 The texts are synthetic (words drawn from a small product vocabulary); the costs depend on
-their token counts, not on what they say.
+their token counts, not on what they say. The run is written to ``bench/results/text_tuning/``
+with its provenance (:mod:`bench.provenance`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from bench.provenance import provenance, write_result
 from learner.device import pick_device
 from learner.text import TextAdapter, TextEncoder
 
@@ -69,14 +71,17 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    stamp = provenance()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    name = torch.cuda.get_device_name() if device.torch_device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name() if device.torch_device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; catalog of {args.items:,} synthetic product titles\n")
     print("| variant | tuning step ms (32 items) | re-embedding items/s | query ms (median) |")
     print("|---|---:|---:|---:|")
     catalog, queries = texts(args.items, seed=100), texts(50, seed=200)
+    rows = []
     for variant, adapter in VARIANTS.items():
         step = "-" if adapter is None else f"{tuning_step_ms(adapter, device, args.steps):.0f}"
         encoder = TextEncoder(device, adapter=adapter)
@@ -91,7 +96,13 @@ def main() -> None:
             started = time.perf_counter()
             encoder.encode([query])
             query_times.append(time.perf_counter() - started)
-        print(f"| {variant} | {step} | {rate:,.0f} | {1000 * statistics.median(query_times):.1f} |", flush=True)
+        query_ms = 1000 * statistics.median(query_times)
+        print(f"| {variant} | {step} | {rate:,.0f} | {query_ms:.1f} |", flush=True)
+        rows.append({"variant": variant, "tuning_step_ms": None if step == "-" else float(step),
+                     "reembed_items_per_s": round(rate), "query_ms": round(query_ms, 1)})
+    settings = {**vars(args), "torch_threads": torch.get_num_threads()}
+    result = {"device": name, "rows": rows}
+    print(f"written to {write_result('text_tuning', settings, result, started=stamp)}")
 
 
 if __name__ == "__main__":

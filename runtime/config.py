@@ -1,16 +1,17 @@
 """Every setting of streamrec, read from ``STREAMREC_*`` environment variables, declared once.
 
 Each setting is one field of :class:`Config`, a frozen pydantic-settings model: its name (the
-variable is ``STREAMREC_<NAME>``), type, default, one-line doc and limits. :data:`SETTINGS`
-(variable, default and doc per setting, for ``streamrec config`` and child processes) and the
-README's table (:func:`settings_table`) are derived from those fields. Regenerate the table with
-``python -m runtime.config --write-readme README.md``.
+variable is ``STREAMREC_<NAME>``), type, default, one-line doc, limits and the section of the
+settings reference it belongs to (:data:`SECTIONS`). :data:`SETTINGS` (variable, default, doc
+and section per setting, for ``streamrec config``, child processes and the docs) and the markdown
+table of ``streamrec config --markdown`` (:func:`settings_table`) are derived from those fields;
+``./dev docs`` regenerates the docs' settings reference (``docs/reference/settings.md``) from them.
 
 >>> config = Config.from_env({"STREAMREC_TOPIC_PREFIX": "shop", "STREAMREC_WEB_PORT": " "})
 >>> config.events_topic, config.web_port  # a blank value means the default
 ('shop-events', 6066)
->>> SETTINGS["gate_holdout"].env, SETTINGS["gate_holdout"].default
-('STREAMREC_GATE_HOLDOUT', '0.1')
+>>> SETTINGS["gate_holdout"].env, SETTINGS["gate_holdout"].default, SETTINGS["gate_holdout"].section
+('STREAMREC_GATE_HOLDOUT', '0.1', 'Gate')
 >>> config.replace(gate_holdout=0.2).gate_holdout
 0.2
 >>> Config.from_env({"STREAMREC_GATE_HOLDOUT": "1.5"})
@@ -70,161 +71,211 @@ RETIRED = {
 """Variables earlier releases read, and what replaced each."""
 
 
+SECTIONS = ("Kafka and the worker", "Store", "Ingest", "Replay windows", "Rehearsal memory", "Training",
+            "Text tuning", "Gate", "Drift", "Serving", "Served lists and online metrics")
+"""The sections of the settings reference, in its order; every field of :class:`Config` names one."""
+KAFKA, STORE, INGEST, WINDOWS, REHEARSAL, TRAINING, TEXT, GATE, DRIFT, SERVING, ONLINE = (
+    {"section": title} for title in SECTIONS)
+
+
 class Config(BaseSettings):
     """Every setting's value. Build it with :meth:`from_env`; change it with :meth:`replace`."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="forbid", validate_default=True)
 
     kafka_url: str = Field("kafka://127.0.0.1:9092",
-                           description="Kafka bootstrap servers, `kafka://host:port[;host:port]`.")
+                           description="Kafka bootstrap servers, `kafka://host:port[;host:port]`.",
+                           json_schema_extra=KAFKA)
     database_url: str = Field("sqlite:///var/streamrec.db",
                               description="SQLAlchemy URL of the store; Postgres in production, a SQLite file by "
-                                          "default.")
+                                          "default.", json_schema_extra=STORE)
     app_id: str = Field("streamrec", description="Faust application id; also names the ingest consumer group "
-                                                 "(`<app_id>-ingest`).")
+                                                 "(`<app_id>-ingest`).", json_schema_extra=KAFKA)
     topic_prefix: str = Field("streamrec", description="Prefix of every topic: `<prefix>-events`, "
                                                        "`<prefix>-catalog`, `<prefix>-dead-letters`, "
-                                                       "`<prefix>-windows`.")
+                                                       "`<prefix>-windows`, `<prefix>-served`.",
+                              json_schema_extra=KAFKA)
     topic_partitions: PositiveInt = Field(4, description="Partitions of topics the worker creates (the upper bound "
-                                                         "on useful workers).")
+                                                         "on useful workers).", json_schema_extra=KAFKA)
     web_port: PositiveInt = Field(6066, description="HTTP port of the worker (recommendations, `/health`, "
-                                                    "`/stats`).")
+                                                    "`/stats`).", json_schema_extra=SERVING)
     dedupe_horizon_s: PositiveInt = Field(604800, description="An `event_id` seen again within this many seconds is "
-                                                              "rejected as a duplicate.")
-    max_payload_bytes: PositiveInt = Field(65536, description="Larger messages are rejected.")
+                                                              "rejected as a duplicate.", json_schema_extra=INGEST)
+    max_payload_bytes: PositiveInt = Field(65536, description="Larger messages are rejected.", json_schema_extra=INGEST)
     max_future_s: PositiveInt = Field(86400, description="Events stamped further than this into the future are "
-                                                         "rejected.")
+                                                         "rejected.", json_schema_extra=INGEST)
     ingest_processes: PositiveInt = Field(1, description="Ingest processes each worker runs (they share its "
-                                                         "partitions; up to one per core).")
+                                                         "partitions; up to one per core).", json_schema_extra=INGEST)
     ingest_batch_max: PositiveInt = Field(20000, description="Most messages validated and committed to the store in "
-                                                             "one transaction.")
+                                                             "one transaction.", json_schema_extra=INGEST)
     window_max_events: PositiveInt = Field(10000, description="A replay window seals once it holds this many "
-                                                              "events...")
+                                                              "events...", json_schema_extra=WINDOWS)
     window_max_age_s: PositiveFloat = Field(60, description="... or once its oldest event was ingested this many "
-                                                            "seconds ago.")
+                                                            "seconds ago.", json_schema_extra=WINDOWS)
     rehearsal_policy: Literal[REHEARSAL_POLICIES] = Field(
-        "reservoir", description=f"What the rehearsal memory keeps: {either(REHEARSAL_POLICIES)}.")
-    rehearsal_capacity: PositiveInt = Field(20000, description="Most events the rehearsal memory keeps.")
+        "reservoir", description=f"What the rehearsal memory keeps: {either(REHEARSAL_POLICIES)}.",
+                     json_schema_extra=REHEARSAL)
+    rehearsal_capacity: PositiveInt = Field(20000, description="Most events the rehearsal memory keeps.",
+                                            json_schema_extra=REHEARSAL)
     rehearsal_ratio: NonNegativeFloat = Field(1.0, description="Rehearsal events drawn into a fine-tune per new "
-                                                               "window event.")
+                                                               "window event.", json_schema_extra=REHEARSAL)
     rehearsal_unit: Literal[REHEARSAL_UNITS] = Field(
         "event", description="What rehearsal replays: `event` (each drawn memory event is a target, predicted from "
                              "its history) or `sequence` (a drawn user's whole recent sequence is targets; cheaper, "
-                             "but it rehearses fewer users).")
+                             "but it rehearses fewer users).", json_schema_extra=REHEARSAL)
     rehearsal_half_life_s: PositiveFloat = Field(604800, description="Recency policy: an event's weight doubles "
-                                                                     "every this many seconds of event time.")
+                                                                     "every this many seconds of event time.",
+                                                 json_schema_extra=REHEARSAL)
     history_windows: PositiveInt = Field(20, description="Sealed windows before the new one read as users' history "
-                                                         "when training.")
-    model_dim: PositiveInt = Field(64, description="Width of item and user vectors (new models only).")
-    max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.")
+                                                         "when training.", json_schema_extra=WINDOWS)
+    model_dim: PositiveInt = Field(64, description="Width of item and user vectors (new models only).",
+                                   json_schema_extra=TRAINING)
+    max_history: PositiveInt = Field(50, description="Most recent interactions per user the model reads.",
+                                     json_schema_extra=TRAINING)
     train_epochs: PositiveInt = Field(10, description="Most epochs of a new model's first training (early stopping "
-                                                      "may end sooner).")
+                                                      "may end sooner).", json_schema_extra=TRAINING)
     train_update_epochs: NonNegativeInt = Field(0, description="Most epochs of an update of a trained version (early "
-                                                               "stopping may end sooner); 0: `STREAMREC_TRAIN_EPOCHS`.")
+                                                               "stopping may end sooner); 0: `STREAMREC_TRAIN_EPOCHS`.",
+                                                json_schema_extra=TRAINING)
     train_loss: Literal[LOSSES] = Field(
         "auto", description=f"Training loss: {either(LOSSES)} (`auto`: the full softmax up to {SAMPLED_ABOVE_ITEMS:,} "
-                            "items, sampled softmax with the log-Q correction above).")
+                            "items, sampled softmax with the log-Q correction above).", json_schema_extra=TRAINING)
     train_negatives: PositiveInt = Field(4096, description="Sampled softmax: items drawn uniformly per step as "
-                                                           "negatives, next to the batch's own targets.")
+                                                           "negatives, next to the batch's own targets.",
+                                         json_schema_extra=TRAINING)
     id_min_count: NonNegativeInt = Field(0, description="Interactions before an item or user id gets a trainable "
                                                         "vector of its own (0: as soon as it is known; before, an "
-                                                        "item is scored by its text alone).")
+                                                        "item is scored by its text alone).",
+                                         json_schema_extra=TRAINING)
     id_ttl_days: NonNegativeFloat = Field(180, description="An id with no interaction for this many days of event "
                                                            "time loses its trainable vector (an item keeps its text "
-                                                           "and stays recommendable; 0: never).")
+                                                           "and stays recommendable; 0: never).",
+                                          json_schema_extra=TRAINING)
     text_tuning: Literal[TEXT_TUNINGS] = Field(
         "frozen", description=f"How the MiniLM text encoder learns from behaviour: {either(TEXT_TUNINGS)} (`frozen`: "
                               "pretrained weights; `top`: its last layers are trained; `lora`: LoRA adapters, with "
-                              "`peft`). Tuned weights travel inside the version.")
-    text_tune_layers: PositiveInt = Field(1, le=6, description="`top`: how many of MiniLM's 6 layers are trained.")
-    text_lora_rank: PositiveInt = Field(8, description="`lora`: rank of the adapters.")
+                              "`peft`). Tuned weights travel inside the version.", json_schema_extra=TEXT)
+    text_tune_layers: PositiveInt = Field(1, le=6, description="`top`: how many of MiniLM's 6 layers are trained.",
+                                          json_schema_extra=TEXT)
+    text_lora_rank: PositiveInt = Field(8, description="`lora`: rank of the adapters.", json_schema_extra=TEXT)
     text_lora_alpha: PositiveInt = Field(16, description="`lora`: scaling numerator (the update is scaled by "
-                                                         "alpha / rank).")
+                                                         "alpha / rank).", json_schema_extra=TEXT)
     text_lora_targets: str = Field("query,value", pattern=r"^[a-z._]+(,[a-z._]+)*$",
                                    description="`lora`: comma-separated MiniLM modules adapted (`query`, `key`, "
                                                "`value`, `attention.output.dense`; `intermediate.dense`, "
-                                               "`output.dense` for the feed-forward part).")
+                                               "`output.dense` for the feed-forward part).", json_schema_extra=TEXT)
     text_tune_every: PositiveInt = Field(1, description="Tune text on every n-th training job (the others keep the "
-                                                        "version's adapter).")
+                                                        "version's adapter).", json_schema_extra=TEXT)
     text_tune_steps: PositiveInt = Field(30, description="Most training steps of a job that also tune text (bounds "
-                                                         "its CPU cost; raise it on a GPU).")
-    text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.")
+                                                         "its CPU cost; raise it on a GPU).", json_schema_extra=TEXT)
+    text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.",
+                                        json_schema_extra=TEXT)
     text_blend: bool = Field(True, description="Add to every score a text term for items with little evidence "
-                                               "(new products), its weight fitted on each job's held-out events.")
+                                               "(new products), its weight fitted on each job's held-out events.",
+                             json_schema_extra=TEXT)
     text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text term's weight is the largest "
                                                                            "whose held-out Recall@20 stays within this "
-                                                                           "share of the model's alone.")
-    train_batch_size: PositiveInt = Field(128, description="Sequences per training step.")
-    learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.")
-    purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.")
+                                                                           "share of the model's alone.",
+                                                   json_schema_extra=TEXT)
+    train_batch_size: PositiveInt = Field(128, description="Sequences per training step.", json_schema_extra=TRAINING)
+    learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.", json_schema_extra=TRAINING)
+    purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.",
+                                           json_schema_extra=TRAINING)
     distill_weight: NonNegativeFloat = Field(1.0, description="Weight of distillation from the serving version "
-                                                              "(0: off).")
+                                                              "(0: off).", json_schema_extra=TRAINING)
     gate_holdout: PositiveFloat = Field(0.1, lt=1, description="Newest share of each window held out of training to "
-                                                               "judge the candidate.")
+                                                               "judge the candidate.", json_schema_extra=GATE)
     gate_tolerance: NonNegativeFloat = Field(0.05, description="A candidate is promoted unless its Recall@20 is this "
-                                                               "share below the serving one.")
+                                                               "share below the serving one.", json_schema_extra=GATE)
     gate_min_events: PositiveInt = Field(200, description="The gate never promotes a candidate judged on fewer "
-                                                          "held-out events than this (it is kept as rejected).")
+                                                          "held-out events than this (it is kept as rejected).",
+                                         json_schema_extra=GATE)
     gate_max_events: PositiveInt = Field(5000, description="Most held-out events the gate ranks (a seeded sample; "
                                                            "the rest count as history), so judging a job costs the "
-                                                           "same whatever its size.")
+                                                           "same whatever its size.", json_schema_extra=GATE)
     gate_max_coverage_drop: NonNegativeFloat = Field(
         0.5, le=1, description="A candidate is also refused when its coverage@20 (the share of known items in at "
                                "least one of its top-20 lists of the held-out events) is more than this share below "
-                               "the serving one's (0.5: under half of it; 1: never).")
+                               "the serving one's (0.5: under half of it; 1: never).", json_schema_extra=GATE)
     worker_trains: bool = Field(True, description="Whether each worker runs a trainer process; set false where "
-                                                  "`streamrec trainer` runs on its own (GPU) hosts.")
+                                                  "`streamrec trainer` runs on its own (GPU) hosts.",
+                                json_schema_extra=TRAINING)
     train_min_events: PositiveInt = Field(2000, description="A training job waits until sealed, untrained windows "
-                                                            "hold this many events...")
+                                                            "hold this many events...", json_schema_extra=TRAINING)
     train_max_wait_s: NonNegativeFloat = Field(600, description="... or until the oldest of them sealed this many "
-                                                             "seconds ago.")
+                                                             "seconds ago.", json_schema_extra=TRAINING)
     train_max_events: PositiveInt = Field(200000, description="Most events of the sealed windows one job trains on "
-                                                             "together (it takes at least one window).")
+                                                             "together (it takes at least one window).",
+                                          json_schema_extra=TRAINING)
     train_job_seconds: PositiveFloat = Field(30, description="How long a trainer aims a job to take: it takes as "
                                                              "many sealed windows as it absorbed in that time on its "
                                                              "recent jobs (at least one window, at most "
                                                              "`STREAMREC_TRAIN_MAX_EVENTS`). Training itself is "
                                                              "bounded by its events and epochs, never by the clock: "
-                                                             "a busy machine makes jobs slower, not worse.")
+                                                             "a busy machine makes jobs slower, not worse.",
+                                             json_schema_extra=TRAINING)
     train_lease_s: PositiveFloat = Field(60, description="A trainer's lease on its job's windows; renewed while it "
-                                                         "trains, taken over by another trainer once expired.")
+                                                         "trains, taken over by another trainer once expired.",
+                                         json_schema_extra=TRAINING)
     train_max_tries: PositiveInt = Field(3, description="Attempts at a window (a failed job's windows are retried "
-                                                        "alone) before it is marked failed.")
+                                                        "alone) before it is marked failed.",
+                                         json_schema_extra=TRAINING)
     drift_reference_windows: PositiveInt = Field(3, description="First windows of each storefront that input drift "
-                                                                "is compared with.")
+                                                                "is compared with.", json_schema_extra=DRIFT)
     drift_quality_events: PositiveInt = Field(2000, description="Most events of each window and storefront the "
                                                                 "prequential quality is measured on (a seeded "
-                                                                "sample).")
+                                                                "sample).", json_schema_extra=DRIFT)
     drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "
-                                                              "seeded sample of its first window's held-out slice).")
-    seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).")
+                                                              "seeded sample of its first window's held-out slice).",
+                                            json_schema_extra=DRIFT)
+    seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).",
+                              json_schema_extra=TRAINING)
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
-                                                           "new events and catalog items.")
+                                                           "new events and catalog items.", json_schema_extra=SERVING)
     ann_above_items: PositiveInt = Field(100_000, description="Above this many items, `/recommend`, `/similar` and "
                                                               "`/search` search inverted-file indexes (`faiss`) "
-                                                              "instead of scoring every item.")
+                                                              "instead of scoring every item.",
+                                         json_schema_extra=SERVING)
     ann_recall: float = Field(
         0.95, gt=0, le=1, description="The share of the exact top 20 that each index should find. When a worker "
                                       "builds an index it measures this for 200 of its items and scans as few of its "
-                                      "lists as reach it: higher scans more and takes longer.")
+                                      "lists as reach it: higher scans more and takes longer.",
+                          json_schema_extra=SERVING)
     serving_precision: Literal[SERVING_PRECISIONS] = Field(
         "int8", description=f"How workers hold item vectors: {either(SERVING_PRECISIONS)} (4, 2 or 1 byte a "
                             "dimension; int8 has a scale per item). The gate judges candidates as they will be "
-                            "served.")
+                            "served.", json_schema_extra=SERVING)
     serving_onnx: bool = Field(
         True, description="On a CPU, workers compute users' states and encode search queries with ONNX Runtime "
                           "exports of the serving version's models, made in the background after each swap and "
-                          "checked to answer as torch does (answers are torch's until then).")
+                          "checked to answer as torch does (answers are torch's until then).",
+              json_schema_extra=SERVING)
     trending_half_life_s: PositiveFloat = Field(3600, description="Trending items: an event's weight halves every "
-                                                                  "this many seconds of event time.")
-    post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.")
+                                                                  "this many seconds of event time.",
+                                                json_schema_extra=SERVING)
+    post_max_events: PositiveInt = Field(1000, description="Most events in one `POST /events` request.",
+                                         json_schema_extra=INGEST)
+    served_log: bool = Field(True, description="Log every list `/recommend`, `/similar` and `/search` serve to "
+                                               "`<prefix>-served` (after the answer, off the request path), "
+                                               "so clicks and purchases can be attributed to it.",
+                             json_schema_extra=ONLINE)
+    served_retention_days: PositiveFloat = Field(30, description="Served lists and their attributed events are "
+                                                                 "kept this many days; online metrics for good.",
+                                                 json_schema_extra=ONLINE)
+    attribution_window_s: PositiveInt = Field(3600, description="An event without `request_id` is attributed to "
+                                                                "the newest list that showed the same user that "
+                                                                "item at most this long before it (inferred).",
+                                              json_schema_extra=ONLINE)
+    online_metrics_s: PositiveFloat = Field(60, description="How often a worker recomputes the online metrics of "
+                                                            "the hours whose lists can still gain attributed "
+                                                            "events.", json_schema_extra=ONLINE)
     api_token: str = Field("", repr=False,  # a secret: shown only as (set) or (unset)
                            description="Bearer token required by state-changing HTTP endpoints; they are refused "
-                                       "while it is unset.")
+                                       "while it is unset.", json_schema_extra=SERVING)
     session_timeout_s: PositiveInt = Field(30, description="Kafka group session timeout: how long a dead worker "
-                                                           "keeps its partitions.")
+                                                           "keeps its partitions.", json_schema_extra=KAFKA)
     log_level: Literal[tuple(PYTHON_LOG_LEVELS)] = Field(
-        "info", description=f"Worker log level: {either(PYTHON_LOG_LEVELS)}.")
+        "info", description=f"Worker log level: {either(PYTHON_LOG_LEVELS)}.", json_schema_extra=KAFKA)
 
     @field_validator("kafka_url")
     @classmethod
@@ -338,6 +389,11 @@ class Config(BaseSettings):
         return f"{self.topic_prefix}-windows"
 
     @property
+    def served_topic(self) -> str:
+        """Served lists, logged by the workers that answered them and ingested like events."""
+        return f"{self.topic_prefix}-served"
+
+    @property
     def ingest_group(self) -> str:
         return f"{self.app_id}-ingest"
 
@@ -354,11 +410,13 @@ class Config(BaseSettings):
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting as the environment sees it: variable, default (as a string) and doc."""
+    """One setting as the environment sees it: variable, default (as a string) and doc, and the
+    section of the settings reference it is listed in (one of :data:`SECTIONS`)."""
 
     env: str
     default: str
     help: str
+    section: str = ""
 
 
 def _shown_default(value) -> str:
@@ -367,14 +425,15 @@ def _shown_default(value) -> str:
 
 
 SETTINGS: dict[str, Setting] = {name: Setting(Config.env_name(name), _shown_default(field.default),
-                                               field.description or "")
+                                               field.description or "",
+                                               (field.json_schema_extra or {}).get("section", ""))
                                 for name, field in Config.model_fields.items()}
 
 README_BEGIN, README_END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
 
 def settings_table() -> str:
-    """The README's markdown table: variable, default and meaning of every setting.
+    """A markdown table of every setting: variable, default and meaning (``streamrec config --markdown``).
 
     >>> print(settings_table().splitlines()[2])
     | `STREAMREC_KAFKA_URL` | `kafka://127.0.0.1:9092` | Kafka bootstrap servers, `kafka://host:port[;host:port]`. |
@@ -384,7 +443,7 @@ def settings_table() -> str:
 
 
 def with_settings_table(text: str) -> str:
-    """``text`` (the README) with :func:`settings_table` between its ``settings`` markers."""
+    """``text`` (a markdown page) with :func:`settings_table` between its ``settings`` markers."""
     pattern = re.compile(f"(?<={re.escape(README_BEGIN)}\n).*?(?={re.escape(README_END)})", re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"no {README_BEGIN} ... {README_END} lines to put the settings table between")
@@ -392,7 +451,7 @@ def with_settings_table(text: str) -> str:
 
 
 def write_readme(path: str | Path) -> bool:
-    """Regenerate the settings table in the README at ``path``; return whether it changed."""
+    """Regenerate the settings table in the markdown page at ``path``; return whether it changed."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     updated = with_settings_table(text)

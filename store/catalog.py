@@ -22,3 +22,20 @@ def catalog_mark(engine: Engine) -> tuple[int, int | None]:
     with engine.connect() as conn:
         n, newest = conn.execute(select(func.count(), func.max(items.c.updated_at))).one()
     return int(n), newest
+
+
+def catalog_sizes(engine: Engine) -> dict[str, int]:
+    """Catalog items per storefront."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(items.c.storefront, func.count()).group_by(items.c.storefront)).all()
+    return {storefront: int(n) for storefront, n in rows}
+
+
+def catalog_rows(engine: Engine, item_ids: list[str]) -> pd.DataFrame:
+    """The catalog rows of ``item_ids`` (of any storefront), with :data:`CATALOG_COLUMNS`."""
+    ids, rows = sorted(set(item_ids)), []
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            rows += conn.execute(select(*(items.c[name] for name in CATALOG_COLUMNS)).where(
+                items.c.item_id.in_(ids[start:start + 500]))).all()
+    return pd.DataFrame(rows, columns=CATALOG_COLUMNS)

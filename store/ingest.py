@@ -30,6 +30,7 @@ from store.models import (
     items,
     open_segments,
 )
+from store.online import attribute, store_served
 
 TopicPartition = tuple[str, int]
 
@@ -52,8 +53,9 @@ class Source(NamedTuple):
 class IngestBatch:
     """Validated messages from one poll, ready to commit.
 
-    ``events`` are the accepted interaction events (:data:`replay.codec.EVENT_SCHEMA`) and
-    ``sources`` the message of each row, kept for a dead letter if it turns out a duplicate.
+    ``events`` are the accepted interaction events (:data:`replay.codec.EVENT_SCHEMA` and the
+    feedback columns ``request_id``, ``position``, ``value``) and ``sources`` the message of
+    each row, kept for a dead letter if it turns out a duplicate. ``served`` are served lists.
     ``rejections`` are dead letters (source fields with ``payload``, ``reason``, ``detail``,
     ``storefront``, ``event_type``). ``offsets`` maps each partition to (offset the worker
     expects in the store, or None if it has never been stored; the next offset to read).
@@ -63,6 +65,7 @@ class IngestBatch:
     events: pa.Table = field(default_factory=codec.empty)
     sources: Sequence[Source] = ()
     items: list[dict] = field(default_factory=list)
+    served: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     offsets: dict[TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
 
@@ -137,10 +140,11 @@ def stored_offsets(engine: Engine, group_id: str) -> dict[TopicPartition, int]:
 class IngestWriter:
     """Transactional sink of the ingest path for one consumer group."""
 
-    def __init__(self, engine: Engine, group_id: str, dedupe_horizon_s: int):
+    def __init__(self, engine: Engine, group_id: str, dedupe_horizon_s: int, attribution_window_s: int = 3600):
         self.engine = engine
         self.group_id = group_id
         self.dedupe_horizon_ms = dedupe_horizon_s * 1000
+        self.attribution_window_ms = attribution_window_s * 1000
 
     def load_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Stored next offsets of ``partitions`` (absent when never stored)."""
@@ -155,8 +159,12 @@ class IngestWriter:
             rejections = batch.rejections + [_duplicate(batch, row) for row in duplicates]
             if fresh.num_rows:
                 conn.execute(open_segments.insert().values(
-                    n_events=fresh.num_rows, first_ingested_at=batch.received_at, data=codec.encode(fresh)))
+                    n_events=fresh.num_rows, first_ingested_at=batch.received_at,
+                    data=codec.encode(fresh.select(codec.EVENT_SCHEMA.names))))
             self._upsert_items(conn, batch.items, batch.received_at)
+            store_served(conn, batch.served, batch.received_at)  # before attributing: a batch may hold both
+            if "request_id" in fresh.column_names:
+                attribute(conn, fresh, self.attribution_window_ms, batch.received_at)
             if rejections:
                 conn.execute(dead_letters.insert(), [
                     {k: r[k] for k in ("topic", "partition", "offset", "key", "payload", "reason", "detail")}

@@ -201,3 +201,66 @@ drift_metrics = Table(
     Index("ix_drift_metrics_series", "metric", "storefront", "window_id"),
     Index("ix_drift_metrics_alert", "alert", "window_id"),
 )
+
+# Every list a worker served (logged after the answer through <prefix>-served, ingested like events).
+served_lists = Table(
+    "served_lists", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("served_at", BigInteger, nullable=False, comment="epoch ms UTC, the answering worker's clock"),
+    Column("surface", String(16), nullable=False, comment="'recommend', 'similar' or 'search'"),
+    Column("storefront", ID, nullable=False),
+    Column("source", String(16), nullable=False, comment="'model', 'text' or 'trending'"),
+    Column("model_version", BigInteger, comment="the version that ranked the list (NULL: no model)"),
+    Column("experiment", String(64)),
+    Column("arm", String(64)),
+    Column("user_id", ID),
+    Column("session_id", ID),
+    Column("query", Text, comment="the search text, or the item of /similar"),
+    Column("items", JSON, nullable=False, comment="item ids in rank order"),
+    Column("scores", JSON, nullable=False),
+    Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Index("ix_served_lists_user", "user_id", "served_at"),
+    Index("ix_served_lists_served_at", "served_at"),
+)
+
+# Click and purchase events attributed to a served list: directly (the event names the list's
+# request_id) or inferred (the same user was shown the item within STREAMREC_ATTRIBUTION_WINDOW_S).
+attributed_events = Table(
+    "attributed_events", metadata,
+    Column("event_id", ID, primary_key=True),
+    Column("request_id", String(64), nullable=False),
+    Column("inferred", Boolean, nullable=False, comment="true: matched by user, item and time, not by request_id"),
+    Column("type", String(16), nullable=False),
+    Column("user_id", ID, nullable=False),
+    Column("item_id", ID, nullable=False),
+    Column("storefront", ID, nullable=False),
+    Column("ts", BigInteger, nullable=False, comment="event time, epoch ms UTC"),
+    Column("position", Integer, comment="the item's rank in the list (1 = first), as the event gave it"),
+    Column("value", Float, comment="order value of a purchase"),
+    Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Index("ix_attributed_events_request", "request_id"),
+    Index("ix_attributed_events_ingested_at", "ingested_at"),
+)
+
+# Online metrics per served hour (UTC), surface, storefront, ranker, version and experiment arm.
+online_metrics = Table(
+    "online_metrics", metadata,
+    Column("hour", BigInteger, primary_key=True, comment="start of the hour the lists were served, epoch ms UTC"),
+    Column("surface", String(16), primary_key=True),
+    Column("storefront", ID, primary_key=True),
+    Column("source", String(16), primary_key=True),
+    Column("model_version", BigInteger, primary_key=True, comment="0: no model (trending or text)"),
+    Column("experiment", String(64), primary_key=True, comment="'' outside experiments"),
+    Column("arm", String(64), primary_key=True),
+    Column("lists", Integer, nullable=False),
+    Column("users", Integer, nullable=False, comment="distinct users the lists were served to"),
+    Column("clicked_lists", Integer, nullable=False),
+    Column("clicks", Integer, nullable=False),
+    Column("purchases", Integer, nullable=False),
+    Column("converted_users", Integer, nullable=False),
+    Column("revenue", Float, nullable=False),
+    Column("inferred_events", Integer, nullable=False, comment="attributed events matched without a request_id"),
+    Column("metrics", JSON, nullable=False, comment="ctr, rates, click positions, coverage, diversity, novelty, "
+                                                    "popularity (see drift/online.py)"),
+    Column("updated_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+)

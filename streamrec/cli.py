@@ -269,25 +269,16 @@ def models(limit: int) -> None:
         rows.append({"": "*" if serving and v["id"] == serving["id"] else "", "version": v["id"],
                      "parent": v["parent_id"] or "-", "status": v["status"],
                      "windows": ",".join(map(str, v["windows"])),
-                     "recall@20": shown_share(candidate.get("recall@20")),
-                     "ndcg@20": shown_share(candidate.get("ndcg@20")),
-                     "coverage@20": shown_share(candidate.get("coverage@20")),
-                     "baseline": f"{shown_share(baseline.get('recall@20'))} ({metrics.get('baseline_name', '-')})",
+                     "recall@20": fraction(candidate.get("recall@20")),
+                     "ndcg@20": fraction(candidate.get("ndcg@20")),
+                     "coverage@20": fraction(candidate.get("coverage@20")),
+                     "baseline": f"{fraction(baseline.get('recall@20'))} ({metrics.get('baseline_name', '-')})",
                      "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
                      "device": v["device"], "text encoder": v["text_encoder"] or "-",
                      "id rows": id_rows(metrics.get("ids")), "id policy": metrics.get("ids", {}).get("policy", "-"),
                      "created": ms_to_iso(v["created_at"])})
     print_table(rows, ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "coverage@20", "baseline",
                        "rehearsal", "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
-
-
-def shown_share(value: float | None) -> str:
-    """A stored metric for ``streamrec models``: four decimals, or ``-`` where a version has none.
-
-    >>> shown_share(0.31234), shown_share(None)
-    ('0.3123', '-')
-    """
-    return "-" if value is None else f"{value:.4f}"
 
 
 def id_rows(ids: dict | None) -> str:
@@ -518,6 +509,40 @@ def report(out: str, windows: int | None) -> None:
     Path(out).write_text(render(rows, generated_at_ms=now_ms()), encoding="utf-8")
     click.echo(f"Wrote {out}: {len({r['metric'] for r in rows})} metrics over "
                f"{len({r['window_id'] for r in rows})} windows.")
+
+
+def fraction(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@main.command()
+@click.option("--hours", default=24, show_default=True, help="How many of the newest served hours.")
+@click.option("--storefront", default=None, help="Only this storefront.")
+@click.option("--surface", type=click.Choice(["recommend", "similar", "search"]), default=None,
+              help="Only this endpoint.")
+def online(hours: int, storefront: str | None, surface: str | None) -> None:
+    """Online metrics of served lists: CTR, conversion, revenue, coverage, diversity, novelty per
+    served hour, surface, storefront, ranker, version and experiment arm (newest hour first)."""
+    from drift.online import HOUR_MS
+    from store.online import read_online_metrics
+    from store.registry import now_ms
+
+    rows = read_online_metrics(store_engine(), now_ms() // HOUR_MS * HOUR_MS - (hours - 1) * HOUR_MS, storefront,
+                               surface)
+    print_table([{"hour": ms_to_iso(r["hour"])[:13] + "h", "surface": r["surface"], "storefront": r["storefront"],
+                  "ranker": r["source"], "version": r["model_version"] or "-",
+                  "arm": f"{r['experiment']}/{r['arm']}" if r["experiment"] else "-", "lists": r["lists"],
+                  "users": r["users"], "ctr": fraction(r["metrics"]["ctr"]),
+                  "clicks/list": fraction(r["metrics"]["clicks_per_list"]),
+                  "conversion": fraction(r["metrics"]["conversion"]),
+                  "revenue/1000": f"{r['metrics']['revenue_per_1000'] or 0:.2f}",
+                  "inferred": r["inferred_events"], "coverage": fraction(r["metrics"]["coverage"]),
+                  "diversity": fraction(r["metrics"]["diversity"]), "novelty": fraction(r["metrics"]["novelty"]),
+                  "top positions": ", ".join(f"{p}:{n}" for p, n in sorted(
+                      r["metrics"]["click_positions"].items(), key=lambda kv: -kv[1])[:3]) or "-"}
+                 for r in rows],
+                ["hour", "surface", "storefront", "ranker", "version", "arm", "lists", "users", "ctr", "clicks/list",
+                 "conversion", "revenue/1000", "inferred", "coverage", "diversity", "novelty", "top positions"])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Reads like a table of contents of the running system:
 * ``serving``: the newest promoted model, user histories and trending items, refreshed from
   the store and hot-swapped (:mod:`streams.serving`), answering the HTTP API of
   :mod:`streams.web` (``/recommend``, ``/similar``, ``/search``, ``POST /events``, ``/models``);
+* ``served_log``: every list answered, produced to the served topic after the answer
+  (:mod:`streams.served`) and ingested like events, so clicks and purchases are attributed;
+* ``online``: online metrics per hour, version and arm from served lists and attributed
+  events (:mod:`streams.online`);
 * ``/health`` and ``/stats``: what the worker is doing, over HTTP.
 """
 
@@ -22,18 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from drift.online import HOUR_MS
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from store.drift_metrics import open_alerts
 from store.ingest import ingest_totals, stored_offsets
+from store.online import read_online_metrics
 from streams.ingest_processes import IngestProcesses
 from streams.metrics import render
+from streams.online import OnlineMetricsService
 from streams.schema import DeadLetter, WindowSealed
 from streams.sealing import SealingService
+from streams.served import ServedLog
 from streams.serving import ServingService
 from streams.topics import LagReader, ensure_topics
 from streams.web import add_views
@@ -68,11 +77,14 @@ dead_letter_topic = app.topic(config.dead_letter_topic, value_type=DeadLetter)
 windows_topic = app.topic(config.windows_topic, value_type=WindowSealed, partitions=1)
 events_topic = app.topic(config.events_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 catalog_topic = app.topic(config.catalog_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+served_topic = app.topic(config.served_topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 training = TrainingService(config)
 replay = SealingService(config, windows_topic)
 ingest = IngestProcesses(config, dead_letter_topic, on_commit=replay.poke)
 serving = ServingService(config)
-add_views(app, config, serving, events_topic, catalog_topic)
+served_log = ServedLog(served_topic, enabled=config.served_log)
+online = OnlineMetricsService(config, lambda: serving.engine, serving.trending)
+add_views(app, config, serving, served_log, events_topic, catalog_topic)
 metrics_thread = StoreThread("streamrec-metrics")
 lag_reader = LagReader(config, lambda: stored_offsets(ingest.engine, config.ingest_group))
 
@@ -84,6 +96,8 @@ async def start_services() -> None:
     await app.add_runtime_dependency(replay)
     await app.add_runtime_dependency(ingest)
     await app.add_runtime_dependency(serving)
+    await app.add_runtime_dependency(served_log)
+    await app.add_runtime_dependency(online)
 
 
 @app.agent(windows_topic)
@@ -99,7 +113,7 @@ async def health(web, request):
     assigned = sorted(tp for partitions in ingest.assigned.values() for tp in partitions)
     return web.json({"status": "ok" if ingest.ready else "starting",
                      "ingest": ingest.describe(), "replay": replay.totals, "training": training.describe(),
-                     "serving": serving.describe(), "assigned": assigned})
+                     "serving": serving.describe(), "served_log": served_log.describe(), "assigned": assigned})
 
 
 @app.page("/metrics")
@@ -115,7 +129,8 @@ async def metrics(web, request):
             logging.getLogger(__name__).warning("consumer lag not measured: %s", exc)
             lag = {}
         return {"ingest": ingest_totals(ingest.engine), "lag": lag, "backlog": training.backlog,
-                "runs": training.runs, "open_alerts": len(open_alerts(ingest.engine))}
+                "runs": training.runs, "open_alerts": len(open_alerts(ingest.engine)),
+                "online": read_online_metrics(ingest.engine, since_ms=time.time_ns() // 1_000_000 // HOUR_MS * HOUR_MS)}
 
     return web.bytes(render(await metrics_thread.run(read)), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -151,3 +151,7 @@ class Trending:
 
     def storefronts(self) -> list[str]:
         return sorted(self._weights)
+
+    def weights(self, storefront: str) -> dict[str, float]:
+        """Every item's weight in ``storefront`` (relative: only shares between items mean something)."""
+        return self._weights.get(storefront, {}).copy()

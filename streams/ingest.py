@@ -51,7 +51,7 @@ def _label(obj: dict | None, name: str, allowed=None) -> str:
 
 
 class IngestService(mode.Service):
-    """Batched, exactly-once-into-the-store consumer of the events and catalog topics."""
+    """Batched, exactly-once-into-the-store consumer of the events, catalog and served topics."""
 
     def __init__(self, config: Config, report=None, **kwargs):
         """``report(dict)`` is told of each rebalance and commit (see the module docstring)."""
@@ -69,7 +69,8 @@ class IngestService(mode.Service):
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)  # migrated by the worker
-        self.writer = IngestWriter(self.engine, self.config.ingest_group, self.config.dedupe_horizon_s)
+        self.writer = IngestWriter(self.engine, self.config.ingest_group, self.config.dedupe_horizon_s,
+                                   self.config.attribution_window_s)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             group_id=self.config.ingest_group,
@@ -81,7 +82,7 @@ class IngestService(mode.Service):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
-        self.consumer.subscribe([self.config.events_topic, self.config.catalog_topic],
+        self.consumer.subscribe([self.config.events_topic, self.config.catalog_topic, self.config.served_topic],
                                 listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 
@@ -172,6 +173,12 @@ class IngestService(mode.Service):
         for tp, polled in records.items():
             if tp.topic == self.config.events_topic:
                 messages += polled
+            elif tp.topic == self.config.served_topic:
+                for msg in polled:
+                    try:
+                        batch.served.append(self.validator.served(msg.value or b""))
+                    except Invalid as exc:
+                        batch.rejections.append(self._rejection(msg, exc, event_type="served"))
             else:
                 for msg in polled:
                     try:

@@ -18,11 +18,13 @@ each partition's end offset minus the offset stored with the data).
 | ``streamrec_model_versions_total`` | counter | status (``promoted``, ``rejected``, ``rolled_back``) |
 | ``streamrec_drift_open_alerts`` | gauge | |
 | ``streamrec_http_request_seconds`` | histogram | endpoint, method, status |
+| ``streamrec_served_lists_total`` | counter: lists this worker logged | outcome (``sent``, ``lost``) |
+| ``streamrec_online_*`` | gauge: the newest hour's online metrics | surface, storefront, source, version, arm |
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -34,6 +36,10 @@ REQUEST_SECONDS = Histogram(
     "streamrec_http_request_seconds", "Time to answer an HTTP request of the API.",
     ["endpoint", "method", "status"], registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+SERVED_LISTS = Counter("streamrec_served_lists", "Served lists this worker logged to the served topic, by outcome "
+                       "(sent, or lost: the buffer was full or the broker refused).", ["outcome"], registry=REGISTRY)
+for _outcome in ("sent", "lost"):  # both exported from the start, at 0
+    SERVED_LISTS.labels(_outcome)
 
 
 class Snapshot:
@@ -85,6 +91,25 @@ class Snapshot:
         yield versions
         yield GaugeMetricFamily("streamrec_drift_open_alerts", "Drift alerts not yet followed by a normal value.",
                                 value=r["open_alerts"])
+        yield from _online(r.get("online", []))
+
+
+ONLINE_GAUGES = {"lists": "Lists served", "users": "Distinct users served", "ctr": "Share of lists clicked",
+                 "conversion": "Share of exposed users who bought", "revenue_per_1000": "Order value per 1,000 lists",
+                 "coverage": "Share of the catalog served", "diversity": "Intra-list diversity (1 - mean cosine)",
+                 "novelty": "Mean -log2 popularity share of served items"}
+
+
+def _online(rows: list[dict]):
+    """Gauges of the newest hour's online metrics (``streamrec_online_<name>``)."""
+    labels = ["surface", "storefront", "source", "model_version", "experiment", "arm"]
+    for name, doc in ONLINE_GAUGES.items():
+        gauge = GaugeMetricFamily(f"streamrec_online_{name}", f"{doc}, in the newest served hour.", labels=labels)
+        for row in rows:
+            value = row.get(name, row["metrics"].get(name))
+            if value is not None:
+                gauge.add_metric([str(row[label]) for label in labels], value)
+        yield gauge
 
 
 SNAPSHOT = Snapshot()

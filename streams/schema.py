@@ -18,7 +18,9 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
     """A shopper clicked or bought an item.
 
     ``ts`` is epoch milliseconds or an ISO-8601 string on the wire; after validation it is
-    always epoch milliseconds, UTC.
+    always epoch milliseconds, UTC. Feedback on a served list: ``request_id`` (the answer's id)
+    attributes the event to that list, ``position`` is the item's rank in it (1 = first) and
+    ``value`` the order value of a purchase, for revenue metrics.
     """
 
     event_id: str
@@ -30,6 +32,9 @@ class InteractionEvent(faust.Record, serializer="json", include_metadata=False):
     session_id: Optional[str] = None
     price: Optional[float] = None
     quantity: Optional[int] = None
+    request_id: Optional[str] = None
+    position: Optional[int] = None
+    value: Optional[float] = None
 
 
 class CatalogEvent(faust.Record, serializer="json", include_metadata=False):
@@ -54,6 +59,32 @@ class DeadLetter(faust.Record, serializer="json", include_metadata=False):
     key: Optional[str]
     payload_b64: str
     received_at: int
+
+
+SURFACES = ("recommend", "similar", "search")
+
+
+class ServedList(faust.Record, serializer="json", include_metadata=False):
+    """A list a worker answered, logged to ``<prefix>-served`` after the answer.
+
+    ``surface`` is the endpoint, ``query`` the search text or the item of ``/similar``,
+    ``source`` the ranker (``model``, ``text`` or ``trending``), ``items`` the item ids in rank
+    order with their ``scores``.
+    """
+
+    request_id: str
+    served_at: int
+    surface: str
+    storefront: str
+    source: str
+    items: list
+    scores: list
+    user_id: Optional[str] = None
+    session_id: Optional[str] = None
+    query: Optional[str] = None
+    model_version: Optional[int] = None
+    experiment: Optional[str] = None
+    arm: Optional[str] = None
 
 
 class WindowSealed(faust.Record, serializer="json", include_metadata=False):

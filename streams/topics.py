@@ -10,12 +10,13 @@ from runtime.config import Config
 
 
 def ensure_topics(config: Config, timeout_s: float = 30.0) -> list[str]:
-    """Create the events, catalog, dead-letter and windows topics if missing; returns the ones created.
+    """Create the events, catalog, dead-letter, served and windows topics if missing; returns the ones created.
 
     The windows topic has one partition, so one worker at a time records the window notices.
     """
     wanted = {config.events_topic: config.topic_partitions, config.catalog_topic: config.topic_partitions,
-              config.dead_letter_topic: config.topic_partitions, config.windows_topic: 1}
+              config.dead_letter_topic: config.topic_partitions, config.served_topic: config.topic_partitions,
+              config.windows_topic: 1}
     admin = KafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id=f"{config.app_id}-admin",
                              request_timeout_ms=int(timeout_s * 1000))
     try:

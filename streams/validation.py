@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replay import codec
-from streams.schema import EVENT_TYPES, CatalogEvent, InteractionEvent
+from streams.schema import EVENT_TYPES, SURFACES, CatalogEvent, InteractionEvent, ServedList
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_ID_LENGTH = 256
@@ -55,7 +55,8 @@ REASONS = {
     "invalid_ts": "`ts` is a string but not ISO-8601",
     "ts_in_future": "`ts` is further in the future than STREAMREC_MAX_FUTURE_S",
     "ts_before_2000": "`ts` is before 2000-01-01 (often: seconds sent instead of milliseconds)",
-    "invalid_value": "a value is out of range (negative price, quantity below 1 or above 2^31-1, id too long, a NUL character)",
+    "invalid_value": "a value is out of range (negative price or value, quantity below 1 or above 2^31-1, position "
+                     "below 1 or above 10,000, id too long, a NUL character)",
     "duplicate_event_id": "the event_id was already accepted within STREAMREC_DEDUPE_HORIZON_S",
 }
 
@@ -77,6 +78,8 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     if args == {int, str}:
         return "ts", nullable
     (only,) = args
+    if typing.get_origin(only) is list or only is typing.List:
+        return "list", nullable
     return {str: "str", int: "int", float: "number"}[only], nullable
 
 
@@ -92,7 +95,18 @@ def _field_rules(record: type) -> list[tuple[str, str, bool, Any]]:
 
 INTERACTION_RULES = _field_rules(InteractionEvent)
 CATALOG_RULES = _field_rules(CatalogEvent)
-ID_FIELDS = {"event_id", "user_id", "item_id", "session_id", "storefront"}
+SERVED_RULES = _field_rules(ServedList)
+MAX_SERVED_ITEMS = 1000
+ID_FIELDS = {"event_id", "user_id", "item_id", "session_id", "storefront", "request_id"}
+MAX_POSITION = 10_000
+# What the ingest path reads of an event: what replay windows keep, and the feedback on a served list.
+FEEDBACK_SCHEMA = pa.schema([("request_id", pa.string()), ("position", pa.int32()), ("value", pa.float64())])
+INGEST_SCHEMA = pa.schema([*codec.EVENT_SCHEMA, *FEEDBACK_SCHEMA])
+
+
+def ingest_table(events: list[dict]) -> pa.Table:
+    """Validated event dicts as an Arrow table of :data:`INGEST_SCHEMA`."""
+    return pa.table({name: [e.get(name) for e in events] for name in INGEST_SCHEMA.names}, schema=INGEST_SCHEMA)
 
 
 def _fast_decoder(rules) -> msgspec.json.Decoder:
@@ -117,9 +131,11 @@ _WHITESPACE = pa.array([chr(c) for c in range(0x110000) if chr(c).isspace()])
 
 def _suspect_rows(table: pa.Table) -> np.ndarray:
     """Rows of fast-decoded events that may break a rule: a string that starts with whitespace
-    (it may be blank) or holds NUL, an unknown type, a negative price, a quantity below 1."""
+    (it may be blank) or holds NUL, an unknown type, a negative price or value, a quantity or
+    position out of range."""
     checks = [pc.invert(pc.is_in(table["type"], pa.array(EVENT_TYPES))),
-              pc.less(table["price"], 0), pc.less(table["quantity"], 1)]
+              pc.less(table["price"], 0), pc.less(table["quantity"], 1), pc.less(table["value"], 0),
+              pc.less(table["position"], 1), pc.greater(table["position"], MAX_POSITION)]
     for name in table.column_names:
         if pa.types.is_string(table.schema.field(name).type):
             checks.append(pc.is_in(pc.utf8_slice_codeunits(table[name], 0, 1), _WHITESPACE))
@@ -200,7 +216,7 @@ class Validator:
     def interactions(self, raws: list[bytes]) -> tuple[pa.Table, list[int], list[tuple[int, Invalid]]]:
         """Validate many interaction messages at once, as the ingest path does.
 
-        Returns the accepted events as one table (:data:`replay.codec.EVENT_SCHEMA`, message
+        Returns the accepted events as one table (:data:`INGEST_SCHEMA`, message
         order), the index in ``raws`` of each table row, and ``(index, error)`` for each rejected
         message: the same answers as :meth:`interaction` one message at a time. Plainly valid
         messages are decoded and type-checked by msgspec and their values checked column-wise;
@@ -221,8 +237,8 @@ class Validator:
                         fast_at.append(i)
                         continue
             slow_at.append(i)
-        table = pa.table({name: [getattr(e, name) for e in fast] for name in codec.EVENT_SCHEMA.names},
-                         schema=codec.EVENT_SCHEMA)
+        table = pa.table({name: [getattr(e, name) for e in fast] for name in INGEST_SCHEMA.names},
+                         schema=INGEST_SCHEMA)
         suspect = _suspect_rows(table)
         if suspect.any():
             table = table.filter(pa.array(~suspect))
@@ -239,7 +255,7 @@ class Validator:
             return table, fast_at, rejected
         rows = fast_at + slow_ok_at
         order = np.argsort(rows, kind="stable")
-        return (pa.concat_tables([table, codec.to_table(slow)]).take(order),
+        return (pa.concat_tables([table, ingest_table(slow)]).take(order),
                 [rows[k] for k in order], rejected)
 
     def catalog(self, raw: bytes | str) -> dict:
@@ -255,6 +271,11 @@ class Validator:
             raise Invalid("invalid_value", f"price must not be negative, got {event['price']}")
         if event["quantity"] is not None and not 1 <= event["quantity"] <= MAX_QUANTITY:
             raise Invalid("invalid_value", f"quantity must be between 1 and {MAX_QUANTITY}, got {event['quantity']}")
+        if event["value"] is not None and event["value"] < 0:
+            raise Invalid("invalid_value", f"value must not be negative, got {event['value']}")
+        if event["position"] is not None and not 1 <= event["position"] <= MAX_POSITION:
+            raise Invalid("invalid_value", f"position must be between 1 and {MAX_POSITION} (1 = first), "
+                                           f"got {event['position']}")
         return event
 
     def catalog_from_obj(self, obj: dict) -> dict:
@@ -262,6 +283,27 @@ class Validator:
         if item["ts"] is None:
             item["ts"] = self.now_ms()
         return item
+
+    def served(self, raw: bytes | str) -> dict:
+        """Validate one served-list message (:class:`streams.schema.ServedList`).
+
+        >>> Validator().served(b'{"request_id": "r1", "served_at": 1763000000000, "surface": "search",'
+        ...                    b' "storefront": "default", "source": "text", "items": ["a"], "scores": [0.5]}')["items"]
+        ['a']
+        """
+        served = self._apply(self.decode(raw), SERVED_RULES)
+        if served["surface"] not in SURFACES:
+            raise Invalid("invalid_value",
+                          f"surface must be one of {', '.join(SURFACES)}, got {served['surface'][:64]!r}")
+        items, scores = served["items"], served["scores"]
+        if len(items) > MAX_SERVED_ITEMS or len(scores) != len(items):
+            raise Invalid("invalid_value", f"items must be at most {MAX_SERVED_ITEMS} ids with one score each, got "
+                                           f"{len(items)} items and {len(scores)} scores")
+        if not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH and "\x00" not in i for i in items):
+            raise Invalid("invalid_value", "items must be item ids (non-empty strings of at most 256 characters)")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
+            raise Invalid("invalid_value", "scores must be finite numbers")
+        return served
 
     def _apply(self, obj: dict, rules) -> dict:
         out = {}
@@ -285,6 +327,9 @@ class Validator:
                     raise Invalid("invalid_value", f"{name} is {len(value)} characters long")
                 elif "\x00" in value:  # no database stores it in text
                     raise Invalid("invalid_value", f"{name} contains a NUL character (U+0000)")
+            elif kind == "list":
+                if not isinstance(value, list):
+                    raise Invalid("wrong_type", f"{name} must be an array, got {type(value).__name__}")
             elif kind == "int":
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise Invalid("wrong_type", f"{name} must be an integer, got {type(value).__name__}")

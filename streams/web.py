@@ -31,6 +31,7 @@ from store.registry import (
     serving_version,
 )
 from streams.metrics import REQUEST_SECONDS
+from streams.served import ServedLog, new_request_id
 from streams.serving import ServingService
 from streams.validation import Invalid, Validator
 
@@ -101,8 +102,9 @@ class JSONView(View):
                           status=status, headers=headers)
 
 
-def add_views(app: faust.App, config: Config, serving: ServingService, events_topic, catalog_topic) -> None:
-    """Register the API's views on ``app``."""
+def add_views(app: faust.App, config: Config, serving: ServingService, served_log: ServedLog, events_topic,
+              catalog_topic) -> None:
+    """Register the API's views on ``app``; every list answered is recorded in ``served_log``."""
     validator = Validator(config.max_payload_bytes, config.max_future_s)
 
     def view(path: str):
@@ -153,18 +155,21 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
             history = serving.histories.recent(user_id)
             exclude = excluded(request) | (set() if include_purchased else serving.histories.purchased(user_id))
             recommender = ranker if isinstance(ranker, Recommender) else None  # the snapshot taken above
-            answer = {"user_id": user_id, "storefront": storefront, "k": k}
+            answer = {"request_id": new_request_id(), "user_id": user_id, "storefront": storefront, "k": k}
+            shop = storefront or (history[-1].storefront if history else "default")
             if not history or recommender is None:
-                shop = storefront or (history[-1].storefront if history else "default")
                 top = serving.trending.top(shop, k, exclude)
-                return self.json({**answer, "source": "trending", "model_version": None,
-                                  "items": scored([Scored(item, weight) for item, weight in top], ranker)})
-            if storefront is not None and not recommender.knows_storefront(storefront):
-                items = []
+                answer |= {"source": "trending", "model_version": None,
+                           "items": scored([Scored(item, weight) for item, weight in top], ranker)}
             else:
-                items = recommender.recommend(history, k, storefront, exclude)
-            return self.json({**answer, "source": "model", "model_version": recommender.version["id"],
-                              "items": scored(items, recommender)})
+                if storefront is not None and not recommender.knows_storefront(storefront):
+                    items = []
+                else:
+                    items = recommender.recommend(history, k, storefront, exclude)
+                answer |= {"source": "model", "model_version": recommender.version["id"],
+                           "items": scored(items, recommender)}
+            served_log.record("recommend", answer, shop, user_id, request.query.get("session_id"))
+            return self.json(answer)
 
     @view("/similar/{item_id}")
     class Similar(JSONView):
@@ -179,7 +184,12 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
                 known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
                     "not in the catalog (while no model version serves, items are compared by their catalog text)")
                 raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
-            return self.json({"item_id": item_id, "k": k, **answered_by(ranker), "items": scored(items, ranker)})
+            answer = {"request_id": new_request_id(), "item_id": item_id, "k": k, **answered_by(ranker),
+                      "items": scored(items, ranker)}
+            user_id = request.query.get("user_id")
+            served_log.record("similar", answer, request.query.get("storefront"), user_id,
+                              request.query.get("session_id"), query=item_id)
+            return self.json(answer)
 
     @view("/search")
     class Search(JSONView):
@@ -199,8 +209,11 @@ def add_views(app: faust.App, config: Config, serving: ServingService, events_to
                 items = ranker.search(vector, k, history, exclude)
             else:
                 history, items = [], ranker.search(vector, k, exclude)
-            return self.json({"query": query, "user_id": user_id, "k": k, "personalised": bool(history),
-                              **answered_by(ranker), "items": scored(items, ranker)})
+            answer = {"request_id": new_request_id(), "query": query, "user_id": user_id, "k": k,
+                      "personalised": bool(history), **answered_by(ranker), "items": scored(items, ranker)}
+            served_log.record("search", answer, request.query.get("storefront"), user_id,
+                              request.query.get("session_id"), query=query)
+            return self.json(answer)
 
     async def accept(request, topic, validate, key_field: str) -> dict:
         """Validate a JSON array like the Kafka path does, produce the valid messages, report the rest."""

@@ -115,16 +115,20 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return asyncio.run(read())
 
 
-def wait_ingested(config: Config, engine, timeout_s: float, message: str = "") -> None:
-    """Wait until the store holds, with its data, the end offset of every partition of the events
-    topic: each message produced so far is stored or dead-lettered, and no batch of them can land
-    again (a redelivered batch would start below a stored offset). What proves a duplicate absent."""
-    def caught_up() -> bool:
-        ends = end_offsets(config.bootstrap_servers, config.events_topic)
-        stored = stored_offsets(engine, config.ingest_group)
-        return all(stored.get((config.events_topic, p), 0) >= end for p, end in ends.items())
+def wait_ingested(config: Config, engine, timeout_s: float, message: str = "", topic: str | None = None) -> None:
+    """Wait until the store holds, with its data, the end offset of every partition of ``topic``
+    (the events topic unless given): each message produced so far is stored or dead-lettered, and
+    no batch of them can land again (a redelivered batch would start below a stored offset). What
+    proves a duplicate absent."""
+    topic = topic or config.events_topic
 
-    wait_until(caught_up, timeout_s, message or "the store holds every events partition's end offset", interval_s=0.5)
+    def caught_up() -> bool:
+        ends = end_offsets(config.bootstrap_servers, topic)
+        stored = stored_offsets(engine, config.ingest_group)
+        return all(stored.get((topic, p), 0) >= end for p, end in ends.items())
+
+    wait_until(caught_up, timeout_s, message or f"the store holds every {topic} partition's end offset",
+               interval_s=0.5)
 
 
 def store_text_vectors(database_url: str, vectors: dict[str, np.ndarray]) -> None:

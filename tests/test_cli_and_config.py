@@ -1,4 +1,4 @@
-"""Command line, configuration and the README's promises about them."""
+"""Command line, configuration and the docs' promises about them (README and settings reference)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from replay.memory import POLICIES
 from runtime.config import (
+    SECTIONS,
     SETTINGS,
     Config,
     ConfigError,
@@ -18,8 +19,11 @@ from runtime.config import (
 )
 from store.db import make_engine, migrate
 from streamrec.cli import main
+from tests.docs import load_docs_generator
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+SETTINGS_PAGE = ROOT / "docs" / "reference" / "settings.md"
 
 
 def test_every_command_has_help():
@@ -62,15 +66,21 @@ def test_cli_reports_bad_settings_without_a_traceback(monkeypatch):
     assert result.exit_code == 1 and "STREAMREC_WEB_PORT='http'" in result.output
 
 
-def test_readme_documents_every_setting():
+def test_settings_reference_documents_every_setting_in_its_section():
+    page = SETTINGS_PAGE.read_text()
     for setting in SETTINGS.values():
-        assert f"| `{setting.env}` | `{setting.default}` |" in README, setting.env
+        assert setting.section in SECTIONS, f"{setting.env} names no section of runtime.config.SECTIONS"
+        section = page.split(f"\n## {setting.section}\n", 1)[1].split("\n## ", 1)[0]
+        assert f"| `{setting.env}` | `{setting.default}` |" in section, setting.env
 
 
-def test_readme_settings_table_is_generated():
-    assert with_settings_table(README) == README, "run: python -m runtime.config --write-readme README.md"
+def test_settings_reference_is_generated():
+    generate = load_docs_generator()
+    assert SETTINGS_PAGE.read_text() == generate.settings_page(), "run: ./dev docs"
     result = CliRunner().invoke(main, ["config", "--markdown"])
     assert result.exit_code == 0 and result.output == settings_table()
+    table = "<!-- settings:begin -->\n<!-- settings:end -->\n"
+    assert with_settings_table(table) == f"<!-- settings:begin -->\n{settings_table()}<!-- settings:end -->\n"
 
 
 def test_settings_round_trip_and_replace():
@@ -98,8 +108,11 @@ def test_from_env_reads_only_the_given_variables(monkeypatch, tmp_path):
 
 
 def test_readme_starts_with_the_run_and_test_commands():
+    title, rest = README.split("\n\n", 1)
+    assert title == "# streamrec" and rest.startswith("```bash\n"), "the two commands come first"
     first_block = README.split("```bash", 1)[1].split("```", 1)[0]
     assert "./dev run" in first_block and "./dev test" in first_block
+    assert "./dev test --quick" in README
 
 
 def test_secrets_are_never_shown(monkeypatch):
@@ -114,7 +127,9 @@ def test_secrets_are_never_shown(monkeypatch):
 
 
 READ_ONLY = [["models"], ["drift"], ["report", "--out", "report.html"], ["stats"], ["dead-letters"], ["windows"],
-             ["memory"]]
+             ["memory"], ["online"]]
+MIGRATIONS = sorted(p.name[:4] for p in (Path(__file__).parents[1] / "store" / "migrations" / "versions").glob("0*.py"))
+OLDER, HEAD = MIGRATIONS[-2:]  # the schema of the release before, and this one's
 
 
 @pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
@@ -135,13 +150,13 @@ def test_read_only_commands_never_create_or_migrate_a_store(command, tmp_path, m
     assert tables(path) == set()
 
     engine = make_engine(f"sqlite:///{path}")
-    migrate(engine, "0006")  # a store an older streamrec migrated
+    migrate(engine, OLDER)  # a store an older streamrec migrated
     behind = runner.invoke(main, command)
-    assert behind.exit_code == 1 and "has schema revision 0006, behind this streamrec's 0007" in behind.output
-    assert alembic_revision(path) == "0006"
+    assert behind.exit_code == 1 and f"has schema revision {OLDER}, behind this streamrec's {HEAD}" in behind.output
+    assert alembic_revision(path) == OLDER
 
     assert runner.invoke(main, ["migrate"]).exit_code == 0
-    assert alembic_revision(path) == "0007"
+    assert alembic_revision(path) == HEAD
     current = runner.invoke(main, command)
     assert current.exit_code == 0, current.output
     engine.dispose()
@@ -152,7 +167,7 @@ def test_writing_commands_migrate_the_store_first(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMREC_DATABASE_URL", f"sqlite:///{path}")
     result = CliRunner().invoke(main, ["promote", "3"])
     assert result.exit_code == 1 and "no model version 3" in result.output  # refused by the registry, not the schema
-    assert alembic_revision(path) == "0007" and "model_versions" in tables(path)
+    assert alembic_revision(path) == HEAD and "model_versions" in tables(path)
 
 
 def test_a_store_newer_than_this_streamrec_is_named(tmp_path, monkeypatch):

@@ -30,7 +30,33 @@ def reason_of(raw: bytes, kind: str = "interaction") -> str:
 def test_valid_event_is_normalised_with_defaults():
     out = validator.interaction(orjson.dumps(event(ts="2025-11-13T03:13:20+01:00", price=9.5, quantity=2)))
     assert out == {"event_id": "e1", "type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW,
-                   "storefront": "default", "session_id": None, "price": 9.5, "quantity": 2}
+                   "storefront": "default", "session_id": None, "price": 9.5, "quantity": 2,
+                   "request_id": None, "position": None, "value": None}
+
+
+def test_feedback_fields_are_checked_on_both_paths():
+    good = event(request_id="r1", position=3, value=19.99)
+    assert {k: validator.interaction(orjson.dumps(good))[k] for k in ("request_id", "position", "value")} == {
+        "request_id": "r1", "position": 3, "value": 19.99}
+    bad = {"position 0": event(position=0), "negative value": event(value=-1.0),
+           "position as text": event(position="3"), "blank request": event(request_id=" "),
+           "huge position": event(position=10_001)}
+    table, rows, rejected = validator.interactions([orjson.dumps(good)] + [orjson.dumps(e) for e in bad.values()])
+    # a blank optional id means "none given", as for session_id
+    assert rows == [0, 4] and table.column("request_id").to_pylist() == ["r1", None]
+    reasons = {list(bad)[i - 1]: exc.reason for i, exc in rejected}
+    assert reasons == {"position 0": "invalid_value", "negative value": "invalid_value",
+                       "position as text": "wrong_type", "huge position": "invalid_value"}
+
+
+def test_served_lists_are_checked():
+    served = {"request_id": "r1", "served_at": NOW, "surface": "recommend", "storefront": "default",
+              "source": "model", "model_version": 3, "user_id": "u1", "items": ["a", "b"], "scores": [0.9, 0.5]}
+    assert validator.served(orjson.dumps(served))["items"] == ["a", "b"]
+    assert reason_of(orjson.dumps({**served, "surface": "home"}), "served") == "invalid_value"
+    assert reason_of(orjson.dumps({**served, "scores": [0.9]}), "served") == "invalid_value"
+    assert reason_of(orjson.dumps({**served, "items": "a"}), "served") == "wrong_type"
+    assert reason_of(orjson.dumps({k: v for k, v in served.items() if k != "request_id"}), "served") == "missing_field"
 
 
 @pytest.mark.parametrize("ts, expected", [
