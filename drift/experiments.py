@@ -27,7 +27,7 @@ Always-valid confidence sequence on the difference
     tightest at N = T users (``tuning_users``; GrowthBook's default is 5000). It covers the true
     difference at every N at once with probability about 1 - alpha, so it may be looked at
     after every user. The always-valid p-value (their eq. 155) is
-    min(1, sqrt(N rho^2 + 1) exp(-rho^2 N d^2 / (2 V N (N rho^2 + 1)))).
+    min(1, sqrt(N rho^2 + 1) exp(-rho^2 N d^2 / (2 V (N rho^2 + 1)))).
 
 Sample-ratio mismatch
     Pearson's chi-square of the users per arm against the configured shares
@@ -123,7 +123,7 @@ def always_valid_p(estimate: float, variance: float, n: int, alpha: float, tunin
     if variance <= 0:
         return 1.0 if estimate == 0 else 0.0
     tr2p1 = n * r2 + 1
-    log_e = r2 * estimate ** 2 / variance / (2 * tr2p1) - 0.5 * math.log(tr2p1)
+    log_e = r2 * estimate ** 2 * n / variance / (2 * tr2p1) - 0.5 * math.log(tr2p1)
     return float(min(1.0, math.exp(-log_e))) if log_e < 700 else 0.0
 
 
