@@ -232,6 +232,25 @@ class Config(BaseSettings):
                                                            "keeps its partitions.")
     log_level: Literal[tuple(PYTHON_LOG_LEVELS)] = Field(
         "info", description=f"Worker log level: {either(PYTHON_LOG_LEVELS)}.")
+    rollout: Literal["gate", "canary"] = Field(
+        "gate", description="What happens to a candidate the offline gate passes: `gate` promotes it at once; "
+                            "`canary` first serves it to `STREAMREC_CANARY_SHARE` of users against the serving "
+                            "version, and the workers promote or roll it back by its online results (needs clicks "
+                            "sent with the answer's `request_id`).")
+    canary_share: float = Field(0.1, gt=0, lt=1, description="Share of users a canary candidate serves.")
+    canary_margin: PositiveFloat = Field(0.05, description="A canary is promoted once its confidence sequence rules "
+                                                           "out a loss of per-user CTR larger than this share of the "
+                                                           "serving version's.")
+    canary_min_users: PositiveInt = Field(1000, description="Users each arm of a canary must have before it can be "
+                                                            "promoted (a significant loss or a guardrail breach rolls "
+                                                            "it back sooner).")
+    canary_check_s: PositiveFloat = Field(60, description="How often a worker checks the running canary for a "
+                                                          "decision (one worker decides).")
+    experiment_alpha: float = Field(0.05, gt=0, lt=1, description="Experiments' confidence sequences cover the true "
+                                                                   "difference at every look with probability "
+                                                                   "1 - this.")
+    experiment_tuning_users: PositiveInt = Field(5000, description="Users at which experiments' confidence "
+                                                                   "sequences are tightest (GrowthBook's default).")
 
     @field_validator("kafka_url")
     @classmethod

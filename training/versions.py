@@ -6,6 +6,7 @@ from sqlalchemy import Engine
 
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle, load_bundle
+from store.experiments import newest_candidate
 from store.registry import (
     finish_run,
     list_versions,
@@ -24,6 +25,19 @@ def load_serving(engine: Engine) -> tuple[dict, ModelBundle] | None:
     """
     version = serving_version(engine)
     return None if version is None else _with_bundle(engine, version)
+
+
+def load_version(engine: Engine, version_id: int) -> tuple[dict, ModelBundle] | None:
+    """(version row, bundle) of version ``version_id`` (checksum verified), or None when there is none."""
+    version = next((v for v in list_versions(engine, ids=[version_id])), None)
+    return None if version is None else _with_bundle(engine, version)
+
+
+def load_candidate(engine: Engine) -> tuple[dict, ModelBundle] | None:
+    """(version row, bundle) of the newest candidate in canary or waiting (``STREAMREC_ROLLOUT=canary``),
+    which the next training job fine-tunes; None when there is none."""
+    newest = newest_candidate(engine)
+    return None if newest is None else load_version(engine, newest)
 
 
 def _with_bundle(engine: Engine, version: dict) -> tuple[dict, ModelBundle]:
