@@ -36,7 +36,13 @@ CANDIDATE_STATUSES = ("canary", "waiting")
 
 
 class ExperimentError(RuntimeError):
-    """An experiment operation that cannot be done, with the reason."""
+    """An experiment operation that cannot be done, with the reason; ``kind`` is ``invalid``
+    (a wrong argument), ``missing`` (no such version or experiment) or ``conflict`` (the state
+    of the store forbids it)."""
+
+    def __init__(self, message: str, kind: str = "conflict"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _serving_id(conn: Connection) -> int | None:
@@ -87,21 +93,22 @@ def start_experiment(engine: Engine, name: str, treatment: int, control: int | N
     """Start a manual experiment of ``treatment`` against ``control`` (default: the serving
     version) for ``share`` of users; returns its row. Versions of any status may be arms."""
     if not NAME.match(name):
-        raise ExperimentError(f"experiment name {name[:80]!r} must be 1 to 64 letters, digits, '.', '_' or '-'")
+        raise ExperimentError(f"experiment name {name[:80]!r} must be 1 to 64 letters, digits, '.', '_' or '-'",
+                              "invalid")
     if not 0 < share < 1:
-        raise ExperimentError(f"share must be between 0 and 1 (exclusive), got {share}")
+        raise ExperimentError(f"share must be between 0 and 1 (exclusive), got {share}", "invalid")
     with engine.begin() as conn:
         if control is None:
             control = _serving_id(conn)
             if control is None:
                 raise ExperimentError("no version serves: name the control version")
         if control == treatment:
-            raise ExperimentError(f"control and treatment are both version {control}")
+            raise ExperimentError(f"control and treatment are both version {control}", "invalid")
         known = set(conn.execute(select(model_versions.c.id).where(model_versions.c.id.in_([control, treatment])))
                     .scalars())
         for version in (control, treatment):
             if version not in known:
-                raise ExperimentError(f"no model version {version}")
+                raise ExperimentError(f"no model version {version}", "missing")
         return _start(conn, name, "manual", control, treatment, share, salt or name)
 
 
@@ -189,7 +196,7 @@ def stop_experiment(engine: Engine, name: str, by: str, share: float, reason: st
     experiment as it was."""
     experiment = get_experiment(engine, name)
     if experiment is None:
-        raise ExperimentError(f"no experiment named {name[:80]!r}")
+        raise ExperimentError(f"no experiment named {name[:80]!r}", "missing")
     if experiment["status"] != "running":
         raise ExperimentError(f"experiment {name!r} already stopped ({experiment['stop_reason']})")
     decision = "rolled_back" if experiment["kind"] == "canary" else "stopped"
