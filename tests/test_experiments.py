@@ -196,6 +196,7 @@ def test_a_canary_with_too_little_evidence_waits(engine):
     assert running_experiment(engine)["treatment_version"] == candidate
 
 
+@pytest.mark.slow  # three training jobs
 def test_a_training_job_in_canary_mode_starts_a_canary_and_the_next_fine_tunes_it(movielens_store, database_url):
     engine, _ = movielens_store
     env = ENV | {"STREAMREC_ROLLOUT": "canary", "STREAMREC_CANARY_SHARE": "0.25"}
