@@ -144,6 +144,7 @@ def test_an_experiment_declares_the_serving_version_better_than_a_worse_candidat
     result = CliRunner().invoke(cli, ["experiment", "status", "shuffled"],
                                 env={"STREAMREC_DATABASE_URL": shop["url"], "STREAMREC_EXPERIMENT_TUNING_USERS": "300"})
     assert result.exit_code == 0 and "verdict: control better" in result.output, result.output
+    print(result.output)
     status, stopped = api.call("POST", "/experiments/shuffled/stop", token=TOKEN)
     assert status == 200 and stopped["experiment"]["status"] == "stopped" and stopped["kind"] == "manual"
     assert api.call("POST", "/experiments/shuffled/stop", token=TOKEN)[0] == 409
