@@ -51,6 +51,7 @@ SECTION_GUIDES = {
     "Serving": ("Serving", "guides/serving.md"),
     "Served lists and online metrics": ("Serving: served lists, attribution and online metrics",
                                         "guides/serving.md#served-lists-attribution-and-online-metrics"),
+    "Experiments and canary rollout": ("Experiments and canary rollout", "guides/experiments.md"),
 }
 
 

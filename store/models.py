@@ -139,7 +139,9 @@ model_versions = Table(
     "model_versions", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("parent_id", BigInteger, comment="version this one was fine-tuned from"),
-    Column("status", String(16), nullable=False, comment="'promoted', 'rejected' or 'rolled_back'"),
+    Column("status", String(16), nullable=False, comment="'promoted', 'rejected' or 'rolled_back'; with "
+                                                           "STREAMREC_ROLLOUT=canary also 'canary', 'waiting' or "
+                                                           "'superseded'"),
     Column("reason", Text, nullable=False, comment="why the gate promoted or rejected it"),
     Column("windows", JSON, nullable=False, comment="ids of the windows this version was trained on"),
     Column("rehearsal_size", Integer, nullable=False),
@@ -219,8 +221,11 @@ served_lists = Table(
     Column("items", JSON, nullable=False, comment="item ids in rank order"),
     Column("scores", JSON, nullable=False),
     Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("status", Integer, comment="HTTP status: NULL or 200 answered; 5xx failed after the arm was chosen"),
+    Column("latency_ms", Float, comment="ms the view took to build the answer"),
     Index("ix_served_lists_user", "user_id", "served_at"),
     Index("ix_served_lists_served_at", "served_at"),
+    Index("ix_served_lists_experiment", "experiment", "served_at"),
 )
 
 # Click and purchase events attributed to a served list: directly (the event names the list's
@@ -263,4 +268,37 @@ online_metrics = Table(
     Column("metrics", JSON, nullable=False, comment="ctr, rates, click positions, coverage, diversity, novelty, "
                                                     "popularity (see drift/online.py)"),
     Column("updated_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+)
+
+# Experiments: users split between two model versions by a salted hash (a manual experiment, or
+# the canary of a candidate against the serving version); at most one runs at a time.
+experiments = Table(
+    "experiments", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False, comment="'manual' or 'canary'"),
+    Column("status", String(16), nullable=False, comment="'running' or 'stopped'"),
+    Column("control_version", BigInteger, nullable=False),
+    Column("treatment_version", BigInteger, nullable=False),
+    Column("share", Float, nullable=False, comment="the treatment arm's share of users"),
+    Column("salt", String(64), nullable=False, comment="users are split by sha256(salt:user_id)"),
+    Column("started_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("stopped_at", BigInteger, comment="epoch ms UTC"),
+    Column("stop_reason", Text),
+    Index("ix_experiments_status", "status"),
+)
+
+# Every rollout decision about a candidate, with its reason and evidence.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("version_id", BigInteger, nullable=False, comment="the candidate decided on"),
+    Column("baseline_version", BigInteger, comment="the serving version it was compared with"),
+    Column("experiment", String(64)),
+    Column("decision", String(16), nullable=False,
+           comment="'canary', 'waiting', 'promoted', 'rolled_back' or 'superseded'"),
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSON, nullable=False, comment="the experiment's report the decision was taken on"),
+    Column("decided_by", String(255), nullable=False, comment="the worker or trainer that decided"),
+    Column("decided_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Index("ix_rollouts_version", "version_id"),
 )

@@ -258,6 +258,7 @@ def models(limit: int) -> None:
                  for v in list_versions(engine, limit)],
                 ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "baseline", "rehearsal",
                  "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
+    print_rollouts(engine, limit)
 
 
 def id_rows(ids: dict | None) -> str:
@@ -523,6 +524,127 @@ def online(hours: int, storefront: str | None, surface: str | None) -> None:
                  for r in rows],
                 ["hour", "surface", "storefront", "ranker", "version", "arm", "lists", "users", "ctr", "clicks/list",
                  "conversion", "revenue/1000", "inferred", "coverage", "diversity", "novelty", "top positions"])
+
+
+def print_rollouts(engine, limit: int) -> None:
+    """The newest rollout decisions (canary rollout), under ``streamrec models``."""
+    from store.experiments import list_rollouts
+
+    decisions = list_rollouts(engine, limit)
+    if not decisions:
+        return
+    click.echo("\nrollout decisions:")
+    print_table([{"at": ms_to_iso(r["decided_at"]), "version": r["version_id"], "decision": r["decision"],
+                  "against": r["baseline_version"] or "-", "experiment": r["experiment"] or "-",
+                  "by": r["decided_by"], "reason": r["reason"]} for r in decisions],
+                ["at", "version", "decision", "against", "experiment", "by", "reason"])
+
+
+@main.group()
+def experiment() -> None:
+    """Experiments between model versions: start, status, stop (one runs at a time)."""
+
+
+@experiment.command("start")
+@click.argument("name")
+@click.option("--treatment", type=int, required=True, help="Version the treatment arm serves.")
+@click.option("--control", type=int, default=None, help="Version the control arm serves [default: the serving one].")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="The treatment arm's share of users.")
+@click.option("--salt", default=None, help="Salt of the users' hash [default: NAME].")
+def experiment_start(name: str, treatment: int, control: int | None, share: float, salt: str | None) -> None:
+    """Split users between two versions by a salted hash of their id; workers follow within seconds."""
+    from store.experiments import ExperimentError, start_experiment
+
+    try:
+        row = start_experiment(store_engine(), name, treatment, control, share, salt)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Experiment {name} runs: version {row['control_version']} (control, {1 - share:.0%} of users) "
+               f"against version {row['treatment_version']} (treatment, {share:.0%}), salt {row['salt']!r}.")
+
+
+def read_only_engine():
+    """The store's engine for a read-only command: never migrates; a store without the
+    experiment tables ends the command with what to do."""
+    from sqlalchemy import inspect
+
+    from store.db import make_engine
+
+    config = load_config()
+    engine = make_engine(config.database_url)
+    if not inspect(engine).has_table("experiments"):
+        raise click.ClickException(f"the store at {config.shown('database_url')} has no experiments yet "
+                                   "(its schema predates them): run `streamrec migrate` or start a worker")
+    return engine
+
+
+def signed(value) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+@experiment.command("status")
+@click.argument("name", required=False)
+@click.option("--limit", default=5, show_default=True, help="Without NAME: how many of the newest experiments.")
+def experiment_status_command(name: str | None, limit: int) -> None:
+    """Per arm users, lists, CTR and conversion; the confidence sequence of the difference, the
+    sample-ratio test, guardrails and the verdict (the running experiment first)."""
+    from store.experiments import get_experiment, list_experiments
+    from streams.rollout import experiment_status
+
+    engine, config = read_only_engine(), load_config()
+    found = [get_experiment(engine, name)] if name else list_experiments(engine, limit)
+    if name and found[0] is None:
+        raise click.ClickException(f"no experiment named {name!r}")
+    if not found:
+        click.echo("(no experiment yet)")
+    for e in found:
+        report = experiment_status(engine, config, e)
+        click.echo(f"{e['name']} ({e['kind']}, {e['status']}): version {e['control_version']} (control) against "
+                   f"{e['treatment_version']} (treatment, {e['share']:.0%} of users), started "
+                   f"{ms_to_iso(e['started_at'])}" + (f", stopped {ms_to_iso(e['stopped_at'])}: {e['stop_reason']}"
+                                                      if e["stopped_at"] else ""))
+        print_table([{"arm": arm, "version": report["versions"][arm], "users": a["users"], "lists": a["lists"],
+                      "ctr": fraction(a["ctr"]), "per-user ctr": fraction(a["user_ctr"]),
+                      "conversion": fraction(a["conversion"]),
+                      "errors": fraction(report["guardrails"]["arms"][arm]["error_rate"]),
+                      "empty": fraction(report["guardrails"]["arms"][arm]["empty_rate"]),
+                      "p99 ms": "-" if report["guardrails"]["arms"][arm]["p99_latency_ms"] is None
+                      else f"{report['guardrails']['arms'][arm]['p99_latency_ms']:.1f}"}
+                     for arm, a in report["arms"].items()],
+                    ["arm", "version", "users", "lists", "ctr", "per-user ctr", "conversion", "errors", "empty",
+                     "p99 ms"])
+        print_table([{"metric": metric, "difference": signed(c and c["difference"]),
+                      f"{1 - report['alpha']:.0%} sequence": "-" if c is None else
+                      f"[{c['lower']:+.4f}, {c['upper']:+.4f}]",
+                      "lift": signed(c and c["lift"]),
+                      "lift sequence": "-" if c is None or c["lift"] is None else
+                      f"[{c['lift_lower']:+.4f}, {c['lift_upper']:+.4f}]",
+                      "p (always valid)": "-" if c is None else f"{c['p_value']:.3g}"}
+                     for metric, c in report["comparisons"].items()],
+                    ["metric", "difference", f"{1 - report['alpha']:.0%} sequence", "lift", "lift sequence",
+                     "p (always valid)"])
+        srm = report["srm"]
+        click.echo(f"sample ratio: p = {'-' if srm['p_value'] is None else format(srm['p_value'], '.3g')}"
+                   f"{'  MISMATCH: verdict withheld' if srm['flagged'] else ''}")
+        click.echo("guardrails: " + ("; ".join(report["guardrails"]["breaches"]) or
+                                     ("held" if report["guardrails"]["judged"] else "too few answers to judge")))
+        click.echo(f"verdict: {report['verdict']} ({report['reason']})\n")
+
+
+@experiment.command("stop")
+@click.argument("name")
+def experiment_stop(name: str) -> None:
+    """Stop an experiment; a canary's candidate is rolled back. Workers follow within seconds."""
+    from store.experiments import ExperimentError, stop_experiment
+
+    config = load_config()
+    try:
+        stopped = stop_experiment(store_engine(), name, "cli", config.canary_share)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Experiment {name} stopped" + (f"; version {stopped['treatment_version']} rolled back."
+                                               if stopped["kind"] == "canary" else "."))
 
 
 if __name__ == "__main__":
