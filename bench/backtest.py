@@ -16,7 +16,8 @@ commit, machine and settings, so runs never replace each other):
 
 * ``backtest-<strategy>.json``: each run's RESULT.json (``backtest-rehearsal-lora.json`` for
   ``rehearsal:lora``);
-* ``--report`` (``backtest.md``): the comparison table, the goals with their verdicts, the command and
+* ``--report`` (``backtest.md``): the comparison table (accuracy, forgetting, cost, and coverage,
+  diversity, novelty and popularity of the lists), the goals with their verdicts, the command and
   the machine;
 * ``backtest-recall.png`` (Recall@20 per window) and ``backtest-train-time.png`` (cumulative
   training seconds), when matplotlib is installed (``pip install -e .[bench]``).
@@ -38,8 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from backtest.strategies import STRATEGIES
 from bench.provenance import run_folder
-from learner.backtest import STRATEGIES
 from streams import movielens
 
 # Batch size and learning rate of tests/test_learner_movielens.py (tuned on MovieLens) instead
@@ -141,13 +142,19 @@ def goals(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
 
 
 def table(results: dict[str, dict], wall: dict[str, float]) -> str:
-    rows = ["| strategy | Recall@20 | NDCG@20 | cold Recall@20 | forgetting | BWT | train s, last window "
-            "| train s, total | run s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The comparison table: accuracy, forgetting and cost, then the lists beyond accuracy (means over windows)."""
+    def shown(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = ["| strategy | Recall@20 | NDCG@20 | cold Recall@20 | forgetting | BWT | coverage@20 | diversity@20 "
+            "| novelty@20 | avg popularity@20 | train s, last window | train s, total | run s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for strategy, r in results.items():
         m = r["mean"]
-        cold = "-" if m["cold_recall@20"] is None else f"{m['cold_recall@20']:.4f}"
-        rows.append(f"| {strategy} | {m['recall@20']:.4f} | {m['ndcg@20']:.4f} | {cold} | {r['forgetting']:.4f} "
-                    f"| {r['bwt']:+.4f} | {r['windows'][-1]['train_seconds']:.1f} | {r['total_train_seconds']:.1f} "
+        rows.append(f"| {strategy} | {m['recall@20']:.4f} | {m['ndcg@20']:.4f} | {shown(m['cold_recall@20'])} "
+                    f"| {r['forgetting']:.4f} | {r['bwt']:+.4f} | {shown(m['coverage@20'])} "
+                    f"| {shown(m['diversity@20'])} | {shown(m['novelty@20'], 2)} | {shown(m['avg_popularity@20'], 1)} "
+                    f"| {r['windows'][-1]['train_seconds']:.1f} | {r['total_train_seconds']:.1f} "
                     f"| {wall[strategy]:.0f} |")
     return "\n".join(rows)
 
@@ -228,7 +235,11 @@ def main() -> None:
         f"Recall@20 are means over windows 1-{args.windows - 1}, each ranked before training on it "
         f"(full ranking, items the user already rated excluded). Forgetting and BWT come from "
         f"re-ranking a fixed sample of at most {first['settings']['eval_sample']:,} events of every "
-        "earlier window after each training step.", "",
+        "earlier window after each training step. Beyond accuracy, of the same top-20 lists: coverage "
+        "(share of the known items in at least one list), diversity (1 - mean pairwise cosine of the "
+        f"items' MiniLM vectors in a list; by {first['diversity_vectors'] or 'no'} vectors), novelty (mean "
+        "-log2 of an item's share of the events before the window, 0.5 added to every count) and average "
+        "popularity (mean events before the window of a recommended item).", "",
         table(results, wall), "",
         "## Goals", "",
         *[f"* {'met' if met else 'NOT met'}: {goal} ({numbers})" for goal, met, numbers in verdicts], "",

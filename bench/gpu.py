@@ -31,17 +31,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from backtest.protocol import run_backtest
+from backtest.settings import BacktestSettings
 from bench.provenance import RESULTS, provenance, write_result
 from bench.scale import synthetic_bundle, time_steps
-from learner.backtest import BacktestSettings, run_backtest
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
 from learner.finetune import fine_tune
 from learner.text import TextEncoder, catalog_texts, embed_texts
 from runtime.config import Config
+from runtime.learner_configs import config_for
 from streams import movielens
-from training.job import config_for
 
 WINDOW = 10_000
 AGREEMENT = (0.01, 0.05)  # absolute, relative

@@ -1,5 +1,6 @@
 """Learner: the recommender and how it learns continually (the training jobs that run it are in
-:mod:`training`; this package knows no store, Kafka or settings).
+:mod:`training`, the offline backtest that compares it in :mod:`backtest`; this package knows no
+store, Kafka or settings).
 
 Map of the package (one job per module):
 
@@ -23,16 +24,13 @@ Map of the package (one job per module):
 * ``text_tuning`` -- ``TextTuning`` plugin: tune MiniLM (top layers or LoRA) on behaviour, then re-embed.
 * ``finetune``   -- ``fine_tune``: extend a copy of a bundle and train it on sealed windows (fewer
   epochs for an update of a trained bundle when asked).
-* ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss, new items' share of slots): the one
-  ranking routine; ``BundleScorer`` and the ``Popularity`` baseline.
+* ``evaluate``   -- full-ranking Recall@K / NDCG@K (and loss, new items' share of slots, coverage,
+  diversity, novelty, popularity): the one ranking routine; ``BundleScorer`` and the ``Popularity`` baseline.
 * ``blend``      -- ``TextBlend``: the text term that ranks new items by what their text knows.
-* ``gate``       -- the gate's held-out split and verdict.
+* ``gate``       -- the gate's held-out split and verdict (Recall@20, coverage@20).
 * ``checkpoint`` -- ``dump_bundle`` / ``load_bundle``: safetensors + JSON header, sha256-checked.
 * ``recommend``  -- ``Recommender``: the serving snapshot (top-k, similar items, search re-ranking);
   ``TextRanker``: similar items and search by pretrained text while no version serves.
 * ``neighbours`` -- ``ItemIndex``: exact or inverted-file (faiss) top-k over item vectors, int8/float16 rows.
 * ``compiled``   -- ``CompiledModule``: ONNX Runtime exports (made in a child process), checked against torch.
-* ``eventlog``   -- EVENTS.csv / ITEMS.csv loaders; errors name the line and column.
-* ``backtest``   -- offline continual-learning backtest of an event log: strategies, R matrix,
-  forgetting and backward transfer (``streamrec backtest``).
 """

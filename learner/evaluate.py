@@ -6,6 +6,25 @@ are ranked (no sampled negatives), except padding/unknown rows and items the use
 with before the event; the target itself is always ranked, even when seen before. Ties count
 against the target (an item scoring the same is ranked above it), so a constant scorer gets
 no credit. A target the scorer's vocabulary does not know is a miss.
+
+Beyond accuracy (``beyond_accuracy=True``), from the top-K list of every example: the items
+ranked first once the items the user interacted with before are excluded (what the user would
+be shown; the target is not put back into it), over the items the scorer knows ``I`` (rows of
+``vocab.items`` past padding and unknown). With ``c_i`` the events of item ``i`` in the
+training data (``history``), ``N`` their total and ``L`` the lists:
+
+* ``coverage@K``: ``|union of L| / |I|``, the share of known items in at least one list;
+* ``diversity@K``: the mean over lists of ``1 - mean cos(v_i, v_j)`` over the list's pairs
+  ``i < j``, with ``v`` the items' MiniLM text vectors when ``item_vectors`` are given, else
+  the scorer's own item vectors (``scorer.item_vectors``; NaN for a scorer without them, such
+  as :class:`Popularity`). Items without a vector (all zero) are left out of the pairs, and a
+  list with fewer than two such items out of the mean;
+* ``novelty@K``: the mean over every slot of ``-log2 p_i``, ``p_i = (c_i + 0.5) / (N + 0.5 |I|)``,
+  the item's share of the training events with 0.5 added to every count (as the online metrics
+  smooth it; Zhou et al., PNAS 2010): a never-seen item is the most novel;
+* ``avg_popularity@K``: the mean over every slot of ``c_i``.
+
+Slots whose score is ``-inf`` (a list longer than the items left to rank) are no slots.
 """
 
 from __future__ import annotations
@@ -20,7 +39,7 @@ import torch
 from learner.blend import TextBlend
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
-from learner.idmap import UNKNOWN, Vocabulary
+from learner.idmap import PAD, UNKNOWN, IdMap, Vocabulary
 from learner.neighbours import as_served
 from learner.sequences import SequenceBatch, events_frame, next_item_examples
 
@@ -28,8 +47,16 @@ SCORES_PER_BATCH = 2 ** 25
 """Most scores (examples x items) :func:`evaluate` holds at once: 128 MB of float32."""
 
 
+BEYOND_ACCURACY = ("coverage", "diversity", "novelty", "avg_popularity")
+"""The beyond-accuracy metrics :func:`evaluate` reports as ``<name>@K`` (see the module docstring)."""
+
+
 class Scorer(Protocol):
-    """Scores every item row of ``vocab.items`` for a batch of histories."""
+    """Scores every item row of ``vocab.items`` for a batch of histories.
+
+    A scorer may also have ``item_vectors`` ([n_items, d], rows as ``vocab.items``): the
+    vectors :func:`evaluate` measures diversity with when it is given no text vectors.
+    """
 
     vocab: Vocabulary
     max_len: int
@@ -107,6 +134,103 @@ class Popularity:
         return self.log_counts.expand(len(inputs), -1).clone()
 
 
+class ItemVectors:
+    """Vectors of items by id (``ids``' rows; rows 0 and 1 zero), for intra-list diversity.
+
+    ``basis`` names what they are (``"text"``: MiniLM vectors of the items' texts;
+    ``"model"``: a scorer's own item vectors). They stay where they are (any device, any float
+    dtype); :func:`evaluate` reads only the rows of the lists it builds.
+
+    Examples
+    --------
+    >>> vectors = ItemVectors.of({"a": np.array([1.0, 0.0]), "b": np.array([0.0, 2.0])})
+    >>> vectors.basis, vectors.vectors.tolist()
+    ('text', [[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    >>> vectors.rows_for(IdMap(["b", "c", "a"])).tolist()
+    [0, 1, 3, 1, 2]
+    """
+
+    def __init__(self, ids: IdMap, vectors: torch.Tensor, basis: str = "text"):
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(vectors)} vectors for {len(ids)} id rows")
+        self.ids, self.vectors, self.basis = ids, vectors, basis
+
+    @classmethod
+    def of(cls, by_id: dict[str, np.ndarray], basis: str = "text") -> ItemVectors:
+        """The vectors of a mapping item id -> vector (e.g. MiniLM vectors of a catalog's texts)."""
+        ids = IdMap(by_id)
+        vectors = torch.zeros(len(ids), len(next(iter(by_id.values()))) if by_id else 1)
+        if by_id:
+            vectors[UNKNOWN + 1:] = torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in by_id.values()]))
+        return cls(ids, vectors, basis)
+
+    @classmethod
+    def text_of(cls, bundle: ModelBundle) -> ItemVectors | None:
+        """The MiniLM text vectors a bundle holds for its items (None for an id-only model)."""
+        if not bundle.model.config.use_text:
+            return None
+        return cls(bundle.vocab.items, bundle.model.item_text, "text")
+
+    def rows_for(self, items: IdMap) -> torch.Tensor:
+        """The row of each item row of ``items`` in :attr:`vectors` (unknown: row 1, zero)."""
+        if items is self.ids or items.is_prefix_of(self.ids):
+            return torch.arange(len(items))
+        return torch.from_numpy(np.concatenate([[PAD, UNKNOWN], self.ids.index(items.keys())]))
+
+
+class _BeyondAccuracy:
+    """Running sums of coverage, diversity, novelty and popularity over the top-K lists of batches."""
+
+    def __init__(self, scorer: Scorer, history: pd.DataFrame, item_vectors: ItemVectors | None, ks: tuple[int, ...]):
+        vocab = scorer.vocab.items
+        self.ks, self.known = ks, len(vocab) - (UNKNOWN + 1)
+        rows = vocab.index(history["item_id"]) if len(history) else np.zeros(0, np.int64)
+        counts = np.bincount(rows[rows > UNKNOWN], minlength=len(vocab)).astype(np.float64)
+        self.counts = torch.from_numpy(counts)
+        self.novelty = torch.from_numpy(-np.log2((counts + 0.5) / (len(history) + 0.5 * max(self.known, 1))))
+        if item_vectors is None and getattr(scorer, "item_vectors", None) is not None:
+            item_vectors = ItemVectors(vocab, scorer.item_vectors, "model")
+        self.vectors = item_vectors
+        self.rows = item_vectors.rows_for(vocab) if item_vectors is not None else None
+        self.covered = {k: torch.zeros(len(vocab), dtype=torch.bool) for k in ks}
+        self.sums = {(name, k): 0.0 for name in BEYOND_ACCURACY for k in ks}
+        self.slots = {k: 0 for k in ks}
+        self.lists = {k: 0 for k in ks}
+
+    def add(self, top: torch.Tensor, valid: torch.Tensor) -> None:
+        """One batch's lists: ``top`` [B, K] item rows, best first, and which slots hold an item (host tensors)."""
+        similarity = has_vector = None
+        if self.vectors is not None:
+            vectors = self.vectors.vectors[self.rows[top].to(self.vectors.vectors.device)].float()
+            norms = vectors.norm(dim=2, keepdim=True)
+            has_vector = ((norms[..., 0] > 0).cpu() & valid).float()
+            unit = vectors / norms.clamp_min(1e-12)
+            similarity = (unit @ unit.transpose(1, 2)).cpu()
+        for k in self.ks:
+            rows, ok = top[:, :k], valid[:, :k]
+            self.covered[k][rows[ok]] = True
+            self.slots[k] += int(ok.sum())
+            self.sums["novelty", k] += float(self.novelty[rows][ok].sum())
+            self.sums["avg_popularity", k] += float(self.counts[rows][ok].sum())
+            if similarity is not None:
+                has = has_vector[:, :k]
+                pairs = has[:, :, None] * has[:, None, :] * (1 - torch.eye(rows.shape[1]))
+                n_pairs = pairs.sum((1, 2))
+                listed = n_pairs > 0
+                mean_cosine = (similarity[:, :k, :k] * pairs).sum((1, 2))[listed] / n_pairs[listed]
+                self.sums["diversity", k] += float((1 - mean_cosine).sum())
+                self.lists[k] += int(listed.sum())
+
+    def result(self) -> dict[str, float]:
+        out = {}
+        for k in self.ks:
+            out[f"coverage@{k}"] = int(self.covered[k][UNKNOWN + 1:].sum()) / self.known if self.known else math.nan
+            out[f"diversity@{k}"] = self.sums["diversity", k] / self.lists[k] if self.lists[k] else math.nan
+            for name in ("novelty", "avg_popularity"):
+                out[f"{name}@{k}"] = self.sums[name, k] / self.slots[k] if self.slots[k] else math.nan
+        return out
+
+
 def ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target among its row's scores [B, n]; ties count against the target.
 
@@ -133,14 +257,18 @@ def metrics_at(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tens
 
 def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None,
              ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False,
-             max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None) -> dict[str, float]:
+             max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None,
+             beyond_accuracy: bool = False, item_vectors: ItemVectors | None = None) -> dict[str, float]:
     """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
     known items, over the events whose item the scorer knows. ``max_events`` bounds the cost: a
     seeded sample of that many events is scored, the others still count as users' history.
     With ``new_items`` (ids of items nobody has interacted with yet), ``new_item_share@K`` is
-    the share of the top-K slots (largest K of ``ks``) they fill.
+    the share of the top-K slots (largest K of ``ks``) they fill. ``beyond_accuracy`` adds
+    ``coverage@K``, ``diversity@K``, ``novelty@K`` and ``avg_popularity@K`` for each K of ``ks``
+    (the module docstring), the training data being ``history`` as given; ``item_vectors``
+    (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with.
     Examples are scored ``batch_size`` at a time, fewer in a large catalog: at most
     :data:`SCORES_PER_BATCH` scores at once, so memory stays bounded (33 examples a batch at a
     million items).
@@ -152,7 +280,20 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     >>> result = evaluate(Popularity.of(ev.iloc[:1], also=ev), ev.iloc[1:], ev.iloc[:1], ks=(20,), with_loss=True)
     >>> result["recall@20"], result["examples"], round(result["loss"], 3)
     (1.0, 2, 0.752)
+
+    Beyond accuracy: ``u2`` clicked ``a`` before its second event, so that list is ``b`` alone;
+    the lists are ``[a, b]`` and ``[b]`` of the two known items, with ``a`` counted once in the
+    one training event (``p_a = 1.5/2``, ``p_b = 0.5/2``); ``a`` and ``b`` are orthogonal:
+
+    >>> texts = ItemVectors.of({"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])})
+    >>> result = evaluate(Popularity.of(ev.iloc[:1], also=ev), ev.iloc[1:], ev.iloc[:1], ks=(2,),
+    ...                   beyond_accuracy=True, item_vectors=texts)
+    >>> [round(result[f"{name}@2"], 4) for name in BEYOND_ACCURACY]
+    [1.0, 1.0, 1.4717, 0.3333]
+
+    (novelty: ``(-log2(3/4) - 2 log2(1/4)) / 3``; popularity: ``(1 + 0 + 0) / 3``.)
     """
+    training = events_frame(history)
     if max_events is not None and len(events) > max_events:
         keep = np.zeros(len(events), dtype=bool)
         keep[np.random.default_rng(seed).choice(len(events), size=max_events, replace=False)] = True
@@ -164,6 +305,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         is_new = torch.zeros(len(scorer.vocab.items), dtype=torch.bool)
         is_new[torch.from_numpy(scorer.vocab.items.index(new_items))] = True
         is_new[:UNKNOWN + 1] = False
+    beyond = _BeyondAccuracy(scorer, training, item_vectors, ks) if beyond_accuracy else None
     batch_size = max(1, min(batch_size, SCORES_PER_BATCH // len(scorer.vocab.items)))
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
@@ -178,16 +320,22 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         rows, items = examples.seen_pairs(lo, hi)
         target_scores = scores.gather(1, targets[:, None])
         scores[rows.to(scores.device), items.to(scores.device)] = float("-inf")
+        if new_items is not None or beyond is not None:  # the lists shown: seen items left out, the target too
+            top_scores, top = scores.topk(min(max(ks), scores.shape[1]), dim=1)
+            top, valid = top.cpu(), torch.isfinite(top_scores).cpu()
+            if new_items is not None:
+                new_slots += is_new[top].float().mean(1).sum().item()
+            if beyond is not None:
+                beyond.add(top, valid)
         scores.scatter_(1, targets[:, None], target_scores)
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
-        if new_items is not None:
-            top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices.cpu()
-            new_slots += is_new[top].float().mean(1).sum().item()
     n = len(examples)
     result = {name: total / n if n else math.nan for name, total in totals.items()}
     if new_items is not None:
         result[f"new_item_share@{max(ks)}"] = new_slots / n if n else math.nan
+    if beyond is not None:
+        result.update(beyond.result() if n else {f"{name}@{k}": math.nan for name in BEYOND_ACCURACY for k in ks})
     result["examples"] = n
     if with_loss:
         result["loss"] = loss / scored if scored else math.nan

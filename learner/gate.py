@@ -1,5 +1,11 @@
 """The quality gate: hold out the newest events of a window, and judge a candidate on them.
 
+A candidate is refused when it was judged on too few held-out events, when its Recall@20 is
+more than ``tolerance`` (relative) below the baseline's, or when its coverage@20 (the share of
+known items in at least one of its top-20 lists, :func:`learner.evaluate.evaluate`) is more
+than ``max_coverage_drop`` (relative) below the baseline's: a model that collapses to
+recommending the same few items to everyone can keep its recall, not its coverage.
+
 Examples
 --------
 >>> window = pd.DataFrame({"event_id": ["a", "b", "c", "d"], "ts": [4, 1, 3, 2]})
@@ -10,6 +16,10 @@ Examples
 (True, 'recall@20 0.1900 >= 0.1800 (version 3 0.2000, tolerance 10%)')
 >>> gate({"recall@20": 0.5, "examples": 12}, {"recall@20": 0.2}, 0.1, "popularity", min_events=200)
 (False, 'too little evidence: 12 held-out events, the gate needs at least 200')
+>>> gate({"recall@20": 0.21, "coverage@20": 0.04}, {"recall@20": 0.2, "coverage@20": 0.3}, 0.1, "version 3",
+...      max_coverage_drop=0.5)
+(False, 'recall@20 0.2100 >= 0.1800 (version 3 0.2000, tolerance 10%); coverage@20 0.0400 < 0.1500 \
+(version 3 0.3000, most drop 50%)')
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import math
 import pandas as pd
 
 GATE_METRIC = "recall@20"
+COVERAGE_METRIC = "coverage@20"
 
 
 def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -29,9 +40,11 @@ def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.
 
 
 def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str,
-         min_events: int = 1) -> tuple[bool, str]:
+         min_events: int = 1, max_coverage_drop: float | None = None) -> tuple[bool, str]:
     """Promote unless the candidate's gate metric is more than ``tolerance`` below the baseline's,
-    or it was judged on fewer than ``min_events`` held-out events (``candidate["examples"]``)."""
+    it was judged on fewer than ``min_events`` held-out events (``candidate["examples"]``), or
+    (with ``max_coverage_drop``, when both have a coverage@20 and the baseline's is above zero)
+    its coverage@20 is more than ``max_coverage_drop`` below the baseline's."""
     c, b = candidate[GATE_METRIC], baseline[GATE_METRIC]
     judged_on = candidate.get("examples", 0 if math.isnan(c) else min_events)
     if judged_on < min_events or math.isnan(c):
@@ -39,5 +52,12 @@ def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str,
                        if judged_on else "no held-out events to judge the candidate on")
     floor = b * (1 - tolerance)
     verdict = c >= floor
-    return verdict, (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "
-                     f"({baseline_name} {b:.4f}, tolerance {tolerance:.0%})")
+    reason = (f"{GATE_METRIC} {c:.4f} {'>=' if verdict else '<'} {floor:.4f} "
+              f"({baseline_name} {b:.4f}, tolerance {tolerance:.0%})")
+    c, b = candidate.get(COVERAGE_METRIC), baseline.get(COVERAGE_METRIC)
+    if max_coverage_drop is None or not all(isinstance(v, float) and math.isfinite(v) for v in (c, b)) or b <= 0:
+        return verdict, reason
+    floor = b * (1 - max_coverage_drop)
+    covered = c >= floor
+    return verdict and covered, (f"{reason}; {COVERAGE_METRIC} {c:.4f} {'>=' if covered else '<'} {floor:.4f} "
+                                 f"({baseline_name} {b:.4f}, most drop {max_coverage_drop:.0%})")

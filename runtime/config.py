@@ -194,6 +194,10 @@ class Config(BaseSettings):
     gate_max_events: PositiveInt = Field(5000, description="Most held-out events the gate ranks (a seeded sample; "
                                                            "the rest count as history), so judging a job costs the "
                                                            "same whatever its size.", json_schema_extra=GATE)
+    gate_max_coverage_drop: NonNegativeFloat = Field(
+        0.5, le=1, description="A candidate is also refused when its coverage@20 (the share of known items in at "
+                               "least one of its top-20 lists of the held-out events) is more than this share below "
+                               "the serving one's (0.5: under half of it; 1: never).", json_schema_extra=GATE)
     worker_trains: bool = Field(True, description="Whether each worker runs a trainer process; set false where "
                                                   "`streamrec trainer` runs on its own (GPU) hosts.",
                                 json_schema_extra=TRAINING)
@@ -354,6 +358,8 @@ class Config(BaseSettings):
             problem = "must be positive"
         elif kind == "less_than":
             problem = f"must be below {ctx['lt']:g}"
+        elif kind == "less_than_equal":
+            problem = f"must be at most {ctx['le']:g}"
         elif kind == "literal_error":
             problem = f"must be one of {', '.join(get_args(cls.model_fields[name].annotation))}"
         elif kind == "value_error":

@@ -90,6 +90,45 @@ def _sqlite_file_lock(engine: Engine):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class SchemaNotCurrent(RuntimeError):
+    """The store's schema is missing, behind this code's migrations, or newer than them."""
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str, set[str]]:
+    """(the store's schema revision, None when it has none; the newest this code knows; every
+    revision it knows). Reads only: nothing is created."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    script = ScriptDirectory.from_config(alembic_config(engine.url.render_as_string(hide_password=False)))
+    return current, script.get_current_head(), {r.revision for r in script.walk_revisions()}
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaNotCurrent` unless the store's schema is exactly this code's newest (never migrates).
+
+    >>> import tempfile
+    >>> engine = make_engine(f"sqlite:///{tempfile.mkdtemp()}/store.db")
+    >>> require_current_schema(engine)
+    Traceback (most recent call last):
+    ...
+    store.db.SchemaNotCurrent: has no schema yet
+    >>> migrate(engine)
+    >>> require_current_schema(engine)
+    """
+    current, head, known = schema_revisions(engine)
+    if current == head:
+        return
+    if current is None:
+        raise SchemaNotCurrent("has no schema yet")
+    if current in known:
+        raise SchemaNotCurrent(f"has schema revision {current}, behind this streamrec's {head}")
+    raise SchemaNotCurrent(f"has schema revision {current}, which this streamrec does not know (its newest is "
+                           f"{head}): it was migrated by a newer streamrec")
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision``; safe to call from several workers at once."""
     file_lock = _sqlite_file_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()

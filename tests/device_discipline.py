@@ -24,10 +24,10 @@ Examples
 >>> with CudaOnCpu():
 ...     rows = torch.arange(4)
 ...     mask = torch.ones(4, device="cuda") > 0
-...     rows[mask]
+...     rows[mask]  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-tests.device_discipline.DeviceMixed: Tensor.__getitem__: indices should be either on cpu or on the same device as the indexed tensor (cpu)
+tests.device_discipline.DeviceMixed: Tensor.__getitem__: indices should be either on cpu or on the same device as ...
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 PROJECT = Path(__file__).resolve().parent.parent
-CHECKED = tuple(f"{PROJECT / package}/" for package in ("learner", "training", "drift", "replay", "bench", "tests"))
+CHECKED = tuple(f"{PROJECT / package}/" for package in ("learner", "backtest", "training", "drift", "replay", "bench",
+                                                        "tests"))
 TRANSFERS = {"to", "cuda", "copy_", "cpu", "pin_memory", "__set__", "numpy"}
 INDEXING = {"__getitem__", "__setitem__", "index_select", "index_put_", "index_add_", "index_copy_", "index_fill_",
             "take_along_dim", "gather", "scatter_", "scatter_add_"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ["streamrec", "streams", "training", "runtime", "store", "drift", "learner", "replay"]
+PACKAGES = ["streamrec", "streams", "training", "runtime", "store", "backtest", "drift", "learner", "replay"]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -31,10 +31,13 @@ def test_an_upward_import_breaks_the_contracts(tmp_path):
         copy(ROOT / name, tmp_path / name)
     idmap = tmp_path / "learner" / "idmap.py"
     idmap.write_text(idmap.read_text() + "\nfrom store.db import make_engine  # an algorithm reaching the store\n")
+    metrics = tmp_path / "backtest" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\nfrom runtime.config import Config  # the backtest reading settings\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "Layers point one way" in result.stdout and "BROKEN" in result.stdout
     assert "learner.idmap -> store.db" in result.stdout
+    assert "The backtest is offline" in result.stdout and "backtest.metrics -> runtime.config" in result.stdout
 
 
 def test_no_module_imports_itself_back():

@@ -20,14 +20,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from learner.backtest import STRATEGIES, split_windows, transfer
-from learner.eventlog import load_events, load_items, parse_ts
+from backtest.eventlog import load_events, load_items, parse_ts
+from backtest.metrics import transfer
+from backtest.protocol import split_windows
+from backtest.strategies import STRATEGIES
+from learner.evaluate import BEYOND_ACCURACY
 from streamrec.cli import BACKTEST_STRATEGIES, main
 
 CATEGORIES = {"shoes": "Trail running shoe", "books": "Mystery novel", "games": "Board game", "music": "Jazz album"}
 START = 1_700_000_000  # epoch seconds
 N_EVENTS, WINDOWS, K = 400, 4, 5
 COLD = [f"new-{c}" for c in CATEGORIES]
+BEYOND = [f"{name}@{K}" for name in BEYOND_ACCURACY]
 TINY = ["--dim", "16", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--eval-sample", "50",
         "--rehearsal-capacity", "200"]
 
@@ -119,9 +123,32 @@ def test_result_has_the_documented_shape(results, strategy):
         assert w[cold] is None or 0 <= w[cold] <= 1
         assert w["train_seconds"] >= 0
     assert result["total_train_seconds"] == pytest.approx(sum(w["train_seconds"] for w in windows), abs=0.01)
-    for name in (recall, ndcg, "train_seconds"):  # means are over the windows after the first training
+    for name in (recall, ndcg, "train_seconds", *BEYOND):  # means are over the windows after the first training
         assert result["mean"][name] == pytest.approx(np.mean([w[name] for w in windows[1:]]))
-    assert f"{strategy}: mean recall@{K}" in run.stderr
+    assert f"{strategy}: mean recall@{K}" in run.stderr and f"coverage@{K}" in run.stderr
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_window_is_measured_beyond_accuracy(results, log_files, strategy):
+    result, _ = results[strategy]
+    _, items_path, rows = log_files
+    assert result["diversity_vectors"] == "text"  # every strategy by the catalog's MiniLM vectors
+    for w in result["windows"]:
+        assert 0 < w[f"coverage@{K}"] <= 1 and 0 <= w[f"diversity@{K}"] <= 2
+        assert w[f"novelty@{K}"] > 0 and w[f"avg_popularity@{K}"] >= 0
+    first = result["windows"][0]
+    assert first[f"avg_popularity@{K}"] == 0  # nothing before the first window: no item has been seen
+    never_named = set(load_items(items_path)["item_id"]) - {r["item_id"] for r in rows}
+    known = len({r["item_id"] for r in rows[:N_EVENTS // WINDOWS]} | never_named)  # the catalog of window 0
+    assert first[f"novelty@{K}"] == pytest.approx(np.log2(known))  # -log2(1 / known): every item alike
+
+
+def test_popularity_recommends_fewer_and_more_popular_items(results):
+    """One list for everyone covers less of the catalog, with more popular, less novel items."""
+    popularity, learned = results["popularity"][0]["mean"], results["rehearsal"][0]["mean"]
+    assert popularity[f"coverage@{K}"] < learned[f"coverage@{K}"]
+    assert popularity[f"avg_popularity@{K}"] > learned[f"avg_popularity@{K}"]
+    assert popularity[f"novelty@{K}"] < learned[f"novelty@{K}"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

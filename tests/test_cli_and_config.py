@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from runtime.config import (
     settings_table,
     with_settings_table,
 )
+from store.db import make_engine, migrate
 from streamrec.cli import main
 from tests.docs import load_docs_generator
 
@@ -122,3 +124,69 @@ def test_secrets_are_never_shown(monkeypatch):
     assert "STREAMREC_API_TOKEN" in result.output and "(set)" in result.output
     config = Config.from_env()
     assert config.api_token == "s3cret-token" and "s3cret-token" not in repr(config) and "pa55word" not in repr(config)
+
+
+READ_ONLY = [["models"], ["drift"], ["report", "--out", "report.html"], ["stats"], ["dead-letters"], ["windows"],
+             ["memory"], ["online"]]
+MIGRATIONS = sorted(p.name[:4] for p in (Path(__file__).parents[1] / "store" / "migrations" / "versions").glob("0*.py"))
+OLDER, HEAD = MIGRATIONS[-2:]  # the schema of the release before, and this one's
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
+def test_read_only_commands_never_create_or_migrate_a_store(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "store" / "streamrec.db"
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", f"sqlite:///{path}")
+    runner = CliRunner()
+    missing = runner.invoke(main, command)
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert f"Error: there is no store at sqlite:///{path}: run `streamrec migrate` first" in missing.output
+    assert not path.parent.exists()  # not even its folder
+
+    path.parent.mkdir()
+    sqlite3.connect(path).close()  # an empty database file
+    empty = runner.invoke(main, command)
+    assert empty.exit_code == 1 and "has no schema yet: run `streamrec migrate` first" in empty.output
+    assert tables(path) == set()
+
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine, OLDER)  # a store an older streamrec migrated
+    behind = runner.invoke(main, command)
+    assert behind.exit_code == 1 and f"has schema revision {OLDER}, behind this streamrec's {HEAD}" in behind.output
+    assert alembic_revision(path) == OLDER
+
+    assert runner.invoke(main, ["migrate"]).exit_code == 0
+    assert alembic_revision(path) == HEAD
+    current = runner.invoke(main, command)
+    assert current.exit_code == 0, current.output
+    engine.dispose()
+
+
+def test_writing_commands_migrate_the_store_first(tmp_path, monkeypatch):
+    path = tmp_path / "streamrec.db"
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", f"sqlite:///{path}")
+    result = CliRunner().invoke(main, ["promote", "3"])
+    assert result.exit_code == 1 and "no model version 3" in result.output  # refused by the registry, not the schema
+    assert alembic_revision(path) == HEAD and "model_versions" in tables(path)
+
+
+def test_a_store_newer_than_this_streamrec_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "streamrec.db"
+    migrate(make_engine(f"sqlite:///{path}"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", f"sqlite:///{path}")
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 1
+    assert "has schema revision 0099, which this streamrec does not know" in result.output
+    assert result.output.rstrip().endswith("upgrade streamrec")
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def alembic_revision(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]

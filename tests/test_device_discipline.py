@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
+from backtest.protocol import run_backtest
+from backtest.settings import BacktestSettings
 from bench.scale import synthetic_bundle, time_steps
-from learner.backtest import BacktestSettings, run_backtest
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.finetune import FineTuneConfig

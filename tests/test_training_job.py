@@ -6,6 +6,7 @@ catalog; the real MiniLM encoder embeds the item texts (cached in the store once
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
+from learner.evaluate import BEYOND_ACCURACY
 from store.models import model_versions
 from store.registry import (
     RegistryError,
@@ -41,6 +43,12 @@ def test_versions_are_published_with_lineage_and_gated(movielens_store, database
     assert v1["metrics"]["baseline_name"] == "popularity" and v2["metrics"]["baseline_name"] == f"version {v1['id']}"
     assert v2["rehearsal_size"] > 0 and v2["device"] in ("cpu", "cuda")
     assert v2["metrics"]["candidate"]["recall@20"] > 0
+    for side in ("candidate", "baseline"):  # the gate record, beyond accuracy too (finite: JSON has no NaN)
+        measured = v2["metrics"][side]
+        assert all(math.isfinite(measured[f"{name}@{k}"]) for name in BEYOND_ACCURACY for k in (10, 20)), measured
+        assert 0 < measured["coverage@10"] <= measured["coverage@20"] <= 1 and measured["avg_popularity@20"] > 0
+    assert v2["metrics"]["diversity_vectors"] == "text" and "; coverage@20 " in v2["reason"]
+    assert v1["metrics"]["baseline_name"] == "popularity" and "coverage@20" in v1["metrics"]["baseline"]
     ids = v2["metrics"]["ids"]  # the id tables and their policy, as `streamrec models` shows them
     assert ids["items"]["rows"] == ids["items"]["admitted"] + 2 and ids["items"]["retired"] == 0
     assert ids["policy"] == "admit when known, retire after 180 days unseen"

@@ -12,8 +12,12 @@ process, never in the worker's event loop. The steps, each reading from or writi
    at most ``STREAMREC_TRAIN_EPOCHS`` (work bounded by its events, never by the clock);
 4. the gate: candidate and baseline (the serving version, or popularity for the first model)
    are ranked on the held-out events with full ranking; the candidate is promoted unless it
-   was judged on fewer than ``STREAMREC_GATE_MIN_EVENTS`` events or its Recall@20 is more
-   than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's;
+   was judged on fewer than ``STREAMREC_GATE_MIN_EVENTS`` events, its Recall@20 is more
+   than ``STREAMREC_GATE_TOLERANCE`` (relative) below the baseline's, or its coverage@20 more
+   than ``STREAMREC_GATE_MAX_COVERAGE_DROP`` below the baseline's (:mod:`learner.gate`). Both
+   are also measured beyond accuracy (coverage, diversity by the candidate's MiniLM text
+   vectors, novelty and popularity against the events they are ranked with), all kept in the
+   version's ``metrics``;
 5. the version (safetensors weights, sha256, lineage, metrics), every window's drift metrics
    (:mod:`training.drift_recording`), the windows' training state (fenced by the lease) and
    the run's outcome are written in one transaction. With ``STREAMREC_ROLLOUT=canary`` a
@@ -33,19 +37,16 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from learner.admission import DAY_MS, IdPolicy
 from learner.bundle import ModelBundle
 from learner.checkpoint import dump_bundle
 from learner.device import Device, pick_device
-from learner.evaluate import BundleScorer, Popularity, evaluate
-from learner.finetune import FineTuneConfig, fine_tune
+from learner.evaluate import BundleScorer, ItemVectors, Popularity, evaluate
+from learner.finetune import fine_tune
 from learner.gate import gate, split_holdout
-from learner.model import ModelConfig
 from learner.text import TextEncoder
-from learner.text_tuning import TextTuningConfig
-from learner.trainer import TrainConfig
 from replay import codec
 from runtime.config import Config
+from runtime.learner_configs import config_for
 from store.catalog import load_catalog
 from store.db import make_engine
 from store.experiments import place_candidate
@@ -65,23 +66,6 @@ def text_encoder() -> TextEncoder:
     if _encoder is None:
         _encoder = TextEncoder(pick_device())
     return _encoder
-
-
-def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
-    """The model and fine-tune configuration of the settings (the backtest maps them the same way)."""
-    model = ModelConfig(dim=config.model_dim, max_len=config.max_history)
-    train = TrainConfig(epochs=config.train_epochs, batch_size=config.train_batch_size, lr=config.learning_rate,
-                        purchase_weight=config.purchase_weight, seed=config.seed,
-                        loss=config.train_loss,
-                        negatives=config.train_negatives)
-    text = TextTuningConfig(tuning=config.text_tuning, layers=config.text_tune_layers, rank=config.text_lora_rank,
-                            alpha=config.text_lora_alpha, targets=tuple(config.text_lora_targets.split(",")),
-                            lr=config.text_tune_lr, steps=config.text_tune_steps, every=config.text_tune_every)
-    ids = IdPolicy(config.id_min_count, round(config.id_ttl_days * DAY_MS) if config.id_ttl_days else None)
-    return model, FineTuneConfig(train=train, update_epochs=config.train_update_epochs or None,
-                                 rehearsal_ratio=config.rehearsal_ratio, distillation_weight=config.distill_weight,
-                                 rehearsal_unit=config.rehearsal_unit, text=text, ids=ids,
-                                 text_blend=config.text_blend, text_blend_tolerance=config.text_blend_tolerance)
 
 
 @dataclass
@@ -141,8 +125,11 @@ def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
 
 def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> tuple[bool, str, dict]:
     """The gate's verdict on ``candidate`` for the held-out events of ``data``: (promote, reason, metrics)."""
+    texts = ItemVectors.text_of(candidate)  # both lists' diversity by the same vectors
+
     def judged(scorer) -> dict:  # both on the same sample of at most STREAMREC_GATE_MAX_EVENTS events
-        return evaluate(scorer, data.held_out, data.judged_with, max_events=config.gate_max_events, seed=config.seed)
+        return evaluate(scorer, data.held_out, data.judged_with, max_events=config.gate_max_events, seed=config.seed,
+                        beyond_accuracy=True, item_vectors=texts)
 
     candidate_metrics = judged(BundleScorer(candidate, device, config.serving_precision))
     if data.serving is not None:
@@ -152,9 +139,10 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
         baseline_name = "popularity"
         baseline_metrics = judged(Popularity(candidate.vocab, data.judged_with, candidate.model.config.max_len))
     promoted, reason = gate(candidate_metrics, baseline_metrics, config.gate_tolerance, baseline_name,
-                            min_events=config.gate_min_events)
+                            min_events=config.gate_min_events, max_coverage_drop=config.gate_max_coverage_drop)
     metrics = {"candidate": candidate_metrics, "baseline": baseline_metrics, "baseline_name": baseline_name,
-               "held_out_events": len(data.held_out), "trained_events": len(data.train_part)}
+               "held_out_events": len(data.held_out), "trained_events": len(data.train_part),
+               "diversity_vectors": "text" if texts is not None else "model"}
     if "ids" in candidate.info:
         metrics["ids"] = candidate.info["ids"]
     if candidate.info.get("text_tuned_jobs_ago") == 0:  # this job tuned the text encoder: its timings

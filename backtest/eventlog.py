@@ -25,10 +25,10 @@ Examples
 [{'event_id': 'e2', 'user_id': 'u1', 'item_id': 'i1', 'type': 'click', 'ts': 1700000000000}, \
 {'event_id': 'e3', 'user_id': 'u1', 'item_id': 'i2', 'type': 'purchase', 'ts': 1700000001000}]
 >>> _ = path.write_text("user_id,item_id,type,ts\\nu1,i1,click,yesterday\\n")
->>> load_events(path)
+>>> load_events(path)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-learner.eventlog.EventLogError: EVENTS.csv line 2, column ts: 'yesterday' is not epoch seconds, epoch milliseconds or ISO-8601
+backtest.eventlog.EventLogError: EVENTS.csv line 2, column ts: 'yesterday' is not epoch seconds, epoch milliseconds ...
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def load_events(path: str | Path) -> pd.DataFrame:
     table.require_values(EVENT_REQUIRED)
     types = frame["type"]
     table.reject(((types != "") & ~types.isin(EVENT_TYPES)).to_numpy(),
-                 lambda row: f"{name} line {table.lines[row]}, column type: {types.iloc[row]!r} is not click or purchase")
+                 lambda row: f"{name} line {table.lines[row]}, column type: {types.iloc[row]!r} is not click or "
+                             "purchase")
     ms, ok = parse_ts(frame["ts"])
     table.reject(~ok & (frame["ts"] != "").to_numpy(), lambda row: (
         f"{name} line {table.lines[row]}, column ts: {frame['ts'].iloc[row]!r} is not epoch seconds, "
