@@ -8,7 +8,8 @@ ts, session_id``) and a catalog frame (``storefront, item_id, category``):
   expected side's top ``top_items`` items (``top_categories`` categories) get a bin each and
   the rest share one;
 * the share of events on items, and by users, not seen before (in the ``seen_*`` sets the
-  caller passes), against the previous window's share (a rise is bad);
+  caller passes), against the median share of the previous ``SHARE_BASELINE_WINDOWS`` windows
+  (a rise is bad; a median, so a rise that lasts breaches again in the next window);
 * the purchase share of events against the reference windows' share (either way is bad).
 
 Every threshold is calibrated on the storefront's reference windows (:mod:`drift.calibration`):
@@ -20,8 +21,9 @@ consecutive windows (:func:`drift.metrics.confirm`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from drift.calibration import Calibration, chunks, divergence_scale, judged_threshold, share_floor, share_scale
@@ -30,6 +32,7 @@ from drift.metrics import MetricValue, judged
 
 TOP_ITEMS = 100
 TOP_CATEGORIES = 100
+SHARE_BASELINE_WINDOWS = 3
 NO_CATEGORY = "(none)"
 Calibrations = Mapping[str, Calibration | None]
 
@@ -71,12 +74,12 @@ def reference_calibration(storefront: str, reference: pd.DataFrame, catalog: pd.
                           top_categories: int = TOP_CATEGORIES) -> dict[str, Calibration | None]:
     """Metric name -> the :class:`~drift.calibration.Calibration` of its threshold, from ``reference``
     (``storefront``'s reference events) cut into chunks: each chunk against the rest of the reference
-    (``*_reference``, ``purchase_share``) and against the chunk before it (``*_previous``,
-    ``new_item_share``, ``new_user_share``; a chunk's new ids are those of no earlier chunk).
+    (``*_reference``, ``purchase_share``) and against the chunk before it (``*_previous``), or
+    the median of the ``SHARE_BASELINE_WINDOWS`` chunks before it (``new_item_share``,
+    ``new_user_share``; a chunk's new ids are those of no earlier chunk).
 
     Examples
     --------
-    >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> ref = pd.DataFrame({"storefront": "s", "ts": range(5000), "user_id": rng.integers(0, 900, 5000).astype(str),
     ...     "item_id": rng.integers(0, 50, 5000).astype(str), "type": np.where(rng.random(5000) < 0.2, "purchase",
@@ -125,13 +128,26 @@ def reference_calibration(storefront: str, reference: pd.DataFrame, catalog: pd.
         for part in parts:
             shares.append((float((~part[column].isin(seen)).mean()), len(part)) if seen else None)
             seen.update(part[column].unique())
-        for before, now in zip(shares, shares[1:]):
-            if before is not None:
-                pooled = (before[0] * before[1] + now[0] * now[1]) / (before[1] + now[1])
-                add(metric, now[0] - before[0], share_scale(pooled, before[1], now[1]))
+        shares = [s for s in shares if s is not None]
+        for i in range(1, len(shares)):
+            share, n = shares[i]
+            base, n_base = _median_share(shares[max(0, i - SHARE_BASELINE_WINDOWS):i])
+            add(metric, share - base, share_scale((base * n_base + share * n) / (n_base + n), n_base, n))
     names = [f"{n}_{s}_{lab}" for n in ("popularity", "category") for s in ("psi", "js")
              for lab in ("previous", "reference")] + ["purchase_share", "new_item_share", "new_user_share"]
     return {metric: Calibration.of(stats.get(metric, []), label, scales.get(metric, [])) for metric in names}
+
+
+def _median_share(values: Sequence[tuple[float, int]]) -> tuple[float, int]:
+    """(median share, median events) of ``(share, events)`` pairs.
+
+    Examples
+    --------
+    >>> _median_share([(0.1, 900), (0.3, 1000), (0.2, 1100)])
+    (0.2, 1000)
+    """
+    shares, sizes = zip(*values)
+    return float(np.median(shares)), int(np.median(sizes))
 
 
 def _divergences(name: str, storefront: str, expected: pd.Series, actual: pd.Series, top: int, label: str,
@@ -154,7 +170,8 @@ def _divergences(name: str, storefront: str, expected: pd.Series, actual: pd.Ser
 def input_drift(storefront: str, window: pd.DataFrame, *, previous: pd.DataFrame | None = None,
                 reference: pd.DataFrame | None = None, catalog: pd.DataFrame | None = None,
                 seen_items: set[str] | frozenset = frozenset(), seen_users: set[str] | frozenset = frozenset(),
-                previous_shares: Mapping[str, tuple[float, int]] | None = None, previous_label: str = "previous window",
+                previous_shares: Mapping[str, Sequence[tuple[float, int]]] | None = None,
+                previous_label: str = "previous window",
                 reference_label: str = "reference windows", top_items: int = TOP_ITEMS,
                 top_categories: int = TOP_CATEGORIES, calibrations: Calibrations | None = None,
                 min_events: int = 0) -> list[MetricValue]:
@@ -162,8 +179,9 @@ def input_drift(storefront: str, window: pd.DataFrame, *, previous: pd.DataFrame
 
     ``previous`` and ``reference`` are earlier events (any storefronts; filtered here); the
     comparisons with one that has no events of the storefront are left out.
-    ``previous_shares`` maps ``new_item_share`` / ``new_user_share`` to the previous window's
-    ``(value, n_events)``, their baselines. ``calibrations`` (default: computed from
+    ``previous_shares`` maps ``new_item_share`` / ``new_user_share`` to the earlier windows'
+    ``(value, n_events)``, oldest first: the median of the newest ``SHARE_BASELINE_WINDOWS`` is
+    the baseline. ``calibrations`` (default: computed from
     ``reference`` by :func:`reference_calibration`) give the thresholds; a value on fewer than
     ``min_events`` events never breaches.
 
@@ -208,14 +226,16 @@ def input_drift(storefront: str, window: pd.DataFrame, *, previous: pd.DataFrame
     previous_shares = previous_shares or {}
     for metric, column, seen in (("new_item_share", "item_id", seen_items), ("new_user_share", "user_id", seen_users)):
         share = float((~window[column].isin(seen)).mean()) if n else 0.0
-        before = previous_shares.get(metric)
-        if before is None:
+        earlier = list(previous_shares.get(metric, ()))[-SHARE_BASELINE_WINDOWS:]
+        if not earlier:
             out.append(judged(metric, storefront, share, threshold=None, reference="no earlier window", n_events=n))
             continue
-        pooled = (before[0] * before[1] + share * n) / (before[1] + n) if before[1] + n else 0.0
-        threshold, method, detail = judged_threshold(calibrations.get(metric), share_scale(pooled, before[1], n),
-                                                     share_floor(pooled, before[1], n, two_sided=False))
-        out.append(judged(metric, storefront, share, baseline=before[0], threshold=threshold, reference=previous_label,
+        base, n_base = _median_share(earlier)
+        pooled = (base * n_base + share * n) / (n_base + n) if n_base + n else 0.0
+        threshold, method, detail = judged_threshold(calibrations.get(metric), share_scale(pooled, n_base, n),
+                                                     share_floor(pooled, n_base, n, two_sided=False))
+        text = previous_label if len(earlier) == 1 else f"median of the previous {len(earlier)} windows"
+        out.append(judged(metric, storefront, share, baseline=base, threshold=threshold, reference=text,
                           n_events=n, method=method, detail=detail, min_events=min_events))
 
     purchases = float((window["type"] == "purchase").mean()) if n else 0.0

@@ -188,8 +188,7 @@ def window_drift(window: pd.DataFrame, context: Context, *, catalog: pd.DataFram
     storefronts = sorted(window["storefront"].unique())
     for storefront in storefronts:
         reference, reference_label = context.reference.get(storefront, (None, ""))
-        shares = {m: last for m in ("new_item_share", "new_user_share")
-                  if (last := context.last(m, storefront)) is not None}
+        shares = {m: context.series.get((m, storefront), []) for m in ("new_item_share", "new_user_share")}
         out += input_drift(storefront, window, previous=context.previous, reference=reference, catalog=catalog,
                            seen_items=context.seen_items, seen_users=context.seen_users, previous_shares=shares,
                            previous_label=context.previous_label, reference_label=reference_label,
