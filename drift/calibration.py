@@ -150,13 +150,13 @@ class Calibration:
         """The threshold of a comparison with noise ``scale``: ``max(calibrated(scale), floor)``."""
         return max(self.calibrated(scale), floor)
 
-    def describe(self, scale: float, floor: float) -> str:
+    def describe(self, scale: float, floor: float, floor_label: str = "noise floor") -> str:
         """The threshold's derivation in words."""
         calibrated = self.calibrated(scale)
-        which = "calibrated" if calibrated >= floor else "noise floor"
+        which = "calibrated" if calibrated >= floor else floor_label
         return (f"{which}: mean {self.mean:.3g} + {SD_MULTIPLIER:g} sd {self.sd:.3g} of {self.comparisons} chunk "
                 f"comparisons of {self.source}, x noise scale {max(scale, self.scale):.3g} = {calibrated:.4g}; "
-                f"noise floor {floor:.4g}")
+                f"{floor_label} {floor:.4g}")
 
     def detail(self, scale: float, floor: float) -> dict:
         """The numbers behind the threshold (stored next to the value)."""
@@ -165,13 +165,14 @@ class Calibration:
                 "calibrated": self.calibrated(scale), "noise_floor": floor, "source": self.source}
 
 
-def floor_only(floor: float, why: str) -> tuple[float, str, dict]:
+def floor_only(floor: float, why: str, floor_label: str = "noise floor") -> tuple[float, str, dict]:
     """(threshold, method, detail) when no calibration is available."""
-    return floor, f"noise floor {floor:.4g} ({why})", {"method": "noise_floor", "noise_floor": floor}
+    return floor, f"{floor_label} {floor:.4g} ({why})", {"method": "noise_floor", "noise_floor": floor}
 
 
-def judged_threshold(calibration: Calibration | None, scale: float, floor: float) -> tuple[float, str, dict]:
-    """(threshold, method text, detail) of a comparison: calibrated when possible, else the noise floor.
+def judged_threshold(calibration: Calibration | None, scale: float, floor: float,
+                     floor_label: str = "noise floor") -> tuple[float, str, dict]:
+    """(threshold, method text, detail) of a comparison: calibrated when possible, else the floor.
 
     Examples
     --------
@@ -181,5 +182,6 @@ def judged_threshold(calibration: Calibration | None, scale: float, floor: float
     0.05
     """
     if calibration is None:
-        return floor_only(floor, "reference too small to calibrate")
-    return calibration.threshold(scale, floor), calibration.describe(scale, floor), calibration.detail(scale, floor)
+        return floor_only(floor, "reference too small to calibrate", floor_label)
+    return (calibration.threshold(scale, floor), calibration.describe(scale, floor, floor_label),
+            calibration.detail(scale, floor))

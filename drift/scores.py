@@ -5,7 +5,10 @@
   (:mod:`drift.calibration`) from groups of its users, each group against the others. A later
   window scored by the *same* version is compared with it by PSI (``serving_score_psi``): it
   moves when shoppers' behaviour moves the scores, while a new version, whose scores have a
-  scale of their own, starts a new reference instead of raising an alert.
+  scale of their own, starts a new reference instead of raising an alert. The calibration sees
+  how much groups of one window's users differ, not how users' histories move from window to
+  window, so the threshold is never below ``SCORE_PSI_STABLE``, the PSI below which a score
+  distribution counts as stable in scorecard monitoring (Siddiqi 2006).
 * :func:`topk_overlap` -- how many of each user's top-k items two versions share: the
   change a new version makes to what shoppers are shown, whatever the scale of its scores.
 * :func:`user_item_scores` -- the scores of any :class:`learner.evaluate.Scorer` for users'
@@ -30,6 +33,7 @@ from learner.sequences import history_batch
 
 SCORE_USERS = 300  # users per storefront and window whose scores make the score distribution
 SCORE_BINS = 10  # deciles of the reference
+SCORE_PSI_STABLE = 0.1  # a score PSI below this is "no significant change" (Siddiqi 2006): never a breach
 MIN_GROUP_USERS = 10  # users per calibration group
 TOP_K = 20
 PROBE_USERS = 300  # users in the fixed probe of top-k overlap
@@ -115,6 +119,8 @@ class ScoreReference:
     >>> same, moved = ref.judge("s", user_level(300), 2000), ref.judge("s", user_level(300, 1.0), 2000)
     >>> round(same.threshold, 3), (same.breach, round(same.value, 3)), (moved.breach, round(moved.value, 2))
     (0.117, (False, 0.003), (True, 0.53))
+    >>> same.method.split(":")[0], round(same.detail["calibrated"], 3)
+    ('calibrated', 0.117)
     >>> ScoreReference.from_detail(ref.detail()).edges == ref.edges
     True
     """
@@ -174,9 +180,9 @@ class ScoreReference:
         edges = np.asarray(self.edges)
         actual = _binned(edges, scores)
         value = psi(self.counts, actual) if actual.sum() else math.nan
-        floor = noise_floor("psi", len(edges) + 1, sum(self.counts), actual.sum())
+        floor = max(SCORE_PSI_STABLE, noise_floor("psi", len(edges) + 1, sum(self.counts), actual.sum()))
         threshold, method, detail = judged_threshold(self.calibration, divergence_scale(self.users, len(scores)),
-                                                     floor)
+                                                     floor, "stable-score floor")
         return judged("serving_score_psi", storefront, value, threshold=threshold,
                       reference=f"{self.version} on {self.window}", n_events=n_events,
                       method=f"{method}; {len(scores)} users' scores", detail=detail, min_events=min_events)
