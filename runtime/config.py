@@ -229,6 +229,9 @@ class Config(BaseSettings):
     drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "
                                                               "seeded sample of its first window's held-out slice).",
                                             json_schema_extra=DRIFT)
+    drift_alert_min_events: PositiveInt = Field(500, description="A drift value measured on fewer events of its "
+                                                                 "storefront never breaches its threshold, so never "
+                                                                 "alerts.", json_schema_extra=DRIFT)
     seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).",
                               json_schema_extra=TRAINING)
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "

@@ -17,6 +17,7 @@ from sqlalchemy import (
                         Table,
                         Text,
                         UniqueConstraint,
+                        false,
 )
 
 metadata = MetaData()
@@ -195,10 +196,17 @@ drift_metrics = Table(
     Column("baseline", Float, comment="the value it is compared with"),
     Column("reference", Text, nullable=False, comment="what it is compared with, in words"),
     Column("threshold", Float, comment="largest allowed move from the baseline in the bad direction"),
-    Column("alert", Boolean, nullable=False),
-    Column("detector", String(64), nullable=False, comment="'threshold', 'adwin', 'page_hinkley' (joined by +) or 'none'"),
+    Column("alert", Boolean, nullable=False,
+           comment="a confirmed breach (drift/metrics.py: two consecutive breaches for per-window statistics)"),
+    Column("detector", String(64), nullable=False,
+           comment="'threshold', 'adwin', 'page_hinkley' (joined by +) or 'none'"),
     Column("n_events", Integer, nullable=False, comment="events (or items) it was measured on"),
     Column("created_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("breach", Boolean, nullable=False, default=False, server_default=false(),
+           comment="the value crossed its threshold (or its detectors fired) on enough events"),
+    Column("method", Text, nullable=False, default="", server_default="",
+           comment="how the threshold was found, in words"),
+    Column("detail", JSON(none_as_null=True), comment="the numbers behind the threshold; a score reference"),
     UniqueConstraint("window_id", "storefront", "metric", name="uq_drift_metrics_window_metric"),
     Index("ix_drift_metrics_series", "metric", "storefront", "window_id"),
     Index("ix_drift_metrics_alert", "alert", "window_id"),

@@ -461,16 +461,18 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
 
 
 def drift_rows(rows: list[dict]) -> list[dict]:
+    """Rows of ``streamrec drift``: ``alert`` says ALERT (a confirmed breach) or breach (a first one)."""
     return [{"window": r["window_id"], "version": r["model_version_id"] or "-", "storefront": r["storefront"],
-             "metric": r["metric"], "value": f"{r['value']:.4g}",
+             "metric": r["metric"], "value": "-" if r["value"] is None else f"{r['value']:.4g}",
              "baseline": "-" if r["baseline"] is None else f"{r['baseline']:.4g}",
              "threshold": "-" if r["threshold"] is None else f"{r['threshold']:.4g}",
-             "alert": "ALERT" if r["alert"] else "", "detector": r["detector"], "reference": r["reference"]}
+             "alert": "ALERT" if r["alert"] else "breach" if r.get("breach") else "", "detector": r["detector"],
+             "reference": r["reference"], "method": r.get("method") or ""}
             for r in rows]
 
 
 DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline", "threshold", "alert", "detector",
-                 "reference"]
+                 "reference", "method"]
 
 
 @main.command("drift")
@@ -480,7 +482,11 @@ DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline
 @click.option("--metric", default=None, help="Only this metric.")
 @click.option("--alerts-only", is_flag=True, help="Only the open alerts.")
 def drift_metrics(windows: int | None, storefront: str | None, metric: str | None, alerts_only: bool) -> None:
-    """Drift metrics: the latest value of every metric per storefront, then the open alerts."""
+    """Drift metrics: the latest value of every metric per storefront, then the open alerts.
+
+    An alert is a confirmed breach (two consecutive breaches for per-window statistics); a first
+    breach shows as "breach". ``method`` says how each threshold was found.
+    """
     from store import drift_metrics as stored
 
     engine = store_engine()

@@ -228,7 +228,7 @@ def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: s
     """
     run_id = start_run(engine, window_ids, trainer_id)
     try:  # from the run's first moment: a trainer stopped while it reads still closes its run
-        drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
+        drifts = WindowDrift.for_job(engine, config, window_ids)
         version, epoch_log = train_job(engine, config, window_ids, drifts, device)
     except (KeyboardInterrupt, SystemExit):
         finish_run(engine, run_id, error="the trainer was stopped before it finished")
