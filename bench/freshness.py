@@ -15,8 +15,10 @@ Per window it reports when it sealed, the version whose job trained it, and when
 began serving (its promotion; workers load it within ``STREAMREC_SERVING_POLL_S`` plus the
 build time). Seal-to-serving latency is the difference; a window whose version the gate
 rejected never served. Prints p50/p95 latency, the backlog over time and the events/s
-sustained, and writes the run to ``bench/results/freshness/`` with its provenance
-(:mod:`bench.provenance`). ``bench/results/freshness.json`` holds the runs made before that.
+sustained, the drift alerts raised on this normal stream (rows of ``drift_metrics``, breaches,
+confirmed alerts and their share, per metric), and writes the run to ``bench/results/freshness/``
+with its provenance (:mod:`bench.provenance`). ``bench/results/freshness.json`` holds the runs made
+before that.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import case, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from bench.provenance import provenance, write_result
 from runtime.config import Config
 from runtime.processes import free_port, spawn, start_broker, start_worker, stop
 from store.db import make_engine, migrate
-from store.models import model_versions, windows
+from store.models import drift_metrics, model_versions, windows
 from store.registry import now_ms
 from store.replay import ReplayStore
 from store.training_queue import backlog
@@ -106,6 +108,24 @@ def window_latencies(engine) -> list[dict]:
             for r in rows]
 
 
+def drift_alerts(engine) -> dict:
+    """Drift rows, breaches and confirmed alerts in all, and per metric that breached."""
+    t = drift_metrics
+    with engine.connect() as conn:
+        per_metric = conn.execute(select(t.c.metric, func.count(), func.sum(case_int(t.c.breach)),
+                                         func.sum(case_int(t.c.alert))).group_by(t.c.metric)).all()
+    rows = sum(n for _, n, _, _ in per_metric)
+    alerts = sum(a or 0 for _, _, _, a in per_metric)
+    return {"rows": rows, "breaches": sum(b or 0 for _, _, b, _ in per_metric), "alerts": alerts,
+            "alert_share": round(alerts / rows, 4) if rows else None,
+            "by_metric": {m: {"rows": n, "breaches": b or 0, "alerts": a or 0} for m, n, b, a in per_metric if b}}
+
+
+def case_int(column):
+    """1 where a boolean column is true, else 0 (summable on Postgres and SQLite)."""
+    return case((column, 1), else_=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s (0: as fast as the producer goes)")
@@ -151,14 +171,16 @@ def main() -> None:
                 break
             time.sleep(5)
         per_window = window_latencies(engine)
+        drift = drift_alerts(engine)
     finally:
         for proc in (*trainers, worker, broker):
             stop(proc)
         engine.dispose()
-    report(args, per_window, samples, stopped[0] - streamed, tmp, stamp)
+    report(args, per_window, samples, stopped[0] - streamed, tmp, stamp, drift)
 
 
-def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path, stamp: dict) -> None:
+def report(args, per_window: list[dict], samples: list[dict], stream_s: float, logs: Path, stamp: dict,
+           drift: dict | None = None) -> None:
     during = [s for s in samples if s["s"] <= stream_s]
     stored_rate = during[-1]["stored"] / stream_s if during else 0.0
     served = [w["latency_s"] for w in per_window if w["latency_s"] is not None]
@@ -179,7 +201,8 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
         "backlog_first_third_mean": round(float(np.mean(backlog_during[:third])), 2) if backlog_during else 0,
         "backlog_last_third_mean": round(float(np.mean(backlog_during[-third:])), 2) if backlog_during else 0,
         "backlog_trend_windows_per_min": round(trend, 2),
-        "backlog_after_stream": samples[-1]["windows_waiting"], "samples": samples, "windows": per_window,
+        "backlog_after_stream": samples[-1]["windows_waiting"], "drift": drift, "samples": samples,
+        "windows": per_window,
     }
     print(f"\nrate {result['rate']} events/s for {args.seconds:.0f}s, trainers: {result['trainers']}, "
           f"{result['cpus']} CPUs, logs in {logs}\n")
@@ -195,6 +218,9 @@ def report(args, per_window: list[dict], samples: list[dict], stream_s: float, l
           f"windows in the first third of the stream, {result['backlog_last_third_mean']} in the last, max "
           f"{result['backlog_max_windows']}, trend after the first minute {trend:+.2f} windows/min; "
           f"{result['events_stored_per_s']:,} events/s stored")
+    if drift:
+        print(f"drift metrics: {drift['rows']} rows, {drift['breaches']} breaches, {drift['alerts']} alerts "
+              f"({(drift['alert_share'] or 0):.1%} of rows); breaching metrics: {drift['by_metric'] or 'none'}")
     settings = {**vars(args), "database_url": make_url(args.database_url).drivername if args.database_url else None}
     print(f"written to {write_result('freshness', settings, result, started=stamp)}")
 

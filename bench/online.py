@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.provenance import write_result
+from bench.provenance import provenance, write_result
 from bench.serving import _wait_until_served, publish_model
 from runtime.config import Config
 from runtime.processes import free_port, start_broker, start_worker, stop, wait_for_port
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--shoppers", type=int, default=600)
     parser.add_argument("--rate", type=float, default=40.0, help="/recommend requests per second")
     args = parser.parse_args()
+    stamp = provenance()
 
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-online-"))
     database_url = f"sqlite:///{workdir / 'streamrec.db'}"
@@ -131,7 +132,7 @@ def main() -> None:
               "click_positions": metrics.get("click_positions"), "served_lists_stored": stored,
               "served_topic_partitions_stored": sum(1 for (t, _) in offsets if t == config.served_topic),
               "requests_per_s": len(answers) / serve_s}
-    path = write_result("online", vars(args), result)
+    path = write_result("online", vars(args), result, started=stamp)
     print(f"| | lists | clicked lists | purchases | inferred | revenue |\n|---|---:|---:|---:|---:|---:|\n"
           f"| shoppers did (direct count) | {direct['lists']} | {direct['clicked_lists']} | {direct['purchases']} | "
           f"{direct['inferred_events']} | {direct['revenue']:.2f} |\n"

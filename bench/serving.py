@@ -1,6 +1,7 @@
 """Serving latency benchmark: a worker answering ``GET /recommend`` at a fixed request rate.
 
     python -m bench.serving [--rate 100] [--seconds 60] [--items 10000] [--out TABLE.md]
+    python -m bench.serving --compare-served-log [--rate 100] [--seconds 120]
 
 Sets up a real worker on embedded defaults (bundled broker, SQLite in a temporary folder):
 a catalog of ``--items`` products (the 1,682 MovieLens-100k movies plus generated products),
@@ -10,7 +11,10 @@ competes with serving. Then an open-loop generator on the same machine sends req
 fixed schedule (``--rate`` per second, bounded to 256 in flight) for users drawn at random,
 and latency is measured from each request's scheduled start, so a stall is not hidden.
 Search queries are all distinct, so each one is encoded by MiniLM (the worker caches repeats).
-Prints p50/p95/p99/max latency and the error count per endpoint, and writes the run to
+With ``--compare-served-log`` a second worker on the same store does not log served lists
+(``STREAMREC_SERVED_LOG=false``), and the two answer ``/recommend`` at the same rate in
+alternating rounds: what logging costs at the tail. Prints p50/p95/p99/max latency and the
+error count per endpoint, and writes the run to
 ``bench/results/serving/`` with its provenance (:mod:`bench.provenance`).
 """
 
@@ -80,7 +84,7 @@ def publish_model(database_url: str, catalog: list[dict], events: list[dict]) ->
     return version
 
 
-async def drive(base: str, paths: list[str], rate: float, seconds: float, limit: int = 256) -> dict:
+async def drive(base: str, paths: list[str], rate: float, seconds: float, limit: int = 256, keep: bool = False) -> dict:
     """Open-loop load: request i is due at start + i / rate; latency counts from when it was due."""
     latencies, errors, in_flight = [], 0, asyncio.Semaphore(limit)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
@@ -105,7 +109,7 @@ async def drive(base: str, paths: list[str], rate: float, seconds: float, limit:
     ms = np.array(latencies) * 1000
     return {"requests": len(ms), "rate": len(ms) / elapsed, "errors": errors,
             **{name: float(np.percentile(ms, q)) for name, q in (("p50", 50), ("p95", 95), ("p99", 99))},
-            "max": float(ms.max())}
+            "max": float(ms.max()), **({"latencies_ms": ms} if keep else {})}
 
 
 def main() -> None:
@@ -113,6 +117,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--compare-served-log", action="store_true",
+                        help="Instead: /recommend p99 of a worker logging served lists against one that does not "
+                             "(STREAMREC_SERVED_LOG=false), both on the same store, driven in alternating rounds.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Also write the table (markdown) here; an existing file is never replaced.")
     args = parser.parse_args()
@@ -131,6 +138,7 @@ def main() -> None:
            "STREAMREC_WINDOW_MAX_AGE_S": "86400", "STREAMREC_LOG_LEVEL": "warn"}
     config = Config.from_env(env)
     worker = start_worker(env, log=workdir / "worker.log")
+    quiet = None
     try:
         wait_for_port(config.web_port, timeout_s=180, proc=worker)
         with StorefrontProducer.from_config(config) as producer:
@@ -141,7 +149,15 @@ def main() -> None:
         asyncio.run(_wait_until_served(base, users[-1], args.items))
         rnd = random.Random(1)
         rows = {}
-        for name, paths in [
+        if args.compare_served_log:
+            quiet_env = {**env, "STREAMREC_WEB_PORT": str(free_port()), "STREAMREC_SERVED_LOG": "false"}
+            quiet = start_worker(quiet_env, log=workdir / "worker-quiet.log")
+            wait_for_port(int(quiet_env["STREAMREC_WEB_PORT"]), timeout_s=180, proc=quiet)
+            quiet_base = f"http://127.0.0.1:{quiet_env['STREAMREC_WEB_PORT']}"
+            asyncio.run(_wait_until_served(quiet_base, users[-1], args.items))
+            paths = [f"/recommend/{rnd.choice(users)}?k=20" for _ in range(1000)]
+            rows = compare_served_log(base, quiet_base, paths, args.rate, args.seconds)
+        for name, paths in [] if args.compare_served_log else [
             ("/recommend/{user}?k=20", [f"/recommend/{rnd.choice(users)}?k=20" for _ in range(1000)]),
             ("/similar/{item}?k=20", [f"/similar/{rnd.choice(catalog)['item_id']}?k=20" for _ in range(1000)]),
             ("/search?q=...&k=20 (every query new)", [
@@ -153,6 +169,8 @@ def main() -> None:
             print(f"{name}: {rows[name]}", flush=True)
     finally:
         stop(worker)
+        if quiet is not None:
+            stop(quiet)
         stop(broker)
     table = render(rows, args)
     print(table)
@@ -163,6 +181,28 @@ def main() -> None:
     settings = {**vars(args), "out": str(args.out) if args.out else None}
     result = {"rows": [{"endpoint": name, **measured} for name, measured in rows.items()]}
     print(f"written to {write_result('serving', settings, result, started=stamp)}")
+
+
+def compare_served_log(logging: str, quiet: str, paths: list[str], rate: float, seconds: float,
+                       rounds: int = 6) -> dict:
+    """``/recommend`` latency of the worker at ``logging`` (served lists logged) and at ``quiet``
+    (not logged), at the same rate, in alternating rounds so that a slower minute of the machine
+    falls on both; each row pools its rounds' latencies."""
+    names = {logging: "/recommend/{user}?k=20, served lists logged", quiet: "/recommend/{user}?k=20, not logged"}
+    pooled = {name: [] for name in names.values()}
+    for r in range(rounds):
+        for base in (logging, quiet) if r % 2 == 0 else (quiet, logging):
+            pooled[names[base]].append(asyncio.run(drive(base, paths, rate, seconds / rounds, keep=True)))
+    rows = {}
+    for name, runs in pooled.items():
+        ms = np.concatenate([run.pop("latencies_ms") for run in runs])
+        rows[name] = {"requests": len(ms), "rate": float(np.mean([run["rate"] for run in runs])),
+                      "errors": sum(run["errors"] for run in runs),
+                      **{k: float(np.percentile(ms, q)) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+                      "max": float(ms.max())}
+    on, off = rows.values()
+    print(f"p99 with served-list logging / without: {on['p99'] / off['p99']:.3f}", flush=True)
+    return rows
 
 
 async def _wait_until_served(base: str, user: str, items: int, timeout_s: float = 600.0) -> None:

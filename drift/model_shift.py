@@ -4,12 +4,11 @@
   vector in the two versions, over the items both know with a non-zero vector in both
   (0: unchanged directions; 1: unrelated; 2: reversed). Vectors are compared in place,
   which is meaningful because a fine-tune starts from the replaced version's weights.
-* :func:`score_psi` -- PSI of the distribution of scores (user x item) under the new version
-  against the old one, binned at the old version's deciles: the stability index of a
-  scorecard's score (Siddiqi 2006), applied to recommendation scores. It moves when the
-  scores' level or spread changes, even if the ranking does not.
-
-Both alert above a fixed threshold (``VECTOR_SHIFT_THRESHOLD``, ``SCORE_PSI_THRESHOLD``).
+  Alerts above ``VECTOR_SHIFT_THRESHOLD``.
+* top-k overlap of the two versions on a fixed probe of users (:func:`drift.scores.topk_overlap`):
+  what an update changes in what shoppers are shown. Scores of two versions are never
+  compared directly: each version has a scale of its own, so a PSI between them moves after
+  every ordinary retrain. Alerts below ``TOPK_OVERLAP_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -18,11 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from drift.divergence import psi
-
 VECTOR_SHIFT_THRESHOLD = 0.3  # a fine-tune on one MovieLens window moves items by ~0.01; a retrain by ~1
-SCORE_PSI_THRESHOLD = 0.25
-SCORE_BINS = 10
+TOPK_OVERLAP_THRESHOLD = 0.2  # an update that replaces over 80% of an average user's top 20
 
 
 def item_vector_shift(old_ids: Sequence[str], old: np.ndarray, new_ids: Sequence[str], new: np.ndarray,
@@ -56,26 +52,3 @@ def item_vector_shift(old_ids: Sequence[str], old: np.ndarray, new_ids: Sequence
         return float("nan"), 0
     cosine = np.sum(a[ok] * b[ok], axis=1) / norms[ok]
     return float(np.mean(1.0 - cosine)), int(ok.sum())
-
-
-def score_psi(old_scores: np.ndarray, new_scores: np.ndarray, bins: int = SCORE_BINS) -> float:
-    """PSI of ``new_scores`` against ``old_scores`` over the old scores' quantile bins (non-finite scores ignored).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> old = rng.normal(size=5000)
-    >>> score_psi(old, old)
-    0.0
-    >>> round(score_psi(old, 1.0 * old + 0.02), 2), round(score_psi(old, 3 * old + 1), 2)
-    (0.0, 1.1)
-    """
-    old = np.asarray(old_scores, dtype=np.float64).ravel()
-    new = np.asarray(new_scores, dtype=np.float64).ravel()
-    old, new = old[np.isfinite(old)], new[np.isfinite(new)]
-    if not len(old) or not len(new):
-        return float("nan")
-    edges = np.unique(np.quantile(old, np.linspace(0, 1, bins + 1)[1:-1]))
-    expected = np.bincount(np.searchsorted(edges, old, side="right"), minlength=len(edges) + 1)
-    actual = np.bincount(np.searchsorted(edges, new, side="right"), minlength=len(edges) + 1)
-    return psi(expected, actual)

@@ -2,8 +2,10 @@
 
 Each plot shows a metric over the measured windows (the x axis; below each window id, the
 version its training job produced), one line per storefront, the alert bound as a dashed
-line (``baseline +/- threshold`` in the metric's bad direction), and alerts as red rings.
-Above the plots: the open alerts and the newest value of every metric.
+line (``baseline +/- threshold`` in the metric's bad direction, both sides for a metric bad
+either way), alerts (confirmed breaches) as red rings and first breaches, not yet confirmed,
+as orange ones. Above the plots: the open alerts and the newest value of every metric, with
+how each threshold was found.
 """
 
 from __future__ import annotations
@@ -80,12 +82,16 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
     windows = sorted({r["window_id"] for r in rows})
     storefronts = sorted({r["storefront"] for r in rows})
     direction = METRICS[metric].direction if metric in METRICS else "up"
-    bounds = []
+    rows = [r for r in rows if r["value"] is not None]
+    bounds = []  # (row, side, bound)
     for r in rows:
         if r.get("threshold") is not None and math.isfinite(r["threshold"]):
             base = r.get("baseline") or 0.0
-            bounds.append((r, base + r["threshold"] if direction == "up" else base - r["threshold"]))
-    values = [r["value"] for r in rows] + [b for _, b in bounds]
+            for side in ({"up": (1,), "down": (-1,)}.get(direction, (1, -1))):
+                bounds.append((r, side, base + side * r["threshold"]))
+    if not rows:
+        return ""
+    values = [r["value"] for r in rows] + [b for _, _, b in bounds]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5 if lo else -0.5, hi + 0.5 if hi else 0.5
@@ -116,10 +122,10 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
                         if version is not None else ""))
     parts.append(f'<text x="{x1}" y="{HEIGHT - 2}" text-anchor="end">window (version)</text>')
     if bounds:
-        by_sf: dict[str, list] = defaultdict(list)
-        for r, b in bounds:
-            by_sf[r["storefront"]].append((r["window_id"], b))
-        for storefront, points in by_sf.items():
+        by_sf: dict[tuple[str, int], list] = defaultdict(list)
+        for r, side, b in bounds:
+            by_sf[(r["storefront"], side)].append((r["window_id"], b))
+        for (storefront, _), points in by_sf.items():
             colour = COLOURS[storefronts.index(storefront) % len(COLOURS)]
             coords = " ".join(f"{x(w):.1f},{y(b):.1f}" for w, b in sorted(points))
             parts.append(f'<polyline class="bound" points="{coords}" fill="none" stroke="{colour}" '
@@ -133,12 +139,16 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
         for w, r in points:
             tip = html.escape(f"{storefront}, window {w}" + (f", version {r['model_version_id']}"
                                                               if r.get("model_version_id") is not None else "")
-                              + f": {_fmt(r['value'])}" + (" ALERT" if r["alert"] else ""))
+                              + f": {_fmt(r['value'])}"
+                              + (" ALERT" if r["alert"] else " first breach" if r.get("breach") else ""))
             parts.append(f'<circle class="point" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="2.5" fill="{colour}">'
                          f'<title>{tip}</title></circle>')
             if r["alert"]:
                 parts.append(f'<circle class="alert" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="6" fill="none" '
                              f'stroke="#d62728" stroke-width="2"><title>{tip}</title></circle>')
+            elif r.get("breach"):
+                parts.append(f'<circle class="breach" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="6" fill="none" '
+                             f'stroke="#ff7f0e" stroke-width="1.5"><title>{tip}</title></circle>')
     parts.append("</g></svg>")
     legend = "".join(f'<span style="color:{COLOURS[i % len(COLOURS)]}">&#9632; {html.escape(s)}</span>'
                      for i, s in enumerate(storefronts))
@@ -168,13 +178,14 @@ def render(rows: Sequence[dict], title: str = "streamrec drift report", generate
     Examples
     --------
     >>> rows = [{"window_id": w, "model_version_id": w, "storefront": "s", "metric": "purchase_share",
-    ...          "kind": "input", "value": v, "baseline": 0.2, "threshold": 0.05, "alert": v > 0.25,
-    ...          "detector": "threshold", "reference": "windows 1-3", "n_events": 1000}
-    ...         for w, v in [(1, 0.2), (2, 0.21), (3, 0.4)]]
+    ...          "kind": "input", "value": v, "baseline": 0.2, "threshold": 0.05, "breach": v > 0.25,
+    ...          "alert": w == 4, "detector": "threshold", "reference": "windows 1-3", "n_events": 1000,
+    ...          "method": "calibrated"} for w, v in [(1, 0.2), (2, 0.21), (3, 0.4), (4, 0.41)]]
     >>> page = render(rows, generated_at_ms=0)
-    >>> page.count('<svg class="plot"'), page.count('<circle class="alert"'), "http" in page.replace(
-    ...     "http://www.w3.org/2000/svg", "")
-    (1, 1, False)
+    >>> page.count('<svg class="plot"'), page.count('<circle class="alert"'), page.count('<circle class="breach"')
+    (1, 1, 1)
+    >>> page.count('class="bound"'), "http" in page.replace("http://www.w3.org/2000/svg", "")  # bad either way
+    (2, False)
     """
     rows = sorted(rows, key=lambda r: (r["window_id"], r["storefront"], r["metric"]))
     by_metric: dict[str, list[dict]] = defaultdict(list)
@@ -192,12 +203,15 @@ def render(rows: Sequence[dict], title: str = "streamrec drift report", generate
                 f"<p>{len(rows)} values of {len(by_metric)} metrics over {len(windows)} windows"
                 + (f" ({windows[0]} to {windows[-1]})" if windows else "") + f"; generated {when}.</p>",
                 "<h2>Open alerts</h2>",
+                "<p>An alert is a confirmed breach: per-window statistics alert on their second consecutive "
+                "breach of a threshold calibrated on the storefront's reference windows; change detectors and "
+                "model-update metrics on the first.</p>",
                 _table(open_alert_rows(rows), ["window_id", "model_version_id", "storefront", "metric", "value",
-                                               "baseline", "threshold", "detector", "reference"]),
+                                               "baseline", "threshold", "detector", "reference", "method"]),
                 "<h2>Latest values</h2>",
                 _table(sorted(latest.values(), key=lambda r: (r["storefront"], order.index(r["metric"]))),
-                       ["storefront", "kind", "metric", "window_id", "value", "baseline", "threshold", "alert",
-                        "detector", "n_events"])]
+                       ["storefront", "kind", "metric", "window_id", "value", "baseline", "threshold", "breach",
+                        "alert", "detector", "n_events", "method"])]
     current = None
     for metric in order:
         kind = METRICS[metric].kind if metric in METRICS else "other"

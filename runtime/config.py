@@ -72,9 +72,10 @@ RETIRED = {
 
 
 SECTIONS = ("Kafka and the worker", "Store", "Ingest", "Replay windows", "Rehearsal memory", "Training",
-            "Text tuning", "Gate", "Drift", "Serving", "Served lists and online metrics")
+            "Text tuning", "Gate", "Drift", "Serving", "Served lists and online metrics",
+            "Experiments and canary rollout")
 """The sections of the settings reference, in its order; every field of :class:`Config` names one."""
-KAFKA, STORE, INGEST, WINDOWS, REHEARSAL, TRAINING, TEXT, GATE, DRIFT, SERVING, ONLINE = (
+KAFKA, STORE, INGEST, WINDOWS, REHEARSAL, TRAINING, TEXT, GATE, DRIFT, SERVING, ONLINE, EXPERIMENTS = (
     {"section": title} for title in SECTIONS)
 
 
@@ -228,6 +229,9 @@ class Config(BaseSettings):
     drift_probe_events: PositiveInt = Field(2000, description="Most events in each storefront's forgetting probe (a "
                                                               "seeded sample of its first window's held-out slice).",
                                             json_schema_extra=DRIFT)
+    drift_alert_min_events: PositiveInt = Field(500, description="A drift value measured on fewer events of its "
+                                                                 "storefront never breaches its threshold, so never "
+                                                                 "alerts.", json_schema_extra=DRIFT)
     seed: PositiveInt = Field(1, description="Seed of every random choice (rehearsal sampling, training).",
                               json_schema_extra=TRAINING)
     serving_poll_s: PositiveFloat = Field(1.0, description="How often a worker checks for a newly promoted version, "
@@ -276,6 +280,28 @@ class Config(BaseSettings):
                                                            "keeps its partitions.", json_schema_extra=KAFKA)
     log_level: Literal[tuple(PYTHON_LOG_LEVELS)] = Field(
         "info", description=f"Worker log level: {either(PYTHON_LOG_LEVELS)}.", json_schema_extra=KAFKA)
+    rollout: Literal["gate", "canary"] = Field(
+        "gate", description="What happens to a candidate the offline gate passes: `gate` promotes it at once; "
+                            "`canary` first serves it to `STREAMREC_CANARY_SHARE` of users against the serving "
+                            "version, and the workers promote or roll it back by its online results (needs clicks "
+                            "sent with the answer's `request_id`).", json_schema_extra=EXPERIMENTS)
+    canary_share: float = Field(0.1, gt=0, lt=1, description="Share of users a canary candidate serves.",
+                                json_schema_extra=EXPERIMENTS)
+    canary_margin: PositiveFloat = Field(0.05, description="A canary is promoted once its confidence sequence rules "
+                                                           "out a loss of per-user CTR larger than this share of the "
+                                                           "serving version's.", json_schema_extra=EXPERIMENTS)
+    canary_min_users: PositiveInt = Field(1000, description="Users each arm of a canary must have before it can be "
+                                                            "promoted (a significant loss or a guardrail breach rolls "
+                                                            "it back sooner).", json_schema_extra=EXPERIMENTS)
+    canary_check_s: PositiveFloat = Field(60, description="How often a worker checks the running canary for a "
+                                                          "decision (one worker decides).",
+                                          json_schema_extra=EXPERIMENTS)
+    experiment_alpha: float = Field(0.05, gt=0, lt=1, description="Experiments' confidence sequences cover the true "
+                                                                   "difference at every look with probability "
+                                                                   "1 - this.", json_schema_extra=EXPERIMENTS)
+    experiment_tuning_users: PositiveInt = Field(5000, description="Users at which experiments' confidence "
+                                                                   "sequences are tightest (GrowthBook's default).",
+                                                   json_schema_extra=EXPERIMENTS)
 
     @field_validator("kafka_url")
     @classmethod

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, Table, func, select
 
-from store.db import upsert
+from store.db import finite_json, upsert
 from store.models import drift_metrics
 from store.registry import now_ms
 
@@ -26,17 +26,24 @@ drift_latest = _view("drift_latest")
 drift_open_alerts = _view("drift_open_alerts")
 
 VALUE_COLUMNS = ("storefront", "metric", "kind", "value", "baseline", "reference", "threshold", "alert", "detector",
-                 "n_events")
+                 "n_events", "breach", "method", "detail")
+OPTIONAL = {"breach": None, "method": "", "detail": None}  # rows of callers that judge no breaches
 
 
 def write_metrics(conn: Connection, window_id: int, version_id: int | None, rows: Iterable[dict]) -> int:
-    """Store metric rows of one window (dicts with :data:`VALUE_COLUMNS`), in the caller's transaction.
+    """Store metric rows of one window (dicts with :data:`VALUE_COLUMNS`; ``breach`` defaults to
+    ``alert``, ``method`` and ``detail`` to none), in the caller's transaction.
 
-    A row already stored for the same window, storefront and metric is replaced.
+    A row already stored for the same window, storefront and metric is replaced. No NaN or
+    infinity is stored: a non-finite baseline or threshold becomes NULL, and so do such numbers
+    in ``detail``.
     """
     created = now_ms()
-    rows = [{**{c: r[c] for c in VALUE_COLUMNS}, "window_id": window_id, "model_version_id": version_id,
-             "created_at": created, **_unmeasurable(r)} for r in rows]
+    rows = [{**{c: r.get(c, OPTIONAL.get(c)) for c in VALUE_COLUMNS}, "window_id": window_id,
+             "model_version_id": version_id, "created_at": created} for r in rows]
+    rows = [{**r, "breach": r["alert"] if r["breach"] is None else bool(r["breach"]),
+             "baseline": _finite(r["baseline"]), "threshold": _finite(r["threshold"]),
+             "detail": finite_json(r["detail"]) or None, **_unmeasurable(r)} for r in rows]
     if not rows:
         return 0
     stmt = upsert(conn, drift_metrics)
@@ -46,12 +53,16 @@ def write_metrics(conn: Connection, window_id: int, version_id: int | None, rows
     return len(rows)
 
 
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
 def _unmeasurable(row: dict) -> dict:
-    """For a value that is not a finite number: NULL, no alert, and the reason in ``reference``."""
+    """For a value that is not a finite number: NULL, no breach or alert, and the reason in ``reference``."""
     value = row["value"]
     if value is None or math.isfinite(value):
         return {}
-    return {"value": None, "alert": False, "detector": "none",
+    return {"value": None, "alert": False, "breach": False, "detector": "none",
             "reference": f"{row['reference']} (not measurable: the value was {value})"}
 
 
@@ -71,6 +82,34 @@ def series(engine: Engine, storefronts: Sequence[str], before_window: int, metri
             if value is not None:  # an unmeasurable value has no place in a series
                 out.setdefault((metric, storefront), []).append((value, n))
     return out
+
+
+def last_breaches(engine: Engine, storefronts: Sequence[str], before_window: int,
+                  since_window: int = 0) -> dict[tuple[str, str], bool]:
+    """(metric, storefront) -> whether its newest row before ``before_window`` (from ``since_window``)
+    breached: what confirms, or not, a breach of the next window."""
+    t = drift_metrics
+    newest = (select(t.c.metric, t.c.storefront, func.max(t.c.window_id).label("window_id"))
+              .where(t.c.storefront.in_(list(storefronts)), t.c.window_id < before_window,
+                     t.c.window_id >= since_window)
+              .group_by(t.c.metric, t.c.storefront).subquery())
+    query = select(t.c.metric, t.c.storefront, t.c.breach).join(
+        newest, (t.c.metric == newest.c.metric) & (t.c.storefront == newest.c.storefront)
+        & (t.c.window_id == newest.c.window_id))
+    with engine.connect() as conn:
+        return {(metric, storefront): bool(breach) for metric, storefront, breach in conn.execute(query)}
+
+
+def details(engine: Engine, metric: str, storefront: str, after_window: int, before_window: int) -> list[dict]:
+    """``window_id`` and ``detail`` of the rows of ``metric`` and ``storefront`` between the two
+    windows (exclusive), oldest first."""
+    t = drift_metrics
+    query = (select(t.c.window_id, t.c.detail)
+             .where(t.c.metric == metric, t.c.storefront == storefront, t.c.window_id > after_window,
+                    t.c.window_id < before_window, t.c.detail.is_not(None))
+             .order_by(t.c.window_id))
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def first_row(engine: Engine, metric: str, storefront: str) -> dict | None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
                         Table,
                         Text,
                         UniqueConstraint,
+                        false,
 )
 
 metadata = MetaData()
@@ -139,7 +140,9 @@ model_versions = Table(
     "model_versions", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("parent_id", BigInteger, comment="version this one was fine-tuned from"),
-    Column("status", String(16), nullable=False, comment="'promoted', 'rejected' or 'rolled_back'"),
+    Column("status", String(16), nullable=False, comment="'promoted', 'rejected' or 'rolled_back'; with "
+                                                           "STREAMREC_ROLLOUT=canary also 'canary', 'waiting' or "
+                                                           "'superseded'"),
     Column("reason", Text, nullable=False, comment="why the gate promoted or rejected it"),
     Column("windows", JSON, nullable=False, comment="ids of the windows this version was trained on"),
     Column("rehearsal_size", Integer, nullable=False),
@@ -193,10 +196,17 @@ drift_metrics = Table(
     Column("baseline", Float, comment="the value it is compared with"),
     Column("reference", Text, nullable=False, comment="what it is compared with, in words"),
     Column("threshold", Float, comment="largest allowed move from the baseline in the bad direction"),
-    Column("alert", Boolean, nullable=False),
-    Column("detector", String(64), nullable=False, comment="'threshold', 'adwin', 'page_hinkley' (joined by +) or 'none'"),
+    Column("alert", Boolean, nullable=False,
+           comment="a confirmed breach (drift/metrics.py: two consecutive breaches for per-window statistics)"),
+    Column("detector", String(64), nullable=False,
+           comment="'threshold', 'adwin', 'page_hinkley' (joined by +) or 'none'"),
     Column("n_events", Integer, nullable=False, comment="events (or items) it was measured on"),
     Column("created_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("breach", Boolean, nullable=False, default=False, server_default=false(),
+           comment="the value crossed its threshold (or its detectors fired) on enough events"),
+    Column("method", Text, nullable=False, default="", server_default="",
+           comment="how the threshold was found, in words"),
+    Column("detail", JSON(none_as_null=True), comment="the numbers behind the threshold; a score reference"),
     UniqueConstraint("window_id", "storefront", "metric", name="uq_drift_metrics_window_metric"),
     Index("ix_drift_metrics_series", "metric", "storefront", "window_id"),
     Index("ix_drift_metrics_alert", "alert", "window_id"),
@@ -219,8 +229,11 @@ served_lists = Table(
     Column("items", JSON, nullable=False, comment="item ids in rank order"),
     Column("scores", JSON, nullable=False),
     Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("status", Integer, comment="HTTP status: NULL or 200 answered; 5xx failed after the arm was chosen"),
+    Column("latency_ms", Float, comment="ms the view took to build the answer"),
     Index("ix_served_lists_user", "user_id", "served_at"),
     Index("ix_served_lists_served_at", "served_at"),
+    Index("ix_served_lists_experiment", "experiment", "served_at"),
 )
 
 # Click and purchase events attributed to a served list: directly (the event names the list's
@@ -263,4 +276,37 @@ online_metrics = Table(
     Column("metrics", JSON, nullable=False, comment="ctr, rates, click positions, coverage, diversity, novelty, "
                                                     "popularity (see drift/online.py)"),
     Column("updated_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+)
+
+# Experiments: users split between two model versions by a salted hash (a manual experiment, or
+# the canary of a candidate against the serving version); at most one runs at a time.
+experiments = Table(
+    "experiments", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False, comment="'manual' or 'canary'"),
+    Column("status", String(16), nullable=False, comment="'running' or 'stopped'"),
+    Column("control_version", BigInteger, nullable=False),
+    Column("treatment_version", BigInteger, nullable=False),
+    Column("share", Float, nullable=False, comment="the treatment arm's share of users"),
+    Column("salt", String(64), nullable=False, comment="users are split by sha256(salt:user_id)"),
+    Column("started_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Column("stopped_at", BigInteger, comment="epoch ms UTC"),
+    Column("stop_reason", Text),
+    Index("ix_experiments_status", "status"),
+)
+
+# Every rollout decision about a candidate, with its reason and evidence.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("version_id", BigInteger, nullable=False, comment="the candidate decided on"),
+    Column("baseline_version", BigInteger, comment="the serving version it was compared with"),
+    Column("experiment", String(64)),
+    Column("decision", String(16), nullable=False,
+           comment="'canary', 'waiting', 'promoted', 'rolled_back' or 'superseded'"),
+    Column("reason", Text, nullable=False),
+    Column("evidence", JSON, nullable=False, comment="the experiment's report the decision was taken on"),
+    Column("decided_by", String(255), nullable=False, comment="the worker or trainer that decided"),
+    Column("decided_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Index("ix_rollouts_version", "version_id"),
 )

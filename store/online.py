@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import orjson
 import pyarrow as pa
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, or_, select
 
 from store.db import upsert
 from store.models import attributed_events, online_metrics, served_lists, text_embeddings
@@ -70,12 +70,14 @@ def _inferred(conn: Connection, rows: list[dict], window_ms: int) -> list[dict]:
 
 
 def served_since(engine: Engine, since_ms: int) -> pa.Table:
-    """Lists served from ``since_ms`` on, as a table (``items`` as lists of ids)."""
+    """Lists answered from ``since_ms`` on, as a table (``items`` as lists of ids); answers that
+    failed (``status`` 5xx, logged for experiments' guardrails) are left out."""
     t = served_lists
     columns = [t.c.request_id, t.c.served_at, t.c.surface, t.c.storefront, t.c.source, t.c.model_version,
                t.c.experiment, t.c.arm, t.c.user_id, t.c["items"]]
     with engine.connect() as conn:
-        rows = conn.execute(select(*columns).where(t.c.served_at >= since_ms)).all()
+        rows = conn.execute(select(*columns).where(t.c.served_at >= since_ms,
+                                                   or_(t.c.status.is_(None), t.c.status < 500))).all()
     names = [c.name for c in columns]
     return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)}) if rows else pa.table(
         {name: pa.array([], pa.list_(pa.string()) if name == "items" else None) for name in names})

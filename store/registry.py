@@ -92,10 +92,13 @@ def version_weights(engine: Engine, version_id: int) -> tuple[bytes, str]:
     return row.weights, row.sha256
 
 
-def list_versions(engine: Engine, limit: int | None = None) -> list[dict]:
+def list_versions(engine: Engine, limit: int | None = None, ids: list[int] | None = None) -> list[dict]:
+    """Versions without their weights, newest first (only ``ids`` when given)."""
+    query = select(*VERSION_COLUMNS).order_by(model_versions.c.id.desc()).limit(limit)
+    if ids is not None:
+        query = query.where(model_versions.c.id.in_(ids))
     with engine.connect() as conn:
-        rows = conn.execute(select(*VERSION_COLUMNS).order_by(model_versions.c.id.desc()).limit(limit)).mappings()
-        return [dict(r) for r in rows]
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def list_runs(engine: Engine, limit: int | None = None, status: str | None = None) -> list[dict]:

@@ -279,6 +279,7 @@ def models(limit: int) -> None:
                      "created": ms_to_iso(v["created_at"])})
     print_table(rows, ["", "version", "parent", "status", "windows", "recall@20", "ndcg@20", "coverage@20", "baseline",
                        "rehearsal", "items", "seconds", "device", "text encoder", "id rows", "id policy", "created"])
+    print_rollouts(engine, limit)
 
 
 def id_rows(ids: dict | None) -> str:
@@ -460,16 +461,18 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
 
 
 def drift_rows(rows: list[dict]) -> list[dict]:
+    """Rows of ``streamrec drift``: ``alert`` says ALERT (a confirmed breach) or breach (a first one)."""
     return [{"window": r["window_id"], "version": r["model_version_id"] or "-", "storefront": r["storefront"],
-             "metric": r["metric"], "value": f"{r['value']:.4g}",
+             "metric": r["metric"], "value": "-" if r["value"] is None else f"{r['value']:.4g}",
              "baseline": "-" if r["baseline"] is None else f"{r['baseline']:.4g}",
              "threshold": "-" if r["threshold"] is None else f"{r['threshold']:.4g}",
-             "alert": "ALERT" if r["alert"] else "", "detector": r["detector"], "reference": r["reference"]}
+             "alert": "ALERT" if r["alert"] else "breach" if r.get("breach") else "", "detector": r["detector"],
+             "reference": r["reference"], "method": r.get("method") or ""}
             for r in rows]
 
 
 DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline", "threshold", "alert", "detector",
-                 "reference"]
+                 "reference", "method"]
 
 
 @main.command("drift")
@@ -479,7 +482,11 @@ DRIFT_COLUMNS = ["window", "version", "storefront", "metric", "value", "baseline
 @click.option("--metric", default=None, help="Only this metric.")
 @click.option("--alerts-only", is_flag=True, help="Only the open alerts.")
 def drift_metrics(windows: int | None, storefront: str | None, metric: str | None, alerts_only: bool) -> None:
-    """Drift metrics: the latest value of every metric per storefront, then the open alerts."""
+    """Drift metrics: the latest value of every metric per storefront, then the open alerts.
+
+    An alert is a confirmed breach (two consecutive breaches for per-window statistics); a first
+    breach shows as "breach". ``method`` says how each threshold was found.
+    """
     from store import drift_metrics as stored
 
     engine = store_engine()
@@ -543,6 +550,112 @@ def online(hours: int, storefront: str | None, surface: str | None) -> None:
                  for r in rows],
                 ["hour", "surface", "storefront", "ranker", "version", "arm", "lists", "users", "ctr", "clicks/list",
                  "conversion", "revenue/1000", "inferred", "coverage", "diversity", "novelty", "top positions"])
+
+
+def print_rollouts(engine, limit: int) -> None:
+    """The newest rollout decisions (canary rollout), under ``streamrec models``."""
+    from store.experiments import list_rollouts
+
+    decisions = list_rollouts(engine, limit)
+    if not decisions:
+        return
+    click.echo("\nrollout decisions:")
+    print_table([{"at": ms_to_iso(r["decided_at"]), "version": r["version_id"], "decision": r["decision"],
+                  "against": r["baseline_version"] or "-", "experiment": r["experiment"] or "-",
+                  "by": r["decided_by"], "reason": r["reason"]} for r in decisions],
+                ["at", "version", "decision", "against", "experiment", "by", "reason"])
+
+
+@main.group()
+def experiment() -> None:
+    """Experiments between model versions: start, status, stop (one runs at a time)."""
+
+
+@experiment.command("start")
+@click.argument("name")
+@click.option("--treatment", type=int, required=True, help="Version the treatment arm serves.")
+@click.option("--control", type=int, default=None, help="Version the control arm serves [default: the serving one].")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="The treatment arm's share of users.")
+@click.option("--salt", default=None, help="Salt of the users' hash [default: NAME].")
+def experiment_start(name: str, treatment: int, control: int | None, share: float, salt: str | None) -> None:
+    """Split users between two versions by a salted hash of their id; workers follow within seconds."""
+    from store.experiments import ExperimentError, start_experiment
+
+    try:
+        row = start_experiment(store_engine(writes=True), name, treatment, control, share, salt)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Experiment {name} runs: version {row['control_version']} (control, {1 - share:.0%} of users) "
+               f"against version {row['treatment_version']} (treatment, {share:.0%}), salt {row['salt']!r}.")
+
+
+def signed(value) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+@experiment.command("status")
+@click.argument("name", required=False)
+@click.option("--limit", default=5, show_default=True, help="Without NAME: how many of the newest experiments.")
+def experiment_status_command(name: str | None, limit: int) -> None:
+    """Per arm users, lists, CTR and conversion; the confidence sequence of the difference, the
+    sample-ratio test, guardrails and the verdict (the running experiment first)."""
+    from store.experiments import get_experiment, list_experiments
+    from streams.rollout import experiment_status
+
+    engine, config = store_engine(), load_config()
+    found = [get_experiment(engine, name)] if name else list_experiments(engine, limit)
+    if name and found[0] is None:
+        raise click.ClickException(f"no experiment named {name!r}")
+    if not found:
+        click.echo("(no experiment yet)")
+    for e in found:
+        report = experiment_status(engine, config, e)
+        click.echo(f"{e['name']} ({e['kind']}, {e['status']}): version {e['control_version']} (control) against "
+                   f"{e['treatment_version']} (treatment, {e['share']:.0%} of users), started "
+                   f"{ms_to_iso(e['started_at'])}" + (f", stopped {ms_to_iso(e['stopped_at'])}: {e['stop_reason']}"
+                                                      if e["stopped_at"] else ""))
+        print_table([{"arm": arm, "version": report["versions"][arm], "users": a["users"], "lists": a["lists"],
+                      "ctr": fraction(a["ctr"]), "per-user ctr": fraction(a["user_ctr"]),
+                      "conversion": fraction(a["conversion"]),
+                      "errors": fraction(report["guardrails"]["arms"][arm]["error_rate"]),
+                      "empty": fraction(report["guardrails"]["arms"][arm]["empty_rate"]),
+                      "p99 ms": "-" if report["guardrails"]["arms"][arm]["p99_latency_ms"] is None
+                      else f"{report['guardrails']['arms'][arm]['p99_latency_ms']:.1f}"}
+                     for arm, a in report["arms"].items()],
+                    ["arm", "version", "users", "lists", "ctr", "per-user ctr", "conversion", "errors", "empty",
+                     "p99 ms"])
+        print_table([{"metric": metric, "difference": signed(c and c["difference"]),
+                      f"{1 - report['alpha']:.0%} sequence": "-" if c is None else
+                      f"[{c['lower']:+.4f}, {c['upper']:+.4f}]",
+                      "lift": signed(c and c["lift"]),
+                      "lift sequence": "-" if c is None or c["lift"] is None else
+                      f"[{c['lift_lower']:+.4f}, {c['lift_upper']:+.4f}]",
+                      "p (always valid)": "-" if c is None else f"{c['p_value']:.3g}"}
+                     for metric, c in report["comparisons"].items()],
+                    ["metric", "difference", f"{1 - report['alpha']:.0%} sequence", "lift", "lift sequence",
+                     "p (always valid)"])
+        srm = report["srm"]
+        click.echo(f"sample ratio: p = {'-' if srm['p_value'] is None else format(srm['p_value'], '.3g')}"
+                   f"{'  MISMATCH: verdict withheld' if srm['flagged'] else ''}")
+        click.echo("guardrails: " + ("; ".join(report["guardrails"]["breaches"]) or
+                                     ("held" if report["guardrails"]["judged"] else "too few answers to judge")))
+        click.echo(f"verdict: {report['verdict']} ({report['reason']})\n")
+
+
+@experiment.command("stop")
+@click.argument("name")
+def experiment_stop(name: str) -> None:
+    """Stop an experiment; a canary's candidate is rolled back. Workers follow within seconds."""
+    from store.experiments import ExperimentError, stop_experiment
+
+    config = load_config()
+    try:
+        stopped = stop_experiment(store_engine(writes=True), name, "cli", config.canary_share)
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Experiment {name} stopped" + (f"; version {stopped['treatment_version']} rolled back."
+                                               if stopped["kind"] == "canary" else "."))
 
 
 if __name__ == "__main__":

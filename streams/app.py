@@ -19,6 +19,8 @@ Reads like a table of contents of the running system:
   (:mod:`streams.served`) and ingested like events, so clicks and purchases are attributed;
 * ``online``: online metrics per hour, version and arm from served lists and attributed
   events (:mod:`streams.online`);
+* ``rollout``: experiment reports and the canary decision loop (:mod:`streams.rollout`): a
+  candidate serving a share of users is promoted or rolled back by its online results;
 * ``/health`` and ``/stats``: what the worker is doing, over HTTP.
 """
 
@@ -40,6 +42,7 @@ from store.online import read_online_metrics
 from streams.ingest_processes import IngestProcesses
 from streams.metrics import render
 from streams.online import OnlineMetricsService
+from streams.rollout import RolloutService
 from streams.schema import DeadLetter, WindowSealed
 from streams.sealing import SealingService
 from streams.served import ServedLog
@@ -84,7 +87,8 @@ ingest = IngestProcesses(config, dead_letter_topic, on_commit=replay.poke)
 serving = ServingService(config)
 served_log = ServedLog(served_topic, enabled=config.served_log)
 online = OnlineMetricsService(config, lambda: serving.engine, serving.trending)
-add_views(app, config, serving, served_log, events_topic, catalog_topic)
+rollout = RolloutService(config, lambda: serving.engine)
+add_views(app, config, serving, served_log, events_topic, catalog_topic, rollout)
 metrics_thread = StoreThread("streamrec-metrics")
 lag_reader = LagReader(config, lambda: stored_offsets(ingest.engine, config.ingest_group))
 
@@ -98,6 +102,7 @@ async def start_services() -> None:
     await app.add_runtime_dependency(serving)
     await app.add_runtime_dependency(served_log)
     await app.add_runtime_dependency(online)
+    await app.add_runtime_dependency(rollout)
 
 
 @app.agent(windows_topic)

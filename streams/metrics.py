@@ -16,7 +16,7 @@ each partition's end offset minus the offset stored with the data).
 | ``streamrec_training_runs_total`` | counter | status |
 | ``streamrec_training_job_seconds`` | summary of finished jobs | |
 | ``streamrec_model_versions_total`` | counter | status (``promoted``, ``rejected``, ``rolled_back``) |
-| ``streamrec_drift_open_alerts`` | gauge | |
+| ``streamrec_drift_open_alerts`` | gauge: confirmed drift alerts not yet followed by a normal value | |
 | ``streamrec_http_request_seconds`` | histogram | endpoint, method, status |
 | ``streamrec_served_lists_total`` | counter: lists this worker logged | outcome (``sent``, ``lost``) |
 | ``streamrec_online_*`` | gauge: the newest hour's online metrics | surface, storefront, source, version, arm |
@@ -89,8 +89,8 @@ class Snapshot:
         for status in ("promoted", "rejected", "rolled_back"):
             versions.add_metric([status], runs.get(status, 0))
         yield versions
-        yield GaugeMetricFamily("streamrec_drift_open_alerts", "Drift alerts not yet followed by a normal value.",
-                                value=r["open_alerts"])
+        yield GaugeMetricFamily("streamrec_drift_open_alerts", "Drift alerts (confirmed breaches) not yet followed "
+                                "by a normal value.", value=r["open_alerts"])
         yield from _online(r.get("online", []))
 
 

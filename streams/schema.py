@@ -69,7 +69,9 @@ class ServedList(faust.Record, serializer="json", include_metadata=False):
 
     ``surface`` is the endpoint, ``query`` the search text or the item of ``/similar``,
     ``source`` the ranker (``model``, ``text`` or ``trending``), ``items`` the item ids in rank
-    order with their ``scores``.
+    order with their ``scores``. ``status`` is the HTTP status (None or 200: answered; a 5xx
+    when the answer failed after the user was assigned to an experiment arm, with no items),
+    ``latency_ms`` how long the view took to build the answer.
     """
 
     request_id: str
@@ -85,6 +87,8 @@ class ServedList(faust.Record, serializer="json", include_metadata=False):
     model_version: Optional[int] = None
     experiment: Optional[str] = None
     arm: Optional[str] = None
+    status: Optional[int] = None
+    latency_ms: Optional[float] = None
 
 
 class WindowSealed(faust.Record, serializer="json", include_metadata=False):

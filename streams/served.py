@@ -51,16 +51,20 @@ class ServedLog(mode.Service):
         self.sent = self.lost = 0
 
     def record(self, surface: str, answer: dict, storefront: str | None, user_id: str | None = None,
-               session_id: str | None = None, query: str | None = None) -> None:
+               session_id: str | None = None, query: str | None = None, latency_ms: float | None = None,
+               status: int | None = None) -> None:
         """Queue the list of ``answer`` (an API answer with ``request_id``, ``source``,
-        ``model_version`` and ``items``) for logging; never waits."""
+        ``model_version`` and ``items``, and ``experiment`` and ``arm`` when the user is in one)
+        for logging; never waits. ``latency_ms``: how long the view took to build it; ``status``:
+        a 5xx for an answer that failed (no items)."""
         if not self.enabled:
             return
         served = {"request_id": answer["request_id"], "served_at": time.time_ns() // 1_000_000, "surface": surface,
                   "storefront": storefront or "default", "source": answer["source"],
                   "model_version": answer["model_version"], "experiment": answer.get("experiment"),
                   "arm": answer.get("arm"), "user_id": user_id, "session_id": session_id, "query": query,
-                  "items": [i["item_id"] for i in answer["items"]], "scores": [i["score"] for i in answer["items"]]}
+                  "items": [i["item_id"] for i in answer["items"]], "scores": [i["score"] for i in answer["items"]],
+                  "status": status, "latency_ms": None if latency_ms is None else round(latency_ms, 3)}
         try:
             self.queue.put_nowait(served)
         except asyncio.QueueFull:

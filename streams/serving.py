@@ -12,6 +12,13 @@ Every ``STREAMREC_SERVING_POLL_S`` a store thread
   pretrained text vectors answers ``/similar`` and ``/search``, and trending items answer
   ``/recommend``, so shoppers are answered by the best ranker available, never by a 503.
 
+While an experiment runs (:mod:`store.experiments`), the same look builds a
+:class:`~learner.recommend.Recommender` for each arm's version that is not the serving one
+(the same way, reusing the serving snapshot for an arm that serves) and swaps in an
+:class:`ExperimentArms` with one assignment; requests of users in the experiment are answered
+by their arm's snapshot. When the experiment stops the arms' snapshots are dropped, and a
+promoted canary's snapshot becomes the serving one without being built again.
+
 Reading history back from the store, not from this worker's partitions, lets every worker
 answer for every user. At start it reads the last ``STREAMREC_HISTORY_WINDOWS`` windows.
 """
@@ -22,12 +29,14 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 import mode
 import pyarrow as pa
 import torch
 from sqlalchemy.exc import DBAPIError
 
+from drift.experiments import assign
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
 from learner.recommend import TUNING_USERS, Recommender, TextRanker
@@ -37,11 +46,12 @@ from runtime.config import Config
 from runtime.memory import freeze_long_lived, release_free_heap
 from store.catalog import catalog_mark, load_catalog
 from store.db import make_engine, migrate
+from store.experiments import running_experiment
 from store.registry import StoredTextEmbeddings, serving_version
 from store.replay import ReplayStore
 from streams.history import Trending, UserHistories
 from streams.queries import QueryEncoder
-from training.versions import load_serving
+from training.versions import load_serving, load_version
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,28 @@ EXPORT_AFTER_S = 10.0
 """A served version is exported to ONNX once it has served this long: a version replaced
 sooner (promotions and rollbacks come in runs) costs no export, and a swap does not share the
 CPU with one."""
+
+
+@dataclass(frozen=True)
+class ExperimentArms:
+    """The running experiment (its ``experiments`` row) and a ready snapshot per arm."""
+
+    experiment: dict
+    arms: dict[str, Recommender]
+    catalog: tuple
+
+    @property
+    def name(self) -> str:
+        return self.experiment["name"]
+
+    def arm_of(self, user_id: str) -> tuple[str, Recommender]:
+        """(arm, snapshot) of a user: the salted-hash split of :func:`drift.experiments.assign`."""
+        arm = assign(self.experiment["salt"], user_id, self.experiment["share"])
+        return arm, self.arms[arm]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.experiment["kind"], "share": self.experiment["share"],
+                "arms": {arm: r.version["id"] for arm, r in self.arms.items()}}
 
 
 class ServingService(mode.Service):
@@ -79,6 +111,8 @@ class ServingService(mode.Service):
         self._window_cursor = 0
         self._segment_keys: set[tuple[int, int]] = set()
         self._built_from: tuple | None = None
+        self.experiment: ExperimentArms | None = None
+        self.experiment_error: str | None = None
 
     async def on_start(self) -> None:
         self.engine = make_engine(self.config.database_url)
@@ -122,6 +156,7 @@ class ServingService(mode.Service):
         for events in fresh:
             self._take(events)
         self._swap_if_changed()
+        self._arms_if_changed()
 
     def _take(self, events: pa.Table) -> None:
         self.histories.add(events)
@@ -138,6 +173,16 @@ class ServingService(mode.Service):
             self._serve_text(mark)
             return
         started = time.perf_counter()
+        held = self._held(version["id"], mark[1])
+        if held is not None:  # an arm of the experiment that just ended (a promoted canary): no rebuild
+            previous, self.recommender, self._built_from = self.recommender, held, mark
+            self.text_ranker, self.loaded_at, self.load_error = None, time.time_ns() // 1_000_000, None
+            log.info("Serving version %d, held as an experiment arm%s", version["id"],
+                     "" if previous is None else f", replacing version {previous.version['id']}")
+            del previous
+            if self.compiles:
+                self._compile_thread.submit(self._compile, held, time.monotonic())
+            return
         try:
             loaded = load_serving(self.engine)
         except ChecksumMismatch as exc:
@@ -150,14 +195,7 @@ class ServingService(mode.Service):
         if loaded is None:  # rolled back between the two reads; the next look sees the new state
             return
         version, bundle = loaded
-        cache = StoredTextEmbeddings(self.engine)
-        recommender = Recommender(version, bundle, load_catalog(self.engine),
-                                  {s: set(items) for s, items in self.storefront_items.items()},
-                                  self._catalog_encoder, cache, self.device, self.config.ann_above_items,
-                                  previous=self.recommender, owned=True, precision=self.config.serving_precision,
-                                  ann_recall=self.config.ann_recall,
-                                  users=self.histories.sample(TUNING_USERS))
-        cache.save()
+        recommender = self._build(version, bundle, self.recommender)
         self.queries.prepare(recommender.text_encoder)  # loaded now, so the first searches do not wait for it
         previous = self.recommender
         self.recommender, self._built_from = recommender, mark  # the swap: one reference assignment
@@ -174,6 +212,78 @@ class ServingService(mode.Service):
         release_free_heap()  # what building (and the replaced snapshot) freed, or the worker holds its peak
         if self.compiles:
             self._compile_thread.submit(self._compile, recommender, time.monotonic())
+
+    def _build(self, version: dict, bundle, previous: Recommender | None) -> Recommender:
+        """A snapshot of a loaded version over the current catalog (text vectors cached in the store)."""
+        cache = StoredTextEmbeddings(self.engine)
+        recommender = Recommender(version, bundle, load_catalog(self.engine),
+                                  {s: set(items) for s, items in self.storefront_items.items()},
+                                  self._catalog_encoder, cache, self.device, self.config.ann_above_items,
+                                  previous=previous, owned=True, precision=self.config.serving_precision,
+                                  ann_recall=self.config.ann_recall,
+                                  users=self.histories.sample(TUNING_USERS))
+        cache.save()
+        return recommender
+
+    def _held(self, version_id: int, catalog: tuple) -> Recommender | None:
+        """This worker's experiment-arm snapshot of ``version_id`` over ``catalog``, if it holds one."""
+        arms = self.experiment
+        if arms is None or arms.catalog != catalog:
+            return None
+        return next((r for r in arms.arms.values() if r.version["id"] == version_id), None)
+
+    def _arms_if_changed(self) -> None:
+        """Hold a snapshot per arm of the running experiment (none while none runs)."""
+        running = running_experiment(self.engine)
+        current = self.experiment
+        if running is None:
+            if current is not None:
+                self.experiment = None
+                log.info("Experiment %r ended: its arms' snapshots are freed", current.name)
+                del current
+                release_free_heap()
+            self.experiment_error = None
+            return
+        serving = self.recommender
+        catalog = self._built_from[1] if self._built_from else None
+        if current is not None and current.experiment == running and current.catalog == catalog and all(
+                r is serving or r.version["id"] != (serving.version["id"] if serving else None)
+                for r in current.arms.values()):
+            return
+        arms, started = {}, time.perf_counter()
+        for arm in ("control", "treatment"):
+            version_id = running[f"{arm}_version"]
+            if serving is not None and serving.version["id"] == version_id:
+                arms[arm] = serving
+                continue
+            old = self._held(version_id, catalog)
+            if old is not None:
+                arms[arm] = old
+                continue
+            try:
+                loaded = load_version(self.engine, version_id)
+            except ChecksumMismatch as exc:
+                loaded, self.experiment_error = None, f"version {version_id} not loaded: {exc}"
+            if loaded is None:
+                self.experiment_error = self.experiment_error or f"no model version {version_id}"
+                log.error("Experiment %r not served: %s", running["name"], self.experiment_error)
+                self.experiment = None
+                return
+            arms[arm] = self._build(*loaded, previous=serving)
+        self.experiment, self.experiment_error = ExperimentArms(running, arms, catalog), None
+        log.info("Experiment %r: version %d (control) and %d (treatment, %.0f%% of users) after %.2fs",
+                 running["name"], arms["control"].version["id"], arms["treatment"].version["id"],
+                 100 * running["share"], time.perf_counter() - started)
+        del current
+        release_free_heap()
+
+    def arm_for(self, user_id: str | None) -> tuple[str, str, Recommender] | None:
+        """(experiment, arm, snapshot) that answers ``user_id``, or None outside experiments."""
+        arms = self.experiment
+        if arms is None or not user_id:
+            return None
+        arm, recommender = arms.arm_of(user_id)
+        return arms.name, arm, recommender
 
     def _serve_text(self, mark: tuple) -> None:
         """While no version serves: rank by the catalog's pretrained text vectors (embedded once,
@@ -232,6 +342,8 @@ class ServingService(mode.Service):
         return {"version": r.version["id"] if r else None, "source": self.source, "loaded_at": self.loaded_at,
                 "items": len(ranker.item_ids) - 2 if ranker else 0, "users_with_history": len(self.histories),
                 "load_error": self.load_error, "text_encoder": ranker.text_encoder_name if ranker else None,
+                "experiment": self.experiment.describe() if self.experiment else None,
+                "experiment_error": self.experiment_error,
                 "indexes": r.describe_indexes() if r else None,
                 "onnx": None if r is None or not self.compiles else {
                     "user_state": r.is_compiled, "queries": self.queries.is_compiled(r.text_encoder)}}

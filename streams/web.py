@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import faust
@@ -23,6 +24,14 @@ from kafka.errors import KafkaError as SyncKafkaError
 
 from learner.recommend import Recommender, Scored, TextRanker, UnknownItem
 from runtime.config import Config
+from store.experiments import (
+    ExperimentError,
+    get_experiment,
+    list_experiments,
+    list_rollouts,
+    start_experiment,
+    stop_experiment,
+)
 from store.registry import (
     RegistryError,
     list_versions,
@@ -31,6 +40,7 @@ from store.registry import (
     serving_version,
 )
 from streams.metrics import REQUEST_SECONDS
+from streams.rollout import RolloutService, experiment_status
 from streams.served import ServedLog, new_request_id
 from streams.serving import ServingService
 from streams.validation import Invalid, Validator
@@ -71,6 +81,11 @@ def bool_param(request, name: str) -> bool:
     return raw in ("true", "1")
 
 
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a :func:`time.perf_counter` reading)."""
+    return (time.perf_counter() - started) * 1000
+
+
 def scored(items: list[Scored], ranker: Recommender | TextRanker | None) -> list[dict]:
     titles = ranker.titles if ranker else {}
     return [{"item_id": s.item_id, "score": round(s.score, 6), "title": titles.get(s.item_id),
@@ -103,8 +118,9 @@ class JSONView(View):
 
 
 def add_views(app: faust.App, config: Config, serving: ServingService, served_log: ServedLog, events_topic,
-              catalog_topic) -> None:
-    """Register the API's views on ``app``; every list answered is recorded in ``served_log``."""
+              catalog_topic, rollout: RolloutService) -> None:
+    """Register the API's views on ``app``; every list answered is recorded in ``served_log``;
+    experiments are read and changed on ``rollout``'s store thread."""
     validator = Validator(config.max_payload_bytes, config.max_future_s)
 
     def view(path: str):
@@ -124,6 +140,33 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
             raise HTTPProblem(503, "the worker is starting: histories and catalog are not loaded yet",
                               retry_after_s=config.serving_poll_s)
         return ranker
+
+    def chosen(user_id: str | None) -> tuple[Recommender | TextRanker, dict]:
+        """What answers ``user_id``: their experiment arm's snapshot (with the answer's ``experiment``
+        and ``arm``) while an experiment runs, else the serving ranker (no extra keys)."""
+        ranker = ranker_or_503()
+        arm = serving.arm_for(user_id)
+        if arm is None:
+            return ranker, {}
+        experiment, name, recommender = arm
+        return recommender, {"experiment": experiment, "arm": name}
+
+    @contextmanager
+    def failures_logged(surface: str, answer: dict, ranker, storefront: str | None, user_id: str | None,
+                        request, started: float, query: str | None = None):
+        """An answer of an experiment arm that fails is logged as a served list with status 500 and
+        no items (the arm's error-rate guardrail); the failure then answers 500 as usual."""
+        try:
+            yield
+        except HTTPProblem:
+            raise
+        except Exception:
+            if answer.get("experiment"):
+                served_log.record(surface, answer | {"source": "model", "model_version": ranker.version["id"],
+                                                     "items": []},
+                                  storefront, user_id, request.query.get("session_id"), query,
+                                  latency_ms=elapsed_ms(started), status=500)
+            raise
 
     def check_storefront(storefront: str | None) -> None:
         if storefront is not None and storefront not in serving.storefronts():
@@ -147,28 +190,31 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
         async def get(self, request, user_id: str):
             """Top-k items for a user by the serving version; the storefront's trending items for users
             without history, and for every user while no version serves."""
+            started = time.perf_counter()
             k = int_param(request, "k", 20, 1, MAX_K)
             storefront = request.query.get("storefront")
             include_purchased = bool_param(request, "include_purchased")
             check_storefront(storefront)
-            ranker = ranker_or_503()  # while the worker starts, histories are not read yet either
+            ranker, arm = chosen(user_id)  # while the worker starts, histories are not read yet either
             history = serving.histories.recent(user_id)
             exclude = excluded(request) | (set() if include_purchased else serving.histories.purchased(user_id))
             recommender = ranker if isinstance(ranker, Recommender) else None  # the snapshot taken above
-            answer = {"request_id": new_request_id(), "user_id": user_id, "storefront": storefront, "k": k}
+            answer = {"request_id": new_request_id(), "user_id": user_id, "storefront": storefront, "k": k, **arm}
             shop = storefront or (history[-1].storefront if history else "default")
-            if not history or recommender is None:
-                top = serving.trending.top(shop, k, exclude)
-                answer |= {"source": "trending", "model_version": None,
-                           "items": scored([Scored(item, weight) for item, weight in top], ranker)}
-            else:
-                if storefront is not None and not recommender.knows_storefront(storefront):
-                    items = []
+            with failures_logged("recommend", answer, ranker, shop, user_id, request, started):
+                if not history or recommender is None:
+                    top = serving.trending.top(shop, k, exclude)
+                    answer |= {"source": "trending", "model_version": None,
+                               "items": scored([Scored(item, weight) for item, weight in top], ranker)}
                 else:
-                    items = recommender.recommend(history, k, storefront, exclude)
-                answer |= {"source": "model", "model_version": recommender.version["id"],
-                           "items": scored(items, recommender)}
-            served_log.record("recommend", answer, shop, user_id, request.query.get("session_id"))
+                    if storefront is not None and not recommender.knows_storefront(storefront):
+                        items = []
+                    else:
+                        items = recommender.recommend(history, k, storefront, exclude)
+                    answer |= {"source": "model", "model_version": recommender.version["id"],
+                               "items": scored(items, recommender)}
+            served_log.record("recommend", answer, shop, user_id, request.query.get("session_id"),
+                              latency_ms=elapsed_ms(started))
             return self.json(answer)
 
     @view("/similar/{item_id}")
@@ -176,19 +222,23 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
         async def get(self, request, item_id: str):
             """Items nearest to an item by the serving version's item vectors (catalog-only items
             included), or by catalog text while no version serves."""
+            started = time.perf_counter()
             k = int_param(request, "k", 20, 1, MAX_K)
-            ranker = ranker_or_503()
-            try:
-                items = ranker.similar(item_id, k)
-            except UnknownItem:
-                known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
-                    "not in the catalog (while no model version serves, items are compared by their catalog text)")
-                raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
-            answer = {"request_id": new_request_id(), "item_id": item_id, "k": k, **answered_by(ranker),
-                      "items": scored(items, ranker)}
             user_id = request.query.get("user_id")
+            ranker, arm = chosen(user_id)
+            answer = {"request_id": new_request_id(), "item_id": item_id, "k": k, **arm, **answered_by(ranker)}
+            with failures_logged("similar", answer, ranker, request.query.get("storefront"), user_id, request,
+                                 started, item_id):
+                try:
+                    items = ranker.similar(item_id, k)
+                except UnknownItem:
+                    known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
+                        "not in the catalog (while no model version serves, items are compared by their catalog "
+                        "text)")
+                    raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
+                answer["items"] = scored(items, ranker)
             served_log.record("similar", answer, request.query.get("storefront"), user_id,
-                              request.query.get("session_id"), query=item_id)
+                              request.query.get("session_id"), query=item_id, latency_ms=elapsed_ms(started))
             return self.json(answer)
 
     @view("/search")
@@ -199,20 +249,24 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
             if not query or len(query) > MAX_QUERY_CHARS:
                 raise HTTPProblem(400, f"q must be 1 to {MAX_QUERY_CHARS} characters of search text",
                                   parameter="q")
+            started = time.perf_counter()
             k = int_param(request, "k", 20, 1, MAX_K)
             user_id = request.query.get("user_id")
-            ranker = ranker_or_503()
-            vector = await serving.queries.encode(query, ranker.text_encoder)
+            ranker, arm = chosen(user_id)
             exclude = excluded(request)
-            if isinstance(ranker, Recommender):
-                history = serving.histories.recent(user_id) if user_id else []
-                items = ranker.search(vector, k, history, exclude)
-            else:
-                history, items = [], ranker.search(vector, k, exclude)
-            answer = {"request_id": new_request_id(), "query": query, "user_id": user_id, "k": k,
-                      "personalised": bool(history), **answered_by(ranker), "items": scored(items, ranker)}
+            answer = {"request_id": new_request_id(), "query": query, "user_id": user_id, "k": k, **arm,
+                      **answered_by(ranker)}
+            with failures_logged("search", answer, ranker, request.query.get("storefront"), user_id, request,
+                                 started, query):
+                vector = await serving.queries.encode(query, ranker.text_encoder)
+                if isinstance(ranker, Recommender):
+                    history = serving.histories.recent(user_id) if user_id else []
+                    items = ranker.search(vector, k, history, exclude)
+                else:
+                    history, items = [], ranker.search(vector, k, exclude)
+                answer |= {"personalised": bool(history), "items": scored(items, ranker)}
             served_log.record("search", answer, request.query.get("storefront"), user_id,
-                              request.query.get("session_id"), query=query)
+                              request.query.get("session_id"), query=query, latency_ms=elapsed_ms(started))
             return self.json(answer)
 
     async def accept(request, topic, validate, key_field: str) -> dict:
@@ -264,8 +318,10 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
         async def get(self, request):
             """The serving version, what this worker has loaded, and the newest versions."""
             limit = int_param(request, "limit", 10, 1, 100)
-            current, versions = await in_store(lambda engine: (serving_version(engine), list_versions(engine, limit)))
-            return self.json({"serving": current, "loaded": serving.describe(), "versions": versions})
+            current, versions, decisions = await in_store(lambda engine: (
+                serving_version(engine), list_versions(engine, limit), list_rollouts(engine, limit)))
+            return self.json({"serving": current, "loaded": serving.describe(), "versions": versions,
+                              "rollouts": decisions})
 
     @view("/models/{version_id}/promote")
     class Promote(JSONView):
@@ -291,11 +347,66 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
                 raise HTTPProblem(409, str(exc))
             return self.json({"retired": retired, "serving": serving_now})
 
+    async def experiments_do(fn, *args):
+        """``fn(engine, *args)`` on the rollout service's store thread (reports can take a while);
+        an :class:`ExperimentError` answers 400, 404 or 409."""
+        if serving.engine is None:
+            raise HTTPProblem(503, "the worker is starting: store not ready", retry_after_s=config.serving_poll_s)
+        try:
+            return await rollout.store_thread.run(fn, serving.engine, *args)
+        except ExperimentError as exc:
+            raise HTTPProblem({"invalid": 400, "missing": 404}.get(exc.kind, 409), str(exc))
+
+    def with_reports(engine, limit: int) -> list[dict]:
+        return [e | {"report": experiment_status(engine, config, e)} for e in list_experiments(engine, limit)]
+
+    @view("/experiments")
+    class Experiments(JSONView):
+        async def get(self, request):
+            """Experiments (the running one first, then the newest), each with its report."""
+            limit = int_param(request, "limit", 5, 1, 50)
+            return self.json({"experiments": await experiments_do(with_reports, limit)})
+
+        async def post(self, request):
+            """Start an experiment: ``{"name", "treatment", "control" (default: the serving version),
+            "share" (default 0.5), "salt" (default: the name)}``."""
+            authorise(request)
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError as exc:
+                raise HTTPProblem(400, f"the body is not JSON: {exc}")
+            if not isinstance(body, dict) or not isinstance(body.get("name"), str) or \
+                    not _whole(body.get("treatment")) or not (body.get("control") is None or _whole(body["control"])):
+                raise HTTPProblem(400, 'the body must be {"name": text, "treatment": version, "control": version '
+                                       '(optional), "share": number (optional), "salt": text (optional)}')
+            share = body.get("share", 0.5)
+            if isinstance(share, bool) or not isinstance(share, (int, float)):
+                raise HTTPProblem(400, f"share must be a number between 0 and 1, got {str(share)[:50]!r}")
+            salt = body.get("salt")
+            if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 64):
+                raise HTTPProblem(400, "salt must be text of 1 to 64 characters")
+            started = await experiments_do(start_experiment, body["name"], body["treatment"], body.get("control"),
+                                           float(share), salt)
+            return self.json(started)
+
+    @view("/experiments/{name}/stop")
+    class StopExperiment(JSONView):
+        async def post(self, request, name: str):
+            """Stop an experiment; a canary's candidate is rolled back."""
+            authorise(request)
+            stopped = await experiments_do(stop_experiment, name, "api", config.canary_share)
+            return self.json({"stopped": name, "kind": stopped["kind"],
+                              "experiment": await experiments_do(get_experiment, name)})
+
     @view("/openapi.yaml")
     class OpenAPI(JSONView):
         async def get(self, request):
             """This API's description."""
             return self.bytes(OPENAPI.read_bytes(), content_type="application/yaml")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _answering_problems(handler, path: str):

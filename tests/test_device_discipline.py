@@ -94,7 +94,8 @@ def test_a_training_job_judges_and_measures_drift_on_one_device(movielens_store)
     version = list_versions(engine)[0]
     assert version["device"] == "cuda" and version["metrics"]["candidate"]["recall@20"] > 0
     measured = {row["metric"] for row in recent(engine) if row["window_id"] == 2}
-    assert {"purchase_share", "prequential_recall@20", "item_vector_shift", "score_psi"} <= measured, measured
+    assert {"purchase_share", "prequential_recall@20", "item_vector_shift", "topk_overlap@20",
+            "serving_score_psi"} <= measured, measured
 
 
 def test_serving_answers_on_one_device(small_log, movielens_text_vectors):

@@ -30,7 +30,8 @@ CHECK = """<script>
     const rect = svg.getBoundingClientRect();
     return {metric: svg.dataset.metric, width: box.width, height: box.height, shown: rect.width * rect.height,
             lines: [...svg.querySelectorAll("polyline.series")].map(p => p.getTotalLength()),
-            points: svg.querySelectorAll("circle.point").length, alerts: svg.querySelectorAll("circle.alert").length};
+            points: svg.querySelectorAll("circle.point").length, alerts: svg.querySelectorAll("circle.alert").length,
+            breaches: svg.querySelectorAll("circle.breach").length};
   });
   const out = document.createElement("pre");
   out.id = "render-check";
@@ -67,6 +68,7 @@ def assert_every_plot_drawn(report: Path, rows: list[dict], tmp_path: Path) -> l
         assert plot["shown"] > 0 and plot["width"] > 0 and plot["height"] > 0, plot
         assert plot["points"] == len(mine), plot
         assert plot["alerts"] == sum(bool(r["alert"]) for r in mine), plot
+        assert plot["breaches"] == sum(bool(r["breach"]) and not r["alert"] for r in mine), plot
         if len({r["window_id"] for r in mine}) > 1:
             assert max(plot["lines"]) > 0, plot
     return plots
@@ -90,6 +92,7 @@ def test_report_draws_every_metric_and_marks_alerts(engine, database_url, tmp_pa
         values = tracker.observe(window, Popularity.of(earlier, also=window) if k else None, "popularity", earlier)
         measured = quality(Popularity.of(window, also=probe), probe, probe_history)
         values += forgetting(movielens.STOREFRONT, measured, first, "probe of window 1")
+        tracker.record([v for v in values if v.kind == "forgetting"])  # confirms their alerts
         first = measured.recall if first is None else first
         with engine.begin() as conn:
             stored.write_metrics(conn, k + 1, k + 1, [v.row() for v in values])
@@ -102,5 +105,6 @@ def test_report_draws_every_metric_and_marks_alerts(engine, database_url, tmp_pa
     plots = assert_every_plot_drawn(out, rows, tmp_path)
     assert len(plots) == 17  # the input, concept and forgetting metrics
     alerted = {p["metric"] for p in plots if p["alerts"]}
-    assert {"popularity_psi_previous", "prequential_recall@20", "backward_transfer"} <= alerted
+    assert {"popularity_psi_reference", "prequential_recall@20", "backward_transfer"} <= alerted  # confirmed
+    assert "popularity_psi_previous" in {p["metric"] for p in plots if p["breaches"]}  # a step: one breach
     assert f"{len(rows)} values of 17 metrics over 7 windows" in out.read_text()

@@ -1,5 +1,7 @@
 """drift_metrics in a real store (Postgres and SQLite): writes with the version, the ops views,
-the read-only ops role (Postgres), and the `streamrec drift` command."""
+the read-only ops role (Postgres), the `streamrec drift` command, breaches and methods stored
+next to the values (migration 0008), and real training jobs measuring score drift within a
+version across the windows of one job."""
 
 from __future__ import annotations
 
@@ -11,16 +13,22 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.exc import ProgrammingError
 
 from drift.metrics import METRICS, MetricValue, judged
+from replay import codec
 from store import drift_metrics as stored
+from store.db import make_engine, migrate
 from store.models import drift_metrics, model_versions
 from store.registry import finish_run, list_versions, start_run
+from store.replay import ReplayStore
 from streamrec.cli import main
+from training.job import run_job
 
 
 def value(metric: str, storefront: str, v: float, alert: bool) -> dict:
-    """A stored-form metric row judged by its threshold rule (threshold 0.25 above baseline 0)."""
+    """A stored-form metric row judged by its threshold rule (threshold 0.25 above baseline 0), its
+    breach taken as confirmed."""
     row = judged(metric, storefront, v, threshold=0.25, reference="window 1", n_events=1000)
-    assert row.alert is alert
+    assert row.breach is alert
+    row.alert = alert
     return row.row()
 
 
@@ -52,6 +60,77 @@ def test_views_give_latest_values_and_open_alerts(filled):
         ("popularity_psi_previous", "eu-shoes"): [(0.1, 1000), (0.4, 1000)]}
     assert {r["window_id"] for r in stored.recent(filled, windows=2)} == {3, 4}
     assert stored.first_row(filled, "category_psi_previous", "eu-shoes")["window_id"] == 1
+
+
+def test_breaches_method_and_detail_are_stored_and_read_back(filled):
+    breach = judged("purchase_share", "eu-shoes", 0.4, baseline=0.2, threshold=0.05, reference="windows 1-3",
+                    n_events=800, method="calibrated: mean 1 + 3 sd 0.5",
+                    detail={"sd": 0.5, "calibrated": 0.05, "noise_floor": float("inf")})
+    small = judged("purchase_share", "us-books", 0.4, baseline=0.2, threshold=0.05, n_events=100, min_events=500)
+    odd = {**value("category_psi_previous", "eu-shoes", 0.1, False), "baseline": float("inf")}
+    with filled.begin() as conn:
+        stored.write_metrics(conn, 5, 15, [breach.row(), small.row(), odd])
+    rows = {(r["metric"], r["storefront"]): r for r in stored.recent(filled, windows=1)}
+    first, few = rows[("purchase_share", "eu-shoes")], rows[("purchase_share", "us-books")]
+    assert (first["breach"], first["alert"], first["method"]) == (True, False, "calibrated: mean 1 + 3 sd 0.5")
+    assert first["detail"] == {"sd": 0.5, "calibrated": 0.05, "noise_floor": None}  # no infinity stored
+    assert (few["breach"], few["method"]) == (False, "fixed threshold; fewer than 500 events: not judged")
+    assert rows[("category_psi_previous", "eu-shoes")]["baseline"] is None
+    assert rows[("category_psi_previous", "eu-shoes")]["detail"] is None
+    # the newest breach of each metric and storefront before a window: what the next window's alert needs
+    assert stored.last_breaches(filled, ["eu-shoes", "us-books"], before_window=5) == {
+        ("popularity_psi_previous", "eu-shoes"): True, ("popularity_psi_previous", "us-books"): False,
+        ("category_psi_previous", "eu-shoes"): True}
+    assert stored.last_breaches(filled, ["eu-shoes"], before_window=6)[("purchase_share", "eu-shoes")] is True
+    assert [r["window_id"] for r in stored.details(filled, "purchase_share", "eu-shoes", 0, 9)] == [5]
+    # a first breach is no open alert; the views show it
+    assert stored.open_alerts(filled, metric="purchase_share") == []
+    latest = {(r["metric"], r["storefront"]): r for r in stored.latest(filled)}
+    assert latest[("purchase_share", "eu-shoes")]["breach"] is True
+    printed = CliRunner().invoke(main, ["drift", "--metric", "purchase_share"], env={
+        "STREAMREC_DATABASE_URL": filled.url.render_as_string(hide_password=False)})
+    assert printed.exit_code == 0 and "breach" in printed.output and "calibrated: mean 1" in printed.output
+
+
+def test_migration_0008_keeps_earlier_rows_as_their_own_breaches(database_url):
+    engine = make_engine(database_url)
+    migrate(engine, "0007")
+    with engine.begin() as conn:
+        for window, alert in ((1, False), (2, True)):
+            conn.execute(text("INSERT INTO drift_metrics (window_id, storefront, metric, kind, value, reference, "
+                              "alert, detector, n_events, created_at) VALUES (:w, 's', 'purchase_share', 'input', "
+                              "0.3, 'windows 1-3', :a, 'threshold', 900, 1)"), {"w": window, "a": alert})
+    migrate(engine)
+    rows = stored.recent(engine)
+    assert [(r["window_id"], r["alert"], r["breach"], r["method"], r["detail"]) for r in rows] == [
+        (1, False, False, "", None), (2, True, True, "", None)]
+    assert [(r["window_id"], r["breach"]) for r in stored.open_alerts(engine)] == [(2, True)]  # the views see them
+    assert stored.latest(engine)[0]["method"] == ""
+    engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_of_two_windows_measures_score_drift_within_the_serving_version(movielens_store):
+    engine, config = movielens_store
+    run_job(engine, config, [1], "test/train")
+    run_job(engine, config, [2, 3], "test/train")  # both windows judged with version 1, not stored before the end
+    rows = {(r["window_id"], r["metric"]): r for r in stored.recent(engine)}
+    reference, later = rows[(2, "serving_score_psi")], rows[(3, "serving_score_psi")]
+    assert reference["value"] == 0 and reference["detector"] == "none" and reference["detail"]["version"] == "version 1"
+    users = [codec.to_frame(ReplayStore(engine).load_window(w))["user_id"].nunique() for w in (1, 2)]
+    assert len(reference["detail"]["edges"]) == 9 and reference["detail"]["users"] == min(300, users[1])
+    assert later["reference"] == "version 1 on window 2" and later["detector"] == "threshold", later
+    assert later["threshold"] >= 0.1 and later["method"].startswith(("calibrated", "stable-score floor"))
+    assert not later["breach"] and not later["alert"]
+    model = [rows[(3, m)] for m in ("item_vector_shift", "topk_overlap@20")]
+    assert [(r["reference"], r["alert"]) for r in model] == [("version 1", False)] * 2, model
+    assert model[1]["n_events"] == min(300, users[0]) and 0.2 <= model[1]["value"] <= 1  # window 1's users
+    assert (2, "topk_overlap@20") not in rows  # model drift: the job's newest window only
+    inputs = [r for (w, m), r in rows.items() if w > 1 and METRICS[m].kind == "input" and r["threshold"] is not None]
+    assert inputs and all(r["method"] and r["detail"] for r in inputs)
+    print("\n" + "\n".join(f"{r['window_id']} {r['metric']}: {r['value']:.4g} / {r['threshold']:.4g}: {r['method']}"
+                            for r in sorted(inputs, key=lambda r: (r["window_id"], r["metric"]))))
 
 
 def test_a_window_measured_again_replaces_its_rows(filled):

@@ -1,15 +1,23 @@
 """The drift metrics of one training job: reads what :mod:`drift` compares with from the store.
 
 * :meth:`WindowDrift.before_training` -- input drift of the window against the previous
-  window and each storefront's first ``STREAMREC_DRIFT_REFERENCE_WINDOWS`` windows, and the
-  prequential quality of the serving version (popularity before the first) on the whole
-  window, judged by the detectors over the stored series;
+  window and each storefront's first ``STREAMREC_DRIFT_REFERENCE_WINDOWS`` windows (which also
+  calibrate the thresholds), the serving version's score drift against its scores on the first
+  window it served, and its prequential quality (popularity before the first version) on the
+  whole window, judged by the detectors over the stored series;
 * :meth:`WindowDrift.after_judging` -- model drift of the candidate against the serving
-  version it would replace, and the candidate's quality on each storefront's probe (a
-  ``STREAMREC_SEED``-seeded sample of at most ``STREAMREC_DRIFT_PROBE_EVENTS`` events of the
-  held-out slice of the storefront's first window: fixed by reference, re-drawn identically
-  from the stored window whenever it is needed);
+  version it would replace (item vectors; top-20 overlap on a fixed probe of each storefront's
+  users: a seeded sample of the users of its first window), and the candidate's quality on
+  each storefront's probe (a ``STREAMREC_SEED``-seeded sample of at most
+  ``STREAMREC_DRIFT_PROBE_EVENTS`` events of the held-out slice of the storefront's first
+  window: fixed by reference, re-drawn identically from the stored window whenever it is
+  needed);
 * :meth:`WindowDrift.write` -- stores them in the transaction that stores the version.
+
+A breach alerts only when the previous value of its metric breached too (for per-window
+statistics, :func:`drift.metrics.confirm`): the previous values are the stored ones, or those of
+an earlier window of the same job (:meth:`WindowDrift.for_job`), which are not stored yet.
+Values on fewer than ``STREAMREC_DRIFT_ALERT_MIN_EVENTS`` events never breach.
 
 Measuring drift never fails a training job: an error is logged and the window keeps the
 metrics measured before it.
@@ -19,16 +27,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
-import torch
 from sqlalchemy import Connection, Engine
 
 from drift.detectors import REPLAY_WINDOWS
-from drift.metrics import CONCEPT, MetricValue
-from drift.model_shift import item_vector_shift, score_psi
+from drift.metrics import CONCEPT, MetricValue, confirm
+from drift.model_shift import item_vector_shift
 from drift.quality import quality, sample_events
+from drift.scores import PROBE_USERS, SCORE_USERS, ScoreReference, sample_users, topk_overlap, user_item_scores
 from drift.window import Context, forgetting, model_drift, window_drift
 from learner.bundle import ModelBundle
 from learner.evaluate import BundleScorer, Popularity
@@ -40,24 +48,35 @@ from store.replay import ReplayStore
 
 log = logging.getLogger(__name__)
 
-SCORE_USERS = 300  # users per storefront whose scores make the score distribution
 SERIES_METRICS = [*CONCEPT, "new_item_share", "new_user_share"]  # the metrics judged against their own past
 SERIES_WINDOWS = 4 * REPLAY_WINDOWS  # stored values read back: those of the newest windows (detectors replay 30)
+SCORE_METRIC = "serving_score_psi"
 
 
 class WindowDrift:
-    """Collects the drift metrics of window ``window_id`` during its training job."""
+    """Collects the drift metrics of window ``window_id`` during its training job; ``earlier``: the
+    :class:`WindowDrift` of the job's windows before it."""
 
-    def __init__(self, engine: Engine, config: Config, window_id: int):
+    def __init__(self, engine: Engine, config: Config, window_id: int, earlier: Sequence[WindowDrift] = ()):
         self.engine = engine
         self.config = config
         self.window_id = window_id
+        self.earlier = list(earlier)
         self.values: list[MetricValue] = []
+        self.context: Context | None = None
         self._frames: dict[int, pd.DataFrame] = {}
         self._windows: list[dict] | None = None
 
+    @classmethod
+    def for_job(cls, engine: Engine, config: Config, window_ids: Sequence[int]) -> dict[int, WindowDrift]:
+        """One per window of a job (oldest first), each knowing the values of the windows before it."""
+        drifts: dict[int, WindowDrift] = {}
+        for window_id in window_ids:
+            drifts[window_id] = cls(engine, config, window_id, list(drifts.values()))
+        return drifts
+
     def before_training(self, data, device) -> None:
-        """Input drift and prequential quality; ``data`` is the job's ``training.job.WindowData``."""
+        """Input drift, score drift and prequential quality; ``data`` is the job's ``training.job.WindowData``."""
         self._measure("input and concept drift", self._before, data, device)
 
     def after_judging(self, data, candidate: ModelBundle, device) -> None:
@@ -72,9 +91,11 @@ class WindowDrift:
             log.exception("window %d: %s could not be measured", self.window_id, what)
             return
         self.values += values
+        breaches = sorted({f"{v.metric}[{v.storefront}]" for v in values if v.breach and not v.alert})
         alerts = sorted({f"{v.metric}[{v.storefront}]" for v in values if v.alert})
-        log.info("window %d: %s, %d values in %.1fs; alerts: %s", self.window_id, what, len(values),
-                 time.perf_counter() - started, ", ".join(alerts) or "none")
+        log.info("window %d: %s, %d values in %.1fs; alerts: %s; first breaches: %s", self.window_id, what,
+                 len(values), time.perf_counter() - started, ", ".join(alerts) or "none",
+                 ", ".join(breaches) or "none")
 
     def write(self, conn: Connection, version_id: int | None) -> None:
         """Store the metrics (``store.registry.finish_run`` calls this in its transaction)."""
@@ -94,10 +115,16 @@ class WindowDrift:
             self._frames[window_id] = codec.to_frame(ReplayStore(self.engine).load_window(window_id))
         return self._frames[window_id]
 
+    def _first_window(self, storefront: str) -> int:
+        return next((w["id"] for w in self._earlier() if storefront in w["counts"]), self.window_id)
+
     def _context(self, data, storefronts: list[str]) -> Context:
         earlier = self._earlier()
         since = earlier[-SERIES_WINDOWS]["id"] if len(earlier) >= SERIES_WINDOWS else 0
-        context = Context(series=stored.series(self.engine, storefronts, self.window_id, SERIES_METRICS, since))
+        context = Context(series=stored.series(self.engine, storefronts, self.window_id, SERIES_METRICS, since),
+                          last_breach=stored.last_breaches(self.engine, storefronts, self.window_id, since))
+        for sibling in self.earlier:  # the job's earlier windows: measured, not stored yet
+            context.remember([v for v in sibling.values if v.storefront in storefronts])
         if earlier:
             context.previous, context.previous_label = self._frame(earlier[-1]["id"]), f"window {earlier[-1]['id']}"
         for storefront in storefronts:
@@ -108,37 +135,66 @@ class WindowDrift:
         for frame in (data.history, data.rehearsal):
             context.seen_items.update(frame["item_id"].unique())
             context.seen_users.update(frame["user_id"].unique())
+        if data.serving is not None:
+            for storefront in storefronts:
+                reference = self._score_reference(data.serving[0], storefront)
+                if reference is not None:
+                    context.score_references[storefront] = reference
         return context
+
+    def _score_reference(self, version: dict, storefront: str) -> ScoreReference | None:
+        """The serving version's score reference in ``storefront``: kept by the value of the first window it
+        served (stored, or measured earlier in this job)."""
+        name = f"version {version['id']}"
+        for sibling in self.earlier:
+            for v in sibling.values:
+                if v.metric == SCORE_METRIC and v.storefront == storefront and v.detail.get("version") == name:
+                    return ScoreReference.from_detail(v.detail)
+        trained_on = max(version.get("windows") or [0])
+        for row in stored.details(self.engine, SCORE_METRIC, storefront, trained_on, self.window_id):
+            if (row["detail"] or {}).get("version") == name and "edges" in row["detail"]:
+                return ScoreReference.from_detail(row["detail"])
+        return None
 
     # -- the two steps
 
     def _before(self, data, device) -> list[MetricValue]:
         window = pd.concat([data.train_part, data.held_out], ignore_index=True)
         storefronts = sorted(window["storefront"].unique())
-        context = self._context(data, storefronts)
+        self.context = context = self._context(data, storefronts)
+        score_users = 0
         if data.serving is not None:
             serving, name = BundleScorer(data.serving[1], device), f"version {data.serving[0]['id']}"
+            score_users = SCORE_USERS
         elif len(data.history):
             serving, name = Popularity.of(data.history, also=window), "popularity"
         else:
             serving, name = None, ""
         return window_drift(window, context, catalog=data.catalog, serving=serving, serving_name=name,
                             history=data.history, quality_events=self.config.drift_quality_events,
-                            seed=self.config.seed)
+                            seed=self.config.seed, min_events=self.config.drift_alert_min_events,
+                            score_users=score_users, window_label=f"window {self.window_id}")
 
     def _after(self, data, candidate: ModelBundle, device) -> list[MetricValue]:
         window = pd.concat([data.train_part, data.held_out], ignore_index=True)
+        storefronts = sorted(window["storefront"].unique())
+        context = self.context or self._context(data, storefronts)
         values: list[MetricValue] = []
-        for storefront in sorted(window["storefront"].unique()):
+        for storefront in storefronts:
             mine = window[window["storefront"] == storefront]
+            first = self._first_window(storefront)
+            first_events = window if first == self.window_id else self._frame(first)
             if data.serving is not None:
                 items = list(dict.fromkeys([*data.catalog.loc[data.catalog["storefront"] == storefront, "item_id"],
                                             *mine["item_id"]]))
                 old = data.serving[1]
+                probe_users = sample_users(first_events.loc[first_events["storefront"] == storefront, "user_id"],
+                                           PROBE_USERS, self.config.seed)
+                events = pd.concat([first_events, data.history, window], ignore_index=True).drop_duplicates(
+                    "event_id")
                 values += model_drift(storefront, vector_shift(old, candidate, items),
-                                      self._score_shift(data, old, candidate, mine, items, device),
+                                      topk_shift(old, candidate, events, probe_users, items, device),
                                       f"version {data.serving[0]['id']}")
-            first = next((w["id"] for w in self._earlier() if storefront in w["counts"]), self.window_id)
             if first == self.window_id:
                 trained, held_out = data.train_part, data.held_out
             else:
@@ -148,17 +204,14 @@ class WindowDrift:
             measured = quality(BundleScorer(candidate, device), probe, trained)
             earliest = stored.first_row(self.engine, "probe_recall@20", storefront)
             reference = f"probe: {len(probe)} held-out events of window {first}, seed {self.config.seed}"
-            for value in forgetting(storefront, measured, earliest["value"] if earliest else None, reference):
+            for value in forgetting(storefront, measured, earliest["value"] if earliest else None, reference,
+                                    self.config.drift_alert_min_events):
                 if value.metric == "backward_transfer":
                     value.reference = (f"probe recall at window {earliest['window_id']}" if earliest
                                        else "first measurement of the probe")
                 values.append(value)
+        confirm(values, context.last_breach)
         return values
-
-    def _score_shift(self, data, old: ModelBundle, new: ModelBundle, mine: pd.DataFrame, items: list[str],
-                     device) -> tuple[float, int]:
-        events = pd.concat([data.history, data.train_part, data.held_out], ignore_index=True)
-        return score_shift(old, new, events, sorted(mine["user_id"].unique()), items, self.config.seed, device)
 
 
 def vector_shift(old: ModelBundle, new: ModelBundle, items: list[str]) -> tuple[float, int]:
@@ -167,23 +220,19 @@ def vector_shift(old: ModelBundle, new: ModelBundle, items: list[str]) -> tuple[
                              new.vocab.items.keys(), new.item_vectors()[2:].detach().numpy(), items)
 
 
-def score_shift(old: ModelBundle, new: ModelBundle, events: pd.DataFrame, users: list[str], items: list[str],
-                seed: int, device=None) -> tuple[float, int]:
-    """(:func:`drift.model_shift.score_psi`, scores compared) of two versions: the scores of up to
-    ``SCORE_USERS`` of ``users`` (seeded sample; their state after ``events``) for the ``items``
-    both versions know."""
-    if len(users) > SCORE_USERS:
-        users = sorted(np.random.default_rng(seed).choice(users, SCORE_USERS, replace=False))
-    events = events[events["user_id"].isin(set(users))]
+def topk_shift(old: ModelBundle, new: ModelBundle, events: pd.DataFrame, users: list[str], items: list[str],
+               device=None) -> tuple[float, int]:
+    """(:func:`drift.scores.topk_overlap` of two versions, users compared): the top 20 of each of ``users``
+    (state after ``events``; items they interacted with excluded) among the ``items`` both versions know."""
     shared = [i for i in items if i in old.vocab.items and i in new.vocab.items]
-    if not len(events) or not shared:
-        return float("nan"), 0
-    scores = []
+    rows = []
     for bundle in (old, new):
-        _, states = bundle.user_vectors(events, device)
-        vectors = bundle.item_vectors()[torch.from_numpy(bundle.vocab.items.index(shared))]
-        scores.append((states @ vectors.T).detach().numpy())
-    return score_psi(scores[0], scores[1]), int(scores[0].size)
+        ids, _, scores = user_item_scores(BundleScorer(bundle, device), events, users, shared, exclude_seen=True)
+        rows.append((ids, scores))
+    (old_ids, old_scores), (new_ids, new_scores) = rows
+    if not len(old_ids) or old_ids != new_ids:
+        return float("nan"), 0
+    return topk_overlap(old_scores, new_scores), len(old_ids)
 
 
 def _label(window_ids: list[int]) -> str:

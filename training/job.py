@@ -20,7 +20,10 @@ process, never in the worker's event loop. The steps, each reading from or writi
    version's ``metrics``;
 5. the version (safetensors weights, sha256, lineage, metrics), every window's drift metrics
    (:mod:`training.drift_recording`), the windows' training state (fenced by the lease) and
-   the run's outcome are written in one transaction.
+   the run's outcome are written in one transaction. With ``STREAMREC_ROLLOUT=canary`` a
+   candidate the gate passed is not promoted there: it starts its canary against the serving
+   version, or waits while another canary runs (:func:`store.experiments.place_candidate`),
+   and the next job fine-tunes the newest such candidate instead of the serving version.
 """
 
 from __future__ import annotations
@@ -46,11 +49,12 @@ from runtime.config import Config
 from runtime.learner_configs import config_for
 from store.catalog import load_catalog
 from store.db import make_engine
+from store.experiments import place_candidate
 from store.registry import StoredTextEmbeddings, finish_run, now_ms, start_run
 from store.replay import ReplayStore
 from store.training_queue import complete_job
 from training.drift_recording import WindowDrift
-from training.versions import load_newest, load_serving
+from training.versions import load_candidate, load_newest, load_serving
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ class WindowData:
     rehearsal: pd.DataFrame
     catalog: pd.DataFrame
     serving: tuple[dict, ModelBundle] | None
-    base: tuple[dict, ModelBundle] | None  # the serving version, else the newest one trained
+    base: tuple[dict, ModelBundle] | None  # the newest candidate (canary rollout), the serving version, the newest
     frames: dict[int, pd.DataFrame]  # each window's events
 
     @property
@@ -110,7 +114,8 @@ def read_job(engine: Engine, config: Config, window_ids: list[int]) -> WindowDat
         list(window_ids), train_part, held_out,
         history=codec.to_frame(codec.concat([replay.load_window(w) for w in earlier])),
         rehearsal=memory[~memory["event_id"].isin(set(job["event_id"]))],
-        catalog=load_catalog(engine), serving=serving, base=serving or load_newest(engine), frames=frames)
+        catalog=load_catalog(engine), serving=serving, frames=frames,
+        base=(config.rollout == "canary" and load_candidate(engine)) or serving or load_newest(engine))
 
 
 def read_window(engine: Engine, config: Config, window_id: int) -> WindowData:
@@ -223,7 +228,7 @@ def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: s
     """
     run_id = start_run(engine, window_ids, trainer_id)
     try:  # from the run's first moment: a trainer stopped while it reads still closes its run
-        drifts = {w: WindowDrift(engine, config, w) for w in window_ids}
+        drifts = WindowDrift.for_job(engine, config, window_ids)
         version, epoch_log = train_job(engine, config, window_ids, drifts, device)
     except (KeyboardInterrupt, SystemExit):
         finish_run(engine, run_id, error="the trainer was stopped before it finished")
@@ -235,8 +240,14 @@ def run_job(engine: Engine, config: Config, window_ids: list[int], trainer_id: s
                     f"recording the failed run of windows {_span(window_ids)}")
         raise
 
+    canary = config.rollout == "canary" and version["status"] == "promoted"
+    if canary:  # the gate passed it: a canary decides (store.experiments.place_candidate)
+        version = {**version, "status": "canary", "promoted_at": None}
+
     def publish(conn, version_id):
         complete_job(conn, lease_holder, window_ids, version_id)
+        if canary:
+            version["status"] = place_candidate(conn, version_id, config.canary_share, trainer_id)
         for drift in drifts.values():
             drift.write(conn, version_id)
 
