@@ -127,12 +127,12 @@ def test_secrets_are_never_shown(monkeypatch):
 
 
 READ_ONLY = [["models"], ["drift"], ["report", "--out", "report.html"], ["stats"], ["dead-letters"], ["windows"],
-             ["memory"], ["online"]]
+             ["memory"], ["online"], ["experiment", "status"]]
 MIGRATIONS = sorted(p.name[:4] for p in (Path(__file__).parents[1] / "store" / "migrations" / "versions").glob("0*.py"))
 OLDER, HEAD = MIGRATIONS[-2:]  # the schema of the release before, and this one's
 
 
-@pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
 def test_read_only_commands_never_create_or_migrate_a_store(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "store" / "streamrec.db"
