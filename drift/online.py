@@ -14,7 +14,9 @@ value, and U_p users with an attributed purchase:
 - ``novelty``: mean over served items of -log2 p(item), p the item's share of the storefront's
   decayed event counts (trending weights), smoothed by adding 0.5 to every count
   (Zhou et al., 2010, "Solving the apparent diversity-accuracy dilemma", PNAS);
-- ``avg_popularity``: mean decayed event count of served items.
+- ``avg_popularity``: mean decayed event count of served items;
+- ``new_item_share``: share of served slots holding an item without any event in the
+  storefront's counts (a new product nobody has interacted with yet).
 
 A ratio without a denominator is None, never NaN.
 
@@ -32,6 +34,9 @@ Examples
 (2, 1, 2, 1, 20.0, 1)
 >>> {k: row["metrics"][k] for k in ("ctr", "conversion", "revenue_per_1000", "coverage", "click_positions")}
 {'ctr': 0.5, 'conversion': 0.5, 'revenue_per_1000': 10000.0, 'coverage': 0.75, 'click_positions': {'2': 2}}
+>>> (row,) = online_metrics(lists, events, popularity={"shop": {"a": 3.0, "b": 1.0}})
+>>> row["metrics"]["new_item_share"]  # c, in one of the four served slots, has no events yet
+0.25
 """
 
 from __future__ import annotations
@@ -65,14 +70,14 @@ def _diversity(lists: list[list[str]], vectors: Mapping[str, np.ndarray]) -> flo
     return float(np.mean(values)) if values else None
 
 
-def _popularity(items: list[str], weights: Mapping[str, float] | None) -> tuple[float | None, float | None]:
-    """(novelty, average popularity) of served ``items`` under decayed event counts ``weights``."""
+def _popularity(items: list[str], weights: Mapping[str, float] | None) -> tuple[float | None, ...]:
+    """(novelty, average popularity, new-item share) of served ``items`` under decayed event counts ``weights``."""
     if not weights or not items:
-        return None, None
+        return None, None, None
     counts = np.array([weights.get(i, 0.0) for i in items], dtype=np.float64)
     total = sum(weights.values()) + 0.5 * len(weights)
     novelty = float(np.mean(-np.log2((counts + 0.5) / total)))
-    return novelty, float(counts.mean())
+    return novelty, float(counts.mean()), float(np.mean(counts == 0))
 
 
 def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Mapping[str, int] | None = None,
@@ -108,7 +113,7 @@ def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Map
             positions[label] = positions.get(label, 0) + 1
         storefront = key[KEY.index("storefront")]
         served_items = [i for items in group["items"] for i in items]
-        novelty, avg_popularity = _popularity(served_items, (popularity or {}).get(storefront))
+        novelty, avg_popularity, new_share = _popularity(served_items, (popularity or {}).get(storefront))
         size = (catalog_sizes or {}).get(storefront)
         revenue = float(purchases["value"].fillna(0).sum())
         n = len(group)
@@ -124,6 +129,6 @@ def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Map
                 "revenue_per_1000": _ratio(1000 * revenue, n), "click_positions": dict(sorted(positions.items())),
                 "coverage": _ratio(len(set(served_items)), size) if size else None,
                 "diversity": _diversity(list(group["items"]), vectors or {}),
-                "novelty": novelty, "avg_popularity": avg_popularity,
+                "novelty": novelty, "avg_popularity": avg_popularity, "new_item_share": new_share,
             }})
     return rows

@@ -123,6 +123,8 @@ class ScoreReference:
     ('calibrated', 0.117)
     >>> ScoreReference.from_detail(ref.detail()).edges == ref.edges
     True
+    >>> ScoreReference.of(user_level(3), "version 4", "window 9").calibration is None  # too few users
+    True
     """
 
     version: str
@@ -137,7 +139,8 @@ class ScoreReference:
         """The reference of ``scores`` [users x items] of ``version`` on ``window``."""
         scores = np.asarray(scores, dtype=np.float64)
         edges = _edges(scores)
-        groups = np.array_split(np.arange(len(scores)), min(CHUNKS, len(scores) // MIN_GROUP_USERS))
+        n_groups = min(CHUNKS, len(scores) // MIN_GROUP_USERS)  # none when too few users to calibrate
+        groups = np.array_split(np.arange(len(scores)), n_groups) if n_groups else []
         statistics, scales = [], []
         if len(groups) > MIN_COMPARISONS:
             for group in groups:

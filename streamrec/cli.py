@@ -545,11 +545,13 @@ def online(hours: int, storefront: str | None, surface: str | None) -> None:
                   "revenue/1000": f"{r['metrics']['revenue_per_1000'] or 0:.2f}",
                   "inferred": r["inferred_events"], "coverage": fraction(r["metrics"]["coverage"]),
                   "diversity": fraction(r["metrics"]["diversity"]), "novelty": fraction(r["metrics"]["novelty"]),
+                  "new items": fraction(r["metrics"].get("new_item_share")),
                   "top positions": ", ".join(f"{p}:{n}" for p, n in sorted(
                       r["metrics"]["click_positions"].items(), key=lambda kv: -kv[1])[:3]) or "-"}
                  for r in rows],
                 ["hour", "surface", "storefront", "ranker", "version", "arm", "lists", "users", "ctr", "clicks/list",
-                 "conversion", "revenue/1000", "inferred", "coverage", "diversity", "novelty", "top positions"])
+                 "conversion", "revenue/1000", "inferred", "coverage", "diversity", "novelty", "new items",
+                 "top positions"])
 
 
 def print_rollouts(engine, limit: int) -> None:

@@ -97,7 +97,8 @@ class Snapshot:
 ONLINE_GAUGES = {"lists": "Lists served", "users": "Distinct users served", "ctr": "Share of lists clicked",
                  "conversion": "Share of exposed users who bought", "revenue_per_1000": "Order value per 1,000 lists",
                  "coverage": "Share of the catalog served", "diversity": "Intra-list diversity (1 - mean cosine)",
-                 "novelty": "Mean -log2 popularity share of served items"}
+                 "novelty": "Mean -log2 popularity share of served items",
+                 "new_item_share": "Share of served slots holding items without events yet"}
 
 
 def _online(rows: list[dict]):
