@@ -31,6 +31,7 @@ def test_windows_train_into_promoted_versions_and_survive_a_killed_training_proc
         broker, database_url, topic_prefix, tmp_path):
     env = worker_env(broker, database_url, topic_prefix, STREAMREC_WINDOW_MAX_EVENTS=str(WINDOW_EVENTS),
                      STREAMREC_WINDOW_MAX_AGE_S="5", STREAMREC_TRAIN_EPOCHS="2", STREAMREC_GATE_TOLERANCE="0.9",
+                     STREAMREC_GATE_MAX_COVERAGE_DROP="0.9",  # two-epoch models: recall is the gate here
                      STREAMREC_REHEARSAL_CAPACITY="3000", STREAMREC_TRAIN_MAX_EVENTS=str(WINDOW_EVENTS),
                      STREAMREC_TRAIN_LEASE_S="5")
     worker = Worker(env, tmp_path / "worker.log")
