@@ -7,6 +7,7 @@ import json
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,20 +116,26 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return asyncio.run(read())
 
 
-def wait_ingested(config: Config, engine, timeout_s: float, message: str = "", topic: str | None = None) -> None:
+def wait_ingested(config: Config, engine, timeout_s: float, message: str | Callable[[], str] = "",
+                  topic: str | None = None) -> None:
     """Wait until the store holds, with its data, the end offset of every partition of ``topic``
     (the events topic unless given): each message produced so far is stored or dead-lettered, and
     no batch of them can land again (a redelivered batch would start below a stored offset). What
     proves a duplicate absent."""
     topic = topic or config.events_topic
+    last = {}
 
     def caught_up() -> bool:
         ends = end_offsets(config.bootstrap_servers, topic)
         stored = stored_offsets(engine, config.ingest_group)
+        last.update({p: (stored.get((topic, p), 0), end) for p, end in ends.items()})
         return all(stored.get((topic, p), 0) >= end for p, end in ends.items())
 
-    wait_until(caught_up, timeout_s, message or f"the store holds every {topic} partition's end offset",
-               interval_s=0.5)
+    try:
+        wait_until(caught_up, timeout_s, f"the store holds every {topic} partition's end offset", interval_s=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (stored, end) by partition: {last}\n"
+                             f"{message() if callable(message) else message}") from None
 
 
 def store_text_vectors(database_url: str, vectors: dict[str, np.ndarray]) -> None:

@@ -83,7 +83,7 @@ def test_served_lists_attribution_and_online_metrics(broker, database_url, topic
         worker = Worker(env, tmp_path / "worker2.log")
         worker.wait_ready(120)
         api = Client(worker.config.web_port)
-        wait_ingested(worker.config, engine, 60, topic=worker.config.served_topic)
+        wait_ingested(worker.config, engine, 120, worker.tail, topic=worker.config.served_topic)
         ids = [a["request_id"] for a in [*served.values(), search, *warm_up]]
         assert served_count(engine) == n_lists and served_count(engine, ids) == n_lists  # each once
         with engine.connect() as conn:
