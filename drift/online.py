@@ -18,6 +18,10 @@ value, and U_p users with an attributed purchase:
 - ``new_item_share``: share of served slots holding an item without any event in the
   storefront's counts (a new product nobody has interacted with yet).
 
+Coverage, diversity, novelty, popularity and the new-item share count the items that were
+displayed, when a list says so (``displayed``: the storefront reported fewer positions shown
+than the list held); otherwise every item of the list.
+
 A ratio without a denominator is None, never NaN.
 
 Examples
@@ -86,7 +90,7 @@ def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Map
     """Metric rows of served ``lists`` and the ``events`` attributed to them (see the module doc).
 
     ``lists`` has ``request_id, served_at, surface, storefront, source, model_version,
-    experiment, arm, user_id, items``; ``events`` has ``request_id, inferred, type, user_id,
+    experiment, arm, user_id, items`` (and optionally ``displayed``); ``events`` has ``request_id, inferred, type, user_id,
     item_id, position, value``. ``catalog_sizes`` (items per storefront), ``popularity``
     (item weights per storefront) and ``vectors`` (item text vectors) are optional; the
     metrics that need them are None without them.
@@ -112,7 +116,8 @@ def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Map
             label = "other" if position is None else str(int(position))
             positions[label] = positions.get(label, 0) + 1
         storefront = key[KEY.index("storefront")]
-        served_items = [i for items in group["items"] for i in items]
+        shown = group["displayed"] if "displayed" in group else group["items"]
+        served_items = [i for items in shown for i in items]
         novelty, avg_popularity, new_share = _popularity(served_items, (popularity or {}).get(storefront))
         size = (catalog_sizes or {}).get(storefront)
         revenue = float(purchases["value"].fillna(0).sum())
@@ -128,7 +133,7 @@ def online_metrics(lists: pd.DataFrame, events: pd.DataFrame, catalog_sizes: Map
                 "conversion": _ratio(purchases["user_id"].nunique(), users),
                 "revenue_per_1000": _ratio(1000 * revenue, n), "click_positions": dict(sorted(positions.items())),
                 "coverage": _ratio(len(set(served_items)), size) if size else None,
-                "diversity": _diversity(list(group["items"]), vectors or {}),
+                "diversity": _diversity(list(shown), vectors or {}),
                 "novelty": novelty, "avg_popularity": avg_popularity, "new_item_share": new_share,
             }})
     return rows

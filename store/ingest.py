@@ -30,7 +30,7 @@ from store.models import (
     items,
     open_segments,
 )
-from store.online import attribute, store_served
+from store.online import attribute, store_served, store_shown
 
 TopicPartition = tuple[str, int]
 
@@ -55,7 +55,8 @@ class IngestBatch:
 
     ``events`` are the accepted interaction events (:data:`replay.codec.EVENT_SCHEMA` and the
     feedback columns ``request_id``, ``position``, ``value``) and ``sources`` the message of
-    each row, kept for a dead letter if it turns out a duplicate. ``served`` are served lists.
+    each row, kept for a dead letter if it turns out a duplicate. ``served`` are served lists,
+    ``shown`` reports of the positions of served lists that were displayed.
     ``rejections`` are dead letters (source fields with ``payload``, ``reason``, ``detail``,
     ``storefront``, ``event_type``). ``offsets`` maps each partition to (offset the worker
     expects in the store, or None if it has never been stored; the next offset to read).
@@ -66,6 +67,7 @@ class IngestBatch:
     sources: Sequence[Source] = ()
     items: list[dict] = field(default_factory=list)
     served: list[dict] = field(default_factory=list)
+    shown: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     offsets: dict[TopicPartition, tuple[int | None, int]] = field(default_factory=dict)
 
@@ -163,6 +165,7 @@ class IngestWriter:
                     data=codec.encode(fresh.select(codec.EVENT_SCHEMA.names))))
             self._upsert_items(conn, batch.items, batch.received_at)
             store_served(conn, batch.served, batch.received_at)  # before attributing: a batch may hold both
+            store_shown(conn, batch.shown, batch.received_at)
             if "request_id" in fresh.column_names:
                 attribute(conn, fresh, self.attribution_window_ms, batch.received_at)
             if rejections:

@@ -215,7 +215,7 @@ drift_metrics = Table(
 # Every list a worker served (logged after the answer through <prefix>-served, ingested like events).
 served_lists = Table(
     "served_lists", metadata,
-    Column("request_id", String(64), primary_key=True),
+    Column("request_id", ID, primary_key=True),
     Column("served_at", BigInteger, nullable=False, comment="epoch ms UTC, the answering worker's clock"),
     Column("surface", String(16), nullable=False, comment="'recommend', 'similar' or 'search'"),
     Column("storefront", ID, nullable=False),
@@ -236,12 +236,23 @@ served_lists = Table(
     Index("ix_served_lists_experiment", "experiment", "served_at"),
 )
 
+# The positions of a served list that the shopper's screen displayed, as the storefront reported
+# them (the union of its reports); a list without a row counts as wholly shown.
+shown_positions = Table(
+    "shown_positions", metadata,
+    Column("request_id", ID, primary_key=True),
+    Column("shown", JSON, nullable=False, comment="positions displayed (1 = first), ascending; [] = none"),
+    Column("shown_at", BigInteger, nullable=False, comment="epoch ms UTC, when the last report says they were"),
+    Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
+    Index("ix_shown_positions_ingested_at", "ingested_at"),
+)
+
 # Click and purchase events attributed to a served list: directly (the event names the list's
 # request_id) or inferred (the same user was shown the item within STREAMREC_ATTRIBUTION_WINDOW_S).
 attributed_events = Table(
     "attributed_events", metadata,
     Column("event_id", ID, primary_key=True),
-    Column("request_id", String(64), nullable=False),
+    Column("request_id", ID, nullable=False),
     Column("inferred", Boolean, nullable=False, comment="true: matched by user, item and time, not by request_id"),
     Column("type", String(16), nullable=False),
     Column("user_id", ID, nullable=False),

@@ -176,7 +176,8 @@ class IngestService(mode.Service):
             elif tp.topic == self.config.served_topic:
                 for msg in polled:
                     try:
-                        batch.served.append(self.validator.served(msg.value or b""))
+                        kind, message = self.validator.served_message(msg.value or b"")
+                        (batch.shown if kind == "shown" else batch.served).append(message)
                     except Invalid as exc:
                         batch.rejections.append(self._rejection(msg, exc, event_type="served"))
             else:

@@ -38,7 +38,7 @@ def refresh_online_metrics(engine, config: Config, trending: Trending | None, no
     if lists.empty:
         return 0
     events = attributed_to(engine, lists["request_id"]).to_pandas()
-    served_items = sorted({item for items in lists["items"] for item in items})
+    served_items = sorted({item for items in lists["displayed"] for item in items})
     texts = catalog_texts(catalog_rows(engine, served_items))
     keys = {item: text_key(text) for item, text in texts.items()}
     stored = text_vectors(engine, keys.values())

@@ -47,10 +47,11 @@ class StorefrontProducer:
     """
 
     def __init__(self, bootstrap_servers: str, *, events_topic: str = "streamrec-events",
-                 catalog_topic: str = "streamrec-catalog", linger_ms: int = 20, retries: int = 10,
-                 validator: Validator | None = None, **kafka_options):
+                 catalog_topic: str = "streamrec-catalog", served_topic: str = "streamrec-served",
+                 linger_ms: int = 20, retries: int = 10, validator: Validator | None = None, **kafka_options):
         self.events_topic = events_topic
         self.catalog_topic = catalog_topic
+        self.served_topic = served_topic
         self.validator = validator or Validator()
         self.kafka = KafkaProducer(
             bootstrap_servers=bootstrap_servers, acks="all", retries=retries, linger_ms=linger_ms,
@@ -61,7 +62,8 @@ class StorefrontProducer:
     def from_config(cls, config: Config, **options) -> StorefrontProducer:
         validator = Validator(config.max_payload_bytes, config.max_future_s)
         return cls(config.bootstrap_servers, events_topic=config.events_topic,
-                   catalog_topic=config.catalog_topic, validator=validator, **options)
+                   catalog_topic=config.catalog_topic, served_topic=config.served_topic, validator=validator,
+                   **options)
 
     def send_events(self, events: Iterable[Mapping | faust.Record], timeout_s: float = 60.0) -> SendReport:
         """Validate and send interaction events; waits until the broker has them all."""
@@ -72,6 +74,14 @@ class StorefrontProducer:
         """Validate and send catalog events, keyed by item."""
         return self._send(items, self.catalog_topic, self.validator.catalog_from_obj,
                           lambda i: i["item_id"], timeout_s)
+
+    def send_shown(self, reports: Iterable[Mapping | faust.Record], timeout_s: float = 60.0) -> SendReport:
+        """Validate and send which positions of served lists were displayed
+        (:class:`streams.schema.ShownPositions`: ``request_id``, ``shown``, optional ``ts``),
+        keyed by request id like the lists themselves. Send one when the screen showed fewer
+        items than the list held; reports of one list add up."""
+        return self._send(reports, self.served_topic, self.validator.shown_from_obj,
+                          lambda r: r["request_id"], timeout_s)
 
     def _send(self, messages, topic, validate, key_of, timeout_s) -> SendReport:
         report, pending = SendReport(), []

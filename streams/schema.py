@@ -91,6 +91,20 @@ class ServedList(faust.Record, serializer="json", include_metadata=False):
     latency_ms: Optional[float] = None
 
 
+class ShownPositions(faust.Record, serializer="json", include_metadata=False):
+    """Which positions of a served list the shopper's screen displayed (1 = first), reported by a
+    storefront that shows fewer items than it fetched; logged to ``<prefix>-served`` like the list.
+
+    Reports of one list add up (an infinite scroll may report each new row); a list without a
+    report counts as wholly shown, one whose reports hold no position as not shown at all.
+    ``ts`` is when the positions were displayed (epoch ms or ISO-8601; the worker's clock if absent).
+    """
+
+    request_id: str
+    shown: list
+    ts: Optional[Union[int, str]] = None
+
+
 class WindowSealed(faust.Record, serializer="json", include_metadata=False):
     """A replay window was sealed in the store; its training trigger is still to be taken."""
 

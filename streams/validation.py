@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replay import codec
-from streams.schema import EVENT_TYPES, SURFACES, CatalogEvent, InteractionEvent, ServedList
+from streams.schema import EVENT_TYPES, SURFACES, CatalogEvent, InteractionEvent, ServedList, ShownPositions
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_ID_LENGTH = 256
@@ -96,6 +96,7 @@ def _field_rules(record: type) -> list[tuple[str, str, bool, Any]]:
 INTERACTION_RULES = _field_rules(InteractionEvent)
 CATALOG_RULES = _field_rules(CatalogEvent)
 SERVED_RULES = _field_rules(ServedList)
+SHOWN_RULES = _field_rules(ShownPositions)
 MAX_SERVED_ITEMS = 1000
 ID_FIELDS = {"event_id", "user_id", "item_id", "session_id", "storefront", "request_id"}
 MAX_POSITION = 10_000
@@ -284,6 +285,16 @@ class Validator:
             item["ts"] = self.now_ms()
         return item
 
+    def served_message(self, raw: bytes | str) -> tuple[str, dict]:
+        """Validate one message of the served topic: ``("list", served list)`` or, for an object
+        with ``shown``, ``("shown", shown positions)``.
+
+        >>> Validator().served_message(b'{"request_id": "r1", "shown": [2, 1, 2]}')[1]["shown"]
+        [1, 2]
+        """
+        obj = self.decode(raw)
+        return ("shown", self.shown_from_obj(obj)) if "shown" in obj else ("list", self.served_from_obj(obj))
+
     def served(self, raw: bytes | str) -> dict:
         """Validate one served-list message (:class:`streams.schema.ServedList`).
 
@@ -291,7 +302,29 @@ class Validator:
         ...                    b' "storefront": "default", "source": "text", "items": ["a"], "scores": [0.5]}')["items"]
         ['a']
         """
-        served = self._apply(self.decode(raw), SERVED_RULES)
+        return self.served_from_obj(self.decode(raw))
+
+    def shown_from_obj(self, obj: dict) -> dict:
+        """Validate a report of shown positions (:class:`streams.schema.ShownPositions`): positions
+        are sorted and each kept once; none may be below 1 or above the most items a list holds.
+
+        >>> Validator(now_ms=lambda: 1_763_000_000_000).shown_from_obj({"request_id": "r1", "shown": []})
+        {'request_id': 'r1', 'shown': [], 'ts': 1763000000000}
+        """
+        report = self._apply(obj, SHOWN_RULES)
+        shown = report["shown"]
+        if len(shown) > MAX_SERVED_ITEMS or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= MAX_SERVED_ITEMS for p in shown):
+            raise Invalid("invalid_value", f"shown must be at most {MAX_SERVED_ITEMS} positions, each an integer "
+                                           f"from 1 (the first item) to {MAX_SERVED_ITEMS}")
+        report["shown"] = sorted(set(shown))
+        if report["ts"] is None:
+            report["ts"] = self.now_ms()
+        return report
+
+    def served_from_obj(self, obj: dict) -> dict:
+        """Validate a decoded served list (see :meth:`served`)."""
+        served = self._apply(obj, SERVED_RULES)
         if served["surface"] not in SURFACES:
             raise Invalid("invalid_value",
                           f"surface must be one of {', '.join(SURFACES)}, got {served['surface'][:64]!r}")
