@@ -89,14 +89,19 @@ def _start(conn: Connection, name: str, kind: str, control: int, treatment: int,
 
 
 def start_experiment(engine: Engine, name: str, treatment: int, control: int | None = None, share: float = 0.5,
-                     salt: str | None = None) -> dict:
-    """Start a manual experiment of ``treatment`` against ``control`` (default: the serving
-    version) for ``share`` of users; returns its row. Versions of any status may be arms."""
+                     salt: str | None = None, kind: str = "manual") -> dict:
+    """Start an experiment of ``treatment`` against ``control`` (default: the serving version);
+    returns its row. Versions of any status may be arms. ``kind`` ``manual`` splits users,
+    ``share`` of them into the treatment arm; ``interleave`` gives ``share`` of users (up to all)
+    lists interleaved from both versions (``drift.experiments.team_draft``)."""
     if not NAME.match(name):
         raise ExperimentError(f"experiment name {name[:80]!r} must be 1 to 64 letters, digits, '.', '_' or '-'",
                               "invalid")
-    if not 0 < share < 1:
-        raise ExperimentError(f"share must be between 0 and 1 (exclusive), got {share}", "invalid")
+    if kind not in ("manual", "interleave"):
+        raise ExperimentError(f"kind must be 'manual' or 'interleave', got {kind[:32]!r}", "invalid")
+    if not (0 < share <= 1 if kind == "interleave" else 0 < share < 1):
+        raise ExperimentError(f"share must be between 0 and 1 ({'1 included' if kind == 'interleave' else 'exclusive'})"
+                              f", got {share}", "invalid")
     with engine.begin() as conn:
         if control is None:
             control = _serving_id(conn)
@@ -109,7 +114,7 @@ def start_experiment(engine: Engine, name: str, treatment: int, control: int | N
         for version in (control, treatment):
             if version not in known:
                 raise ExperimentError(f"no model version {version}", "missing")
-        return _start(conn, name, "manual", control, treatment, share, salt or name)
+        return _start(conn, name, kind, control, treatment, share, salt or name)
 
 
 def _record(conn: Connection, version_id: int, decision: str, reason: str, by: str, baseline: int | None = None,
@@ -221,11 +226,16 @@ def list_rollouts(engine: Engine, limit: int | None = None) -> list[dict]:
 
 
 def experiment_lists(engine: Engine, name: str) -> list[dict]:
-    """The lists served in experiment ``name``: request id, user, arm, time, status, item count, latency."""
+    """The lists served in experiment ``name``: request id, user, arm, time, status, items,
+    their count, the team of each item (interleaved lists) and latency."""
     t = served_lists
     with engine.connect() as conn:
         rows = conn.execute(select(t.c.request_id, t.c.user_id, t.c.arm, t.c.served_at, t.c.status, t.c["items"],
-                                   t.c.latency_ms).where(t.c.experiment == name)).all()
+                                   t.c.teams, t.c.latency_ms).where(t.c.experiment == name)).all()
     return [{"request_id": r.request_id, "user_id": r.user_id, "arm": r.arm, "served_at": r.served_at,
-             "status": r.status or 200, "n_items": len(r.items if isinstance(r.items, list) else orjson.loads(r.items)),
-             "latency_ms": r.latency_ms} for r in rows]
+             "status": r.status or 200, "items": _json(r.items), "n_items": len(_json(r.items)),
+             "teams": _json(r.teams), "latency_ms": r.latency_ms} for r in rows]
+
+
+def _json(value):
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value

@@ -231,6 +231,7 @@ served_lists = Table(
     Column("ingested_at", BigInteger, nullable=False, comment="epoch ms UTC"),
     Column("status", Integer, comment="HTTP status: NULL or 200 answered; 5xx failed after the arm was chosen"),
     Column("latency_ms", Float, comment="ms the view took to build the answer"),
+    Column("teams", JSON, comment="interleaved lists: the arm that put each item there ('control' or 'treatment')"),
     Index("ix_served_lists_user", "user_id", "served_at"),
     Index("ix_served_lists_served_at", "served_at"),
     Index("ix_served_lists_experiment", "experiment", "served_at"),
@@ -294,7 +295,7 @@ online_metrics = Table(
 experiments = Table(
     "experiments", metadata,
     Column("name", String(64), primary_key=True),
-    Column("kind", String(16), nullable=False, comment="'manual' or 'canary'"),
+    Column("kind", String(16), nullable=False, comment="'manual', 'canary' or 'interleave'"),
     Column("status", String(16), nullable=False, comment="'running' or 'stopped'"),
     Column("control_version", BigInteger, nullable=False),
     Column("treatment_version", BigInteger, nullable=False),

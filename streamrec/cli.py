@@ -577,17 +577,29 @@ def experiment() -> None:
 @click.argument("name")
 @click.option("--treatment", type=int, required=True, help="Version the treatment arm serves.")
 @click.option("--control", type=int, default=None, help="Version the control arm serves [default: the serving one].")
-@click.option("--share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
-              help="The treatment arm's share of users.")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="The treatment arm's share of users (below 1) [default: 0.5]; with --interleave, the share of "
+                   "users whose lists are interleaved [default: 1].")
 @click.option("--salt", default=None, help="Salt of the users' hash [default: NAME].")
-def experiment_start(name: str, treatment: int, control: int | None, share: float, salt: str | None) -> None:
-    """Split users between two versions by a salted hash of their id; workers follow within seconds."""
+@click.option("--interleave", is_flag=True,
+              help="Team-draft interleaving: one list merged from both versions per request, instead of a split.")
+def experiment_start(name: str, treatment: int, control: int | None, share: float | None, salt: str | None,
+                     interleave: bool) -> None:
+    """Split users between two versions by a salted hash of their id (or interleave both versions'
+    lists); workers follow within seconds."""
     from store.experiments import ExperimentError, start_experiment
 
+    kind = "interleave" if interleave else "manual"
+    share = share if share is not None else 1.0 if interleave else 0.5
     try:
-        row = start_experiment(store_engine(writes=True), name, treatment, control, share, salt)
+        row = start_experiment(store_engine(writes=True), name, treatment, control, share, salt, kind=kind)
     except ExperimentError as exc:
         raise click.ClickException(str(exc)) from None
+    if interleave:
+        click.echo(f"Experiment {name} runs: /recommend lists of {share:.0%} of users interleave version "
+                   f"{row['control_version']} (control) and version {row['treatment_version']} (treatment), "
+                   f"salt {row['salt']!r}.")
+        return
     click.echo(f"Experiment {name} runs: version {row['control_version']} (control, {1 - share:.0%} of users) "
                f"against version {row['treatment_version']} (treatment, {share:.0%}), salt {row['salt']!r}.")
 
@@ -617,6 +629,9 @@ def experiment_status_command(name: str | None, limit: int) -> None:
                    f"{e['treatment_version']} (treatment, {e['share']:.0%} of users), started "
                    f"{ms_to_iso(e['started_at'])}" + (f", stopped {ms_to_iso(e['stopped_at'])}: {e['stop_reason']}"
                                                       if e["stopped_at"] else ""))
+        if e["kind"] == "interleave":
+            print_interleaving(report)
+            continue
         print_table([{"arm": arm, "version": report["versions"][arm], "users": a["users"], "lists": a["lists"],
                       "ctr": fraction(a["ctr"]), "per-user ctr": fraction(a["user_ctr"]),
                       "conversion": fraction(a["conversion"]),
@@ -643,6 +658,19 @@ def experiment_status_command(name: str | None, limit: int) -> None:
         click.echo("guardrails: " + ("; ".join(report["guardrails"]["breaches"]) or
                                      ("held" if report["guardrails"]["judged"] else "too few answers to judge")))
         click.echo(f"verdict: {report['verdict']} ({report['reason']})\n")
+
+
+def print_interleaving(report: dict) -> None:
+    """An interleaving experiment's status: users preferring each team, the tests, the verdict."""
+    wins = report["wins"]
+    print_table([{"users": report["users"], "lists": report["lists"], "users who clicked": report["clicked_users"],
+                  "prefer treatment": wins["treatment"], "prefer control": wins["control"], "tie": wins["tie"],
+                  "delta": signed(report["delta"]),
+                  "p (always valid)": "-" if report["always_valid_p"] is None else f"{report['always_valid_p']:.3g}",
+                  "p (sign test)": "-" if report["sign_test_p"] is None else f"{report['sign_test_p']:.3g}"}],
+                ["users", "lists", "users who clicked", "prefer treatment", "prefer control", "tie", "delta",
+                 "p (always valid)", "p (sign test)"])
+    click.echo(f"verdict: {report['verdict']} ({report['reason']})\n")
 
 
 @experiment.command("stop")

@@ -26,7 +26,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
-from drift.experiments import canary_decision, experiment_report
+from drift.experiments import canary_decision, experiment_report, interleaving_report
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from store.experiments import decide, experiment_lists, running_experiment
@@ -34,24 +34,30 @@ from store.models import attributed_events, served_lists
 
 log = logging.getLogger(__name__)
 
-LIST_COLUMNS = ["request_id", "user_id", "arm", "served_at", "status", "n_items", "latency_ms"]
+LIST_COLUMNS = ["request_id", "user_id", "arm", "served_at", "status", "items", "n_items", "teams", "latency_ms"]
+EVENT_COLUMNS = ["request_id", "type", "item_id", "position"]
 
 
 def experiment_events(engine: Engine, name: str) -> pd.DataFrame:
-    """``request_id, type`` of the events attributed to lists of experiment ``name``."""
+    """``request_id, type, item_id, position`` of the events attributed to lists of experiment ``name``."""
     a, s = attributed_events, served_lists
     with engine.connect() as conn:
-        rows = conn.execute(select(a.c.request_id, a.c.type).join(s, s.c.request_id == a.c.request_id)
+        rows = conn.execute(select(*(a.c[c] for c in EVENT_COLUMNS)).join(s, s.c.request_id == a.c.request_id)
                             .where(s.c.experiment == name)).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=["request_id", "type"])
+    return pd.DataFrame([tuple(r) for r in rows], columns=EVENT_COLUMNS)
 
 
 def experiment_status(engine: Engine, config: Config, experiment: dict) -> dict:
     """The report of ``experiment`` (an ``experiments`` row) from what the store holds now."""
     lists = pd.DataFrame(experiment_lists(engine, experiment["name"]), columns=LIST_COLUMNS)
     lists["latency_ms"] = pd.to_numeric(lists["latency_ms"], errors="coerce")
-    report = experiment_report(lists, experiment_events(engine, experiment["name"]), experiment["share"],
-                               config.experiment_alpha, config.experiment_tuning_users)
+    events = experiment_events(engine, experiment["name"])
+    if experiment["kind"] == "interleave":
+        answered = lists[(lists["arm"] == "interleaved") & (lists["status"] < 500)]
+        report = interleaving_report(answered, events, config.experiment_alpha)
+    else:
+        report = experiment_report(lists, events, experiment["share"], config.experiment_alpha,
+                                   config.experiment_tuning_users)
     report["versions"] = {"control": experiment["control_version"], "treatment": experiment["treatment_version"]}
     return report
 

@@ -71,7 +71,8 @@ class ServedList(faust.Record, serializer="json", include_metadata=False):
     ``source`` the ranker (``model``, ``text`` or ``trending``), ``items`` the item ids in rank
     order with their ``scores``. ``status`` is the HTTP status (None or 200: answered; a 5xx
     when the answer failed after the user was assigned to an experiment arm, with no items),
-    ``latency_ms`` how long the view took to build the answer.
+    ``latency_ms`` how long the view took to build the answer. In an interleaving experiment,
+    ``teams`` names the arm that put each item in the list (``control`` or ``treatment``).
     """
 
     request_id: str
@@ -89,6 +90,7 @@ class ServedList(faust.Record, serializer="json", include_metadata=False):
     arm: Optional[str] = None
     status: Optional[int] = None
     latency_ms: Optional[float] = None
+    teams: Optional[list] = None
 
 
 class ShownPositions(faust.Record, serializer="json", include_metadata=False):

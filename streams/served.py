@@ -52,11 +52,12 @@ class ServedLog(mode.Service):
 
     def record(self, surface: str, answer: dict, storefront: str | None, user_id: str | None = None,
                session_id: str | None = None, query: str | None = None, latency_ms: float | None = None,
-               status: int | None = None) -> None:
+               status: int | None = None, teams: list[str] | None = None) -> None:
         """Queue the list of ``answer`` (an API answer with ``request_id``, ``source``,
         ``model_version`` and ``items``, and ``experiment`` and ``arm`` when the user is in one)
         for logging; never waits. ``latency_ms``: how long the view took to build it; ``status``:
-        a 5xx for an answer that failed (no items)."""
+        a 5xx for an answer that failed (no items); ``teams``: the arm of each item of an
+        interleaved list."""
         if not self.enabled:
             return
         served = {"request_id": answer["request_id"], "served_at": time.time_ns() // 1_000_000, "surface": surface,
@@ -64,7 +65,8 @@ class ServedLog(mode.Service):
                   "model_version": answer["model_version"], "experiment": answer.get("experiment"),
                   "arm": answer.get("arm"), "user_id": user_id, "session_id": session_id, "query": query,
                   "items": [i["item_id"] for i in answer["items"]], "scores": [i["score"] for i in answer["items"]],
-                  "status": status, "latency_ms": None if latency_ms is None else round(latency_ms, 3)}
+                  "status": status, "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+                  "teams": teams}
         try:
             self.queue.put_nowait(served)
         except asyncio.QueueFull:

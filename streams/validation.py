@@ -78,7 +78,7 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     if args == {int, str}:
         return "ts", nullable
     (only,) = args
-    if typing.get_origin(only) is list or only is typing.List:
+    if typing.get_origin(only) is list or only in (list, typing.List):
         return "list", nullable
     return {str: "str", int: "int", float: "number"}[only], nullable
 
@@ -336,6 +336,9 @@ class Validator:
             raise Invalid("invalid_value", "items must be item ids (non-empty strings of at most 256 characters)")
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
             raise Invalid("invalid_value", "scores must be finite numbers")
+        teams = served["teams"]
+        if teams is not None and (len(teams) != len(items) or not all(t in ("control", "treatment") for t in teams)):
+            raise Invalid("invalid_value", "teams must name one arm ('control' or 'treatment') per item")
         return served
 
     def _apply(self, obj: dict, rules) -> dict:

@@ -7,7 +7,10 @@
 * canary candidates start, wait, are promoted, rolled back or superseded, each step recorded,
   and a decision is taken once however many workers try at the same moment;
 * a training job in canary mode starts a canary instead of promoting, and the next job
-  fine-tunes the candidate.
+  fine-tunes the candidate;
+* team-draft interleaving keeps each ranking's order and balances the teams; on stored
+  interleaved lists and clicks, shoppers who click what the better ranking put first make it
+  win within a few hundred users, and an A/A interleaving stays undecided at every look.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from drift.experiments import assign, halfwidth
+from drift.experiments import assign, halfwidth, team_draft
 from runtime.config import Config
 from store.experiments import (
     ExperimentError,
@@ -216,3 +219,74 @@ def test_a_training_job_in_canary_mode_starts_a_canary_and_the_next_fine_tunes_i
     rows = pd.DataFrame(list_rollouts(engine))
     assert rows["decision"].tolist() == ["waiting", "canary", "promoted"]
     assert rows["decided_by"].str.startswith("test-host:1/train:").all()
+
+
+def test_team_draft_keeps_each_rankings_order_and_balances_the_teams():
+    rng = np.random.default_rng(5)
+    catalog = [f"i{n}" for n in range(40)]
+    for n in range(300):
+        control, treatment = list(rng.permutation(catalog)[:20]), list(rng.permutation(catalog)[:20])
+        items, teams = team_draft(control, treatment, 20, f"r{n}")
+        assert len(items) == len(set(items)) == 20 and len(teams) == 20
+        counts = [teams[:m].count("control") - teams[:m].count("treatment") for m in range(1, 21)]
+        assert all(abs(c) <= 1 for c in counts)  # the teams never differ by more than one pick
+        for team, ranking in (("control", control), ("treatment", treatment)):
+            mine = [i for i, t in zip(items, teams) if t == team]
+            assert mine == sorted(mine, key=ranking.index)  # each team adds its items in its own order
+    items, teams = team_draft(["a"], ["b", "c", "d"], 4, "r")  # a team out of items leaves the rest to the other
+    assert sorted(items) == ["a", "b", "c", "d"] and teams.count("treatment") == 3
+
+
+def _interleave(engine, experiment: dict, users: list[str], control_first: bool, rng) -> None:
+    """Each user is served one interleaved list of the two versions' rankings and clicks the
+    item they want; the control ranking puts it first when ``control_first``, the treatment
+    ranking (a shuffled version) somewhere in its 20. Half the clicks name the list, half are inferred."""
+    lists, clicks = [], []
+    for n, user in enumerate(users):
+        want = f"{user}-want"
+        others = [f"i{k}" for k in rng.permutation(100)[:30]]
+        control = [want, *others[:19]] if control_first else others[:20]
+        treatment = list(rng.permutation([want, *others[10:29]])) if control_first else others[:20]
+        request_id = f"{experiment['name']}-{user}"
+        items, teams = team_draft(control, treatment, 20, request_id)
+        lists.append({"request_id": request_id, "served_at": now_ms(), "surface": "recommend",
+                      "storefront": "shop", "source": "model", "model_version": 1, "experiment": experiment["name"],
+                      "arm": "interleaved", "user_id": user, "session_id": None, "query": None, "items": items,
+                      "scores": [1.0] * len(items), "status": None, "latency_ms": 3.0, "teams": teams})
+        target = want if want in items else items[rng.integers(0, 3)]
+        extra = {"request_id": request_id, "position": items.index(target) + 1} if n % 2 else {}
+        clicks.append({"event_id": f"e-{request_id}", "type": "click", "user_id": user, "item_id": target,
+                       "storefront": "shop", "ts": now_ms(), **extra})
+    with engine.begin() as conn:
+        store_served(conn, lists, now_ms())
+    with engine.begin() as conn:
+        attribute(conn, ingest_table(clicks), 3_600_000, now_ms())
+
+
+def test_interleaving_finds_the_better_ranking_with_few_users_and_stays_undecided_on_a_tie(engine):
+    config, rng = Config.from_env({}), np.random.default_rng(11)
+    control, treatment = _version(engine, "promoted"), _version(engine)
+    experiment = start_experiment(engine, "draft", treatment, kind="interleave", share=1.0)
+    assert experiment["kind"] == "interleave" and experiment["control_version"] == control
+    decided_at = None
+    for batch in range(10):  # looked at after every 20 users
+        _interleave(engine, experiment, [f"u{batch}-{i}" for i in range(20)], True, rng)
+        report = experiment_status(engine, config, experiment)
+        if report["verdict"] != "undecided":
+            decided_at = report["users"]
+            break
+    print(f"\ninterleaving, better control: {report['reason']}, decided after {decided_at} users")
+    assert report["verdict"] == "control better" and decided_at <= 200, report
+    assert report["wins"]["control"] > 3 * report["wins"]["treatment"]
+    stop_experiment(engine, "draft", "test", 0.1)
+
+    tie = start_experiment(engine, "tie", treatment, kind="interleave", share=1.0)
+    for batch in range(10):
+        _interleave(engine, tie, [f"t{batch}-{i}" for i in range(20)], False, rng)
+        report = experiment_status(engine, config, tie)
+        assert report["verdict"] == "undecided", report  # the same ranking in both teams: no winner at any look
+    assert report["users"] == 200 and report["clicked_users"] == 200
+    with pytest.raises(ExperimentError, match="share"):
+        start_experiment(engine, "x", treatment, kind="interleave", share=1.5)
+    with pytest.raises(ExperimentError, match="kind"):
+        start_experiment(engine, "x", treatment, kind="draft")
