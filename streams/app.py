@@ -88,7 +88,7 @@ serving = ServingService(config)
 served_log = ServedLog(served_topic, enabled=config.served_log)
 online = OnlineMetricsService(config, lambda: serving.engine, serving.trending)
 rollout = RolloutService(config, lambda: serving.engine)
-add_views(app, config, serving, served_log, events_topic, catalog_topic, rollout)
+add_views(app, config, serving, served_log, events_topic, catalog_topic, served_topic, rollout)
 metrics_thread = StoreThread("streamrec-metrics")
 lag_reader = LagReader(config, lambda: stored_offsets(ingest.engine, config.ingest_group))
 

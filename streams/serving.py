@@ -73,6 +73,11 @@ class ExperimentArms:
     def name(self) -> str:
         return self.experiment["name"]
 
+    @property
+    def interleaved(self) -> bool:
+        """An interleaving experiment: lists merged from both arms, no split."""
+        return self.experiment["kind"] == "interleave"
+
     def arm_of(self, user_id: str) -> tuple[str, Recommender]:
         """(arm, snapshot) of a user: the salted-hash split of :func:`drift.experiments.assign`."""
         arm = assign(self.experiment["salt"], user_id, self.experiment["share"])
@@ -278,12 +283,20 @@ class ServingService(mode.Service):
         release_free_heap()
 
     def arm_for(self, user_id: str | None) -> tuple[str, str, Recommender] | None:
-        """(experiment, arm, snapshot) that answers ``user_id``, or None outside experiments."""
+        """(experiment, arm, snapshot) that answers ``user_id``, or None outside split experiments."""
         arms = self.experiment
-        if arms is None or not user_id:
+        if arms is None or not user_id or arms.interleaved:
             return None
         arm, recommender = arms.arm_of(user_id)
         return arms.name, arm, recommender
+
+    def interleaving_for(self, user_id: str | None) -> tuple[str, Recommender, Recommender] | None:
+        """(experiment, control snapshot, treatment snapshot) whose lists are interleaved for
+        ``user_id`` (one of the interleaving experiment's share of users), else None."""
+        arms = self.experiment
+        if arms is None or not user_id or not arms.interleaved or arms.arm_of(user_id)[0] != "treatment":
+            return None
+        return arms.name, arms.arms["control"], arms.arms["treatment"]
 
     def _serve_text(self, mark: tuple) -> None:
         """While no version serves: rank by the catalog's pretrained text vectors (embedded once,

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from faust.web import View
 from kafka.errors import KafkaError as SyncKafkaError
 
+from drift.experiments import team_draft
 from learner.recommend import Recommender, Scored, TextRanker, UnknownItem
 from runtime.config import Config
 from store.experiments import (
@@ -118,7 +119,7 @@ class JSONView(View):
 
 
 def add_views(app: faust.App, config: Config, serving: ServingService, served_log: ServedLog, events_topic,
-              catalog_topic, rollout: RolloutService) -> None:
+              catalog_topic, served_topic, rollout: RolloutService) -> None:
     """Register the API's views on ``app``; every list answered is recorded in ``served_log``;
     experiments are read and changed on ``rollout``'s store thread."""
     validator = Validator(config.max_payload_bytes, config.max_future_s)
@@ -201,8 +202,20 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
             recommender = ranker if isinstance(ranker, Recommender) else None  # the snapshot taken above
             answer = {"request_id": new_request_id(), "user_id": user_id, "storefront": storefront, "k": k, **arm}
             shop = storefront or (history[-1].storefront if history else "default")
+            pair = serving.interleaving_for(user_id) if history and recommender is not None else None
+            teams = None
             with failures_logged("recommend", answer, ranker, shop, user_id, request, started):
-                if not history or recommender is None:
+                if pair is not None:
+                    answer["experiment"], control, treatment = pair[0], pair[1], pair[2]
+                    answer |= {"arm": "interleaved", "source": "model", "model_version": control.version["id"]}
+                    ranked = {team: [] if storefront is not None and not r.knows_storefront(storefront)
+                              else r.recommend(history, k, storefront, exclude)
+                              for team, r in (("control", control), ("treatment", treatment))}
+                    order, teams = team_draft(*([s.item_id for s in ranked[t]] for t in ("control", "treatment")),
+                                              k, answer["request_id"])
+                    by_item = {t: {s.item_id: s for s in ranked[t]} for t in ranked}
+                    answer["items"] = scored([by_item[t][i] for i, t in zip(order, teams)], control)
+                elif not history or recommender is None:
                     top = serving.trending.top(shop, k, exclude)
                     answer |= {"source": "trending", "model_version": None,
                                "items": scored([Scored(item, weight) for item, weight in top], ranker)}
@@ -214,7 +227,7 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
                     answer |= {"source": "model", "model_version": recommender.version["id"],
                                "items": scored(items, recommender)}
             served_log.record("recommend", answer, shop, user_id, request.query.get("session_id"),
-                              latency_ms=elapsed_ms(started))
+                              latency_ms=elapsed_ms(started), teams=teams)
             return self.json(answer)
 
     @view("/similar/{item_id}")
@@ -313,6 +326,13 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
             """Catalog items as a JSON array; valid ones go to the catalog topic."""
             return self.json(await accept(request, catalog_topic, validator.catalog_from_obj, "item_id"))
 
+    @view("/shown")
+    class Shown(JSONView):
+        async def post(self, request):
+            """Which positions of served lists were displayed, as a JSON array of
+            ``{"request_id", "shown", "ts"}``; valid reports go to the served topic."""
+            return self.json(await accept(request, served_topic, validator.shown_from_obj, "request_id"))
+
     @view("/models")
     class Models(JSONView):
         async def get(self, request):
@@ -369,7 +389,8 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
 
         async def post(self, request):
             """Start an experiment: ``{"name", "treatment", "control" (default: the serving version),
-            "share" (default 0.5), "salt" (default: the name)}``."""
+            "share" (default 0.5; 1 when interleaving), "salt" (default: the name), "kind"
+            (``manual``, the default, or ``interleave``)}``."""
             authorise(request)
             try:
                 body = orjson.loads(await request.read())
@@ -378,15 +399,19 @@ def add_views(app: faust.App, config: Config, serving: ServingService, served_lo
             if not isinstance(body, dict) or not isinstance(body.get("name"), str) or \
                     not _whole(body.get("treatment")) or not (body.get("control") is None or _whole(body["control"])):
                 raise HTTPProblem(400, 'the body must be {"name": text, "treatment": version, "control": version '
-                                       '(optional), "share": number (optional), "salt": text (optional)}')
-            share = body.get("share", 0.5)
+                                       '(optional), "share": number (optional), "salt": text (optional), "kind": '
+                                       '"manual" or "interleave" (optional)}')
+            kind = body.get("kind", "manual")
+            if not isinstance(kind, str):
+                raise HTTPProblem(400, f"kind must be 'manual' or 'interleave', got {str(kind)[:50]!r}")
+            share = body.get("share", 1.0 if kind == "interleave" else 0.5)
             if isinstance(share, bool) or not isinstance(share, (int, float)):
                 raise HTTPProblem(400, f"share must be a number between 0 and 1, got {str(share)[:50]!r}")
             salt = body.get("salt")
             if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 64):
                 raise HTTPProblem(400, "salt must be text of 1 to 64 characters")
-            started = await experiments_do(start_experiment, body["name"], body["treatment"], body.get("control"),
-                                           float(share), salt)
+            started = await experiments_do(lambda engine: start_experiment(
+                engine, body["name"], body["treatment"], body.get("control"), float(share), salt, kind=kind))
             return self.json(started)
 
     @view("/experiments/{name}/stop")

@@ -9,6 +9,9 @@ the same model with every weight shuffled.
 * An experiment of the serving version against the worse candidate (started and stopped over
   the API) declares the serving version better within a bounded number of users, and
   ``streamrec experiment status`` shows it.
+* An interleaving experiment of the same two versions (every list merged by team draft; the
+  storefront displays and reports the first 10 positions of each list through ``POST /shown``)
+  prefers the serving version within a bounded number of users.
 * In canary mode the worse candidate is rolled back by the workers' decision loop, and a good
   candidate (as good as the serving version: its weights, published again) is promoted by it
   once the confidence sequence rules out a loss larger than the margin, with no request
@@ -21,6 +24,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from learner.bundle import ModelBundle
 from learner.finetune import FineTuneConfig, fine_tune
@@ -28,6 +32,7 @@ from learner.model import ModelConfig
 from learner.trainer import TrainConfig
 from store.db import make_engine
 from store.experiments import list_rollouts, running_experiment
+from store.models import served_lists, shown_positions
 from store.registry import StoredTextEmbeddings, now_ms, serving_version
 from streamrec.cli import main as cli
 from streams import movielens
@@ -151,6 +156,50 @@ def test_an_experiment_declares_the_serving_version_better_than_a_worse_candidat
     wait_until(lambda: api.get("/models")[1]["loaded"]["experiment"] is None, 30, "the arms are freed")
     status, answer = api.get(f"/recommend/{users[0]}")
     assert status == 200 and "experiment" not in answer and answer["model_version"] == shop["serving"]
+
+
+def test_interleaving_prefers_the_serving_version_over_a_worse_candidate(shop):
+    api, engine, worker = shop["api"], shop["engine"], shop["worker"]
+    worse = publish(engine, shuffled(shop["good"], 2), "every weight shuffled", status="rejected")
+    status, started = api.call("POST", "/experiments", {"name": "draft", "treatment": worse, "kind": "interleave"},
+                               token=TOKEN)
+    assert status == 200 and started["kind"] == "interleave" and started["share"] == 1.0, started
+    wait_until(lambda: (api.get("/models")[1]["loaded"]["experiment"] or {}).get("name") == "draft", 60,
+               f"the worker serves both versions\n{worker.tail()}")
+
+    users, report, request_ids = sorted(shop["future"])[::-1], None, []
+    for start in range(0, 300, BATCH):
+        clicks, shown = [], []
+        for user in users[start:start + BATCH]:
+            status, answer = api.get(f"/recommend/{user}?k=20")
+            assert status == 200 and answer["arm"] == "interleaved" and answer["experiment"] == "draft", answer
+            request_ids.append(answer["request_id"])
+            displayed = [i["item_id"] for i in answer["items"]][:10]  # the page shows ten of the twenty
+            shown.append({"request_id": answer["request_id"], "shown": list(range(1, len(displayed) + 1))})
+            hit = next((n for n, item in enumerate(displayed) if item in shop["future"][user]), None)
+            if hit is not None:
+                clicks.append({"event_id": f"click-{answer['request_id']}", "type": "click", "user_id": user,
+                               "item_id": displayed[hit], "storefront": "movielens", "ts": now_ms(),
+                               "request_id": answer["request_id"], "position": hit + 1})
+        assert api.call("POST", "/shown", shown, token=TOKEN) == (200, {"accepted": len(shown), "rejected": []})
+        with StorefrontProducer.from_config(worker.config) as producer:
+            assert producer.send_events(clicks).ok
+        wait_ingested(worker.config, engine, 60)
+        wait_ingested(worker.config, engine, 60, topic=worker.config.served_topic)
+        (experiment,) = [e for e in api.get("/experiments")[1]["experiments"] if e["name"] == "draft"]
+        report = experiment["report"]
+        if report["verdict"] != "undecided":
+            break
+    print(f"\ninterleaving: {report['verdict']} after {report['users']} users: {report['reason']}")
+    assert report["verdict"] == "control better" and report["users"] <= 300, report
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(shown_positions.c.request_id, shown_positions.c.shown).where(
+            shown_positions.c.request_id.in_(request_ids))).all())
+        teams = conn.execute(select(served_lists.c.teams).where(served_lists.c.request_id == request_ids[0])).scalar()
+    assert len(stored) == len(request_ids) and all(v == list(range(1, 11)) for v in stored.values())
+    assert len(teams) == 20 and {"control", "treatment"} == set(teams)
+    assert api.call("POST", "/experiments/draft/stop", token=TOKEN)[0] == 200
+    wait_until(lambda: api.get("/models")[1]["loaded"]["experiment"] is None, 30, "the arms are freed")
 
 
 def canary_until_decided(shop: dict, candidate: int, offset: int) -> tuple[dict, int, list[dict]]:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from store.db import make_engine
-from store.models import attributed_events, served_lists
+from store.models import attributed_events, served_lists, shown_positions
 from store.online import read_online_metrics, served_count
 from store.registry import now_ms
 from store.replay import ReplayStore
@@ -113,7 +113,12 @@ def test_served_lists_attribution_and_online_metrics(broker, database_url, topic
         clicked[served[b]["request_id"]] += 1
         with StorefrontProducer.from_config(worker.config) as producer:
             assert producer.send_events(feedback).ok
+            assert producer.send_shown([{"request_id": search["request_id"], "shown": [2, 1]}]).ok  # a page of two
         wait_ingested(worker.config, engine, 60)
+        wait_ingested(worker.config, engine, 60, topic=worker.config.served_topic)
+        with engine.connect() as conn:
+            assert conn.execute(select(shown_positions.c.shown).where(
+                shown_positions.c.request_id == search["request_id"])).scalar_one() == [1, 2]
 
         with engine.connect() as conn:
             attributed = {r["event_id"]: r for r in conn.execute(select(attributed_events)).mappings()}
