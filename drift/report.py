@@ -6,6 +6,11 @@ line (``baseline +/- threshold`` in the metric's bad direction, both sides for a
 either way), alerts (confirmed breaches) as red rings and first breaches, not yet confirmed,
 as orange ones. Above the plots: the open alerts and the newest value of every metric, with
 how each threshold was found.
+
+Given the online metrics of served lists too (``online_metrics`` rows), the report ends with
+one plot per online metric over served hours, one line per surface, ranker, version and
+experiment arm (storefronts pooled: sums of counts, list-weighted means of the per-list
+metrics), and the latest hour of each line in a table.
 """
 
 from __future__ import annotations
@@ -77,8 +82,10 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> str:
-    """The SVG plot of one metric's rows (all storefronts)."""
+def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None], css_class: str = "plot",
+         x_title: str = "window (version)", ticks: dict[int, str] | None = None) -> str:
+    """The SVG plot of one metric's rows (one line per ``storefront``, at x ``window_id``);
+    ``ticks`` names x positions (default: the window id)."""
     windows = sorted({r["window_id"] for r in rows})
     storefronts = sorted({r["storefront"] for r in rows})
     direction = METRICS[metric].direction if metric in METRICS else "up"
@@ -106,9 +113,9 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
     def y(v: float) -> float:
         return y0 + (y1 - y0) * (v - lo) / (hi - lo)
 
-    parts = [f'<svg class="plot" data-metric="{html.escape(metric)}" xmlns="http://www.w3.org/2000/svg" '
+    parts = [f'<svg class="{css_class}" data-metric="{html.escape(metric)}" xmlns="http://www.w3.org/2000/svg" '
              f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="{html.escape(metric)} over windows">',
+             f'aria-label="{html.escape(metric)} over {html.escape(x_title)}">',
              f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="#fafafa" stroke="#ccc"/>']
     for t in _ticks(lo, hi):
         parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#eee"/>'
@@ -117,10 +124,11 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
     for w in windows[::step]:
         version = versions.get(w)
         parts.append(f'<line x1="{x(w):.1f}" x2="{x(w):.1f}" y1="{y0}" y2="{y0 + 4}" stroke="#888"/>'
-                     f'<text x="{x(w):.1f}" y="{y0 + 16}" text-anchor="middle">{w}</text>'
+                     f'<text x="{x(w):.1f}" y="{y0 + 16}" text-anchor="middle">'
+                     f'{html.escape(ticks.get(w, str(w)) if ticks else str(w))}</text>'
                      + (f'<text x="{x(w):.1f}" y="{y0 + 29}" text-anchor="middle" fill="#888">v{version}</text>'
                         if version is not None else ""))
-    parts.append(f'<text x="{x1}" y="{HEIGHT - 2}" text-anchor="end">window (version)</text>')
+    parts.append(f'<text x="{x1}" y="{HEIGHT - 2}" text-anchor="end">{html.escape(x_title)}</text>')
     if bounds:
         by_sf: dict[tuple[str, int], list] = defaultdict(list)
         for r, side, b in bounds:
@@ -137,8 +145,9 @@ def plot(metric: str, rows: Sequence[dict], versions: dict[int, int | None]) -> 
         coords = " ".join(f"{x(w):.1f},{y(r['value']):.1f}" for w, r in points)
         parts.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
         for w, r in points:
-            tip = html.escape(f"{storefront}, window {w}" + (f", version {r['model_version_id']}"
-                                                              if r.get("model_version_id") is not None else "")
+            where = ticks.get(w, str(w)) if ticks else f"window {w}"
+            tip = html.escape(f"{storefront}, {where}" + (f", version {r['model_version_id']}"
+                                                          if r.get("model_version_id") is not None else "")
                               + f": {_fmt(r['value'])}"
                               + (" ALERT" if r["alert"] else " first breach" if r.get("breach") else ""))
             parts.append(f'<circle class="point" cx="{x(w):.1f}" cy="{y(r["value"]):.1f}" r="2.5" fill="{colour}">'
@@ -172,8 +181,92 @@ def _table(rows: Iterable[dict], columns: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def render(rows: Sequence[dict], title: str = "streamrec drift report", generated_at_ms: int | None = None) -> str:
-    """The report of ``rows`` (``drift_metrics`` rows as dicts) as one HTML document.
+ONLINE_PLOTS = {
+    "ctr": "lists with an attributed click / lists",
+    "clicks_per_list": "attributed clicks / lists",
+    "conversion": "users with an attributed purchase / users the lists were served to",
+    "revenue_per_1000": "1000 x attributed order value / lists",
+    "coverage": "distinct items served / items of the storefront's catalog",
+    "diversity": "mean over lists of 1 - mean pairwise MiniLM cosine of their items",
+    "novelty": "mean -log2 popularity share of served items",
+    "avg_popularity": "mean decayed event count of served items",
+    "new_item_share": "share of served slots holding an item without any event yet",
+}
+_COUNTS = ("lists", "users", "clicked_lists", "clicks", "purchases", "converted_users", "revenue")
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def online_series(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
+    """``online_metrics`` rows pooled per line (surface, ranker, version, arm) and hour: counts
+    summed, the ratios recomputed from them, the per-list metrics averaged weighted by lists.
+
+    >>> rows = [{"hour": 0, "surface": "recommend", "storefront": s, "source": "model", "model_version": 3,
+    ...          "experiment": "", "arm": "", "lists": n, "users": n, "clicked_lists": c, "clicks": c, "purchases": 0,
+    ...          "converted_users": 0, "revenue": 0.0, "metrics": {"coverage": cov}}
+    ...         for s, n, c, cov in [("a", 30, 3, 0.1), ("b", 10, 3, 0.3)]]
+    >>> point = online_series(rows)["recommend model v3"][0]
+    >>> point["lists"], point["ctr"], round(point["coverage"], 2)
+    (40, 0.15, 0.15)
+    """
+    pooled: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        label = f"{r['surface']} {r['source']} v{r['model_version']}" + (f" {r['arm']}" if r.get("arm") else "")
+        point = pooled[label].setdefault(r["hour"], {c: 0 for c in _COUNTS} | {"weighted": defaultdict(float),
+                                                                               "weights": defaultdict(float)})
+        for c in _COUNTS:
+            point[c] += r[c] or 0
+        for metric, value in (r.get("metrics") or {}).items():
+            if metric not in ("ctr", "clicks_per_list", "conversion", "revenue_per_1000") and _numeric(value) \
+                    and math.isfinite(value):
+                point["weighted"][metric] += value * r["lists"]
+                point["weights"][metric] += r["lists"]
+    for points in pooled.values():
+        for point in points.values():
+            weighted, weights = point.pop("weighted"), point.pop("weights")
+            point |= {metric: weighted[metric] / weights[metric] for metric in weights if weights[metric]}
+            point |= {"ctr": _ratio(point["clicked_lists"], point["lists"]),
+                      "clicks_per_list": _ratio(point["clicks"], point["lists"]),
+                      "conversion": _ratio(point["converted_users"], point["users"]),
+                      "revenue_per_1000": _ratio(1000 * point["revenue"], point["lists"])}
+    return pooled
+
+
+def online_section(rows: Sequence[dict]) -> list[str]:
+    """The report's online part: one plot per online metric over served hours, and the latest hour per line."""
+    if not rows:
+        return ["<h2>Online metrics</h2>", "<p>No served lists recorded yet.</p>"]
+    series = online_series(rows)
+    hours = sorted({h for points in series.values() for h in points})
+    index = {h: n for n, h in enumerate(hours)}
+    ticks = {n: datetime.fromtimestamp(h / 1000, tz=timezone.utc).strftime("%d %H:00") for h, n in index.items()}
+    revenue = any(p["revenue"] for points in series.values() for p in points.values())
+    parts = ["<h2>Online metrics</h2>",
+             f"<p>{len(series)} lines (surface, ranker, version, arm) over {len(hours)} served hours, UTC; "
+             "storefronts pooled.</p>",
+             _table([{"line": label, "hour": ticks[index[max(points)]], **points[max(points)]}
+                     for label, points in sorted(series.items())],
+                    ["line", "hour", "lists", "users", "ctr", "conversion", "revenue_per_1000", "coverage",
+                     "diversity", "novelty", "new_item_share"]),
+             '<div class="plots">']
+    for metric, definition in ONLINE_PLOTS.items():
+        if metric == "revenue_per_1000" and not revenue:
+            continue
+        points = [{"window_id": index[h], "storefront": label, "value": p.get(metric), "alert": False}
+                  for label, by_hour in sorted(series.items()) for h, p in by_hour.items()]
+        points = [p for p in points if p["value"] is not None]
+        if points:
+            parts.append(f'<figure id="online-{metric}"><h3>{metric}</h3><figcaption>{html.escape(definition)}'
+                         f'</figcaption>{plot(metric, points, {}, "online-plot", "served hour (UTC)", ticks)}</figure>')
+    return parts + ["</div>"]
+
+
+def render(rows: Sequence[dict], title: str = "streamrec drift report", generated_at_ms: int | None = None,
+           online: Sequence[dict] | None = None) -> str:
+    """The report of ``rows`` (``drift_metrics`` rows as dicts) as one HTML document, with
+    the ``online`` metrics section when they are given.
 
     Examples
     --------
@@ -227,6 +320,8 @@ def render(rows: Sequence[dict], title: str = "streamrec drift report", generate
                         "</figure>")
     if current is not None:
         sections.append("</div>")
+    if online is not None:
+        sections += online_section(online)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(sections) + "</body></html>\n")

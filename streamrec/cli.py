@@ -503,19 +503,25 @@ def drift_metrics(windows: int | None, storefront: str | None, metric: str | Non
 @main.command()
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
 @click.option("--windows", "-n", type=int, default=None, help="Only the newest N measured windows.")
-def report(out: str, windows: int | None) -> None:
-    """Write a self-contained HTML report: a plot of every drift metric over windows and versions."""
+@click.option("--hours", default=168, show_default=True, help="Online metrics of the newest N served hours.")
+def report(out: str, windows: int | None, hours: int) -> None:
+    """Write a self-contained HTML report: a plot of every drift metric over windows and versions,
+    and of every online metric over served hours."""
     from pathlib import Path
 
     from drift.report import render
     from store import drift_metrics as stored
+    from store.online import read_online_metrics
     from store.registry import now_ms
 
-    rows = stored.recent(store_engine(), windows)
+    engine, now = store_engine(), now_ms()
+    rows = stored.recent(engine, windows)
+    online_rows = read_online_metrics(engine, since_ms=(now // 3_600_000 - hours + 1) * 3_600_000)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(render(rows, generated_at_ms=now_ms()), encoding="utf-8")
+    Path(out).write_text(render(rows, generated_at_ms=now, online=online_rows), encoding="utf-8")
     click.echo(f"Wrote {out}: {len({r['metric'] for r in rows})} metrics over "
-               f"{len({r['window_id'] for r in rows})} windows.")
+               f"{len({r['window_id'] for r in rows})} windows; online metrics of "
+               f"{len({r['hour'] for r in online_rows})} served hours.")
 
 
 def fraction(value) -> str:

@@ -1,6 +1,7 @@
 """`streamrec report` writes a self-contained HTML report; headless Chromium (Debian's chromium
 package) opens it and every metric's plot is drawn. The metrics come from a real MovieLens
-stream whose popularity is reversed after four windows, so the report has alerts to mark."""
+stream whose popularity is reversed after four windows, so the report has alerts to mark.
+The online section draws each online metric over served hours, one line per version and arm."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from drift.window import DriftTracker, forgetting
 from learner.evaluate import Popularity
 from learner.gate import split_holdout
 from store import drift_metrics as stored
+from store.online import save_online_metrics
+from store.registry import now_ms
 from streamrec.cli import main
 from streams import movielens
 
 CHECK = """<script>
 (function () {
-  const plots = [...document.querySelectorAll("svg.plot")].map(svg => {
+  const plots = [...document.querySelectorAll("svg.SELECTOR")].map(svg => {
     const box = svg.querySelector("g.data").getBBox();
     const rect = svg.getBoundingClientRect();
     return {metric: svg.dataset.metric, width: box.width, height: box.height, shown: rect.width * rect.height,
@@ -41,13 +44,15 @@ CHECK = """<script>
 </script>"""
 
 
-def rendered_plots(report: Path, tmp_path: Path) -> list[dict]:
-    """Open ``report`` in headless Chromium and measure each plot as drawn (getBBox, path lengths)."""
+def rendered_plots(report: Path, tmp_path: Path, css_class: str = "plot") -> list[dict]:
+    """Open ``report`` in headless Chromium and measure each plot (``svg.<css_class>``) as drawn
+    (getBBox, path lengths)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("headless Chromium is needed: apt-get install -y chromium")
     page = tmp_path / "checked.html"
-    page.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK + "</body>"), encoding="utf-8")
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK.replace("SELECTOR", css_class)
+                                                               + "</body>"), encoding="utf-8")
     done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000",
                            "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
@@ -108,3 +113,53 @@ def test_report_draws_every_metric_and_marks_alerts(engine, database_url, tmp_pa
     assert {"popularity_psi_reference", "prequential_recall@20", "backward_transfer"} <= alerted  # confirmed
     assert "popularity_psi_previous" in {p["metric"] for p in plots if p["breaches"]}  # a step: one breach
     assert f"{len(rows)} values of 17 metrics over 7 windows" in out.read_text()
+
+
+def _online_row(hour: int, storefront: str, version: int, arm: str, lists: int, clicked: int, coverage: float) -> dict:
+    return {"hour": hour, "surface": "recommend", "storefront": storefront, "source": "model",
+            "model_version": version, "experiment": "canary-2" if arm else "", "arm": arm, "lists": lists,
+            "users": lists, "clicked_lists": clicked, "clicks": clicked, "purchases": 0, "converted_users": 0,
+            "revenue": 0.0, "inferred_events": 0,
+            "metrics": {"coverage": coverage, "diversity": 0.6, "novelty": 9.0, "avg_popularity": 12.0,
+                        "new_item_share": 0.05, "click_positions": {"1": clicked}}}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.chromium
+def test_report_draws_online_metrics_per_version_and_arm(engine, database_url, tmp_path, monkeypatch):
+    hour = (now_ms() // 3_600_000 - 5) * 3_600_000
+    rows = []
+    for h in range(5):  # version 1 serves all along; a canary of version 2 serves from the third hour
+        at = hour + h * 3_600_000
+        rows += [_online_row(at, "shop-a", 1, "control" if h >= 2 else "", 300, 30 + h, 0.2),
+                 _online_row(at, "shop-b", 1, "control" if h >= 2 else "", 100, 20, 0.4)]
+        if h >= 2:
+            rows.append(_online_row(at, "shop-a", 2, "treatment", 50, 2, 0.1))
+    rows.append(_online_row(hour + 4 * 3_600_000, "shop-b", 2, "treatment", 0, 0, 0.0))  # no list: no ratio
+    save_online_metrics(engine, rows, now_ms())
+
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", database_url)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--out", str(out), "--hours", "24"])
+    assert result.exit_code == 0 and "online metrics of 5 served hours" in result.output, result.output
+    page = out.read_text(encoding="utf-8")
+    assert "nan" not in page.lower().replace("nanos", "") and "inf<" not in page
+    plots = rendered_plots(out, tmp_path, "online-plot")
+    lines = {"recommend model v1": 2, "recommend model v1 control": 3, "recommend model v2 treatment": 3}
+    assert sorted(p["metric"] for p in plots) == sorted(
+        ["ctr", "clicks_per_list", "conversion", "coverage", "diversity", "novelty", "avg_popularity",
+         "new_item_share"])  # no revenue was given: no revenue plot
+    for p in plots:
+        assert p["shown"] > 0 and len(p["lines"]) == len(lines) and p["points"] == sum(lines.values()), p
+    # the latest hour of the control line, pooled over both storefronts by hand
+    latest = re.search(r"<tr class=\"\"><td class=\"\">recommend model v1 control</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", latest)
+    assert cells[1:3] == ["400", "400"] and float(cells[3]) == pytest.approx((34 + 20) / 400, abs=1e-4)
+    assert float(cells[6]) == pytest.approx((0.2 * 300 + 0.4 * 100) / 400, abs=1e-4)  # coverage, list-weighted
+
+
+def test_report_says_when_no_list_was_served():
+    from drift.report import render
+
+    page = render([], generated_at_ms=0, online=[])
+    assert "No served lists recorded yet." in page and 'class="online-plot"' not in page
