@@ -14,5 +14,4 @@ Map of the package:
 * ``strategies`` -- one module per strategy (``rehearsal``, ``naive``, ``joint``, ``popularity``,
   ``river-mf``, ``id-only``, ``text-knn``), ``STRATEGIES`` and ``make_strategy``.
 * ``eventlog``   -- EVENTS.csv / ITEMS.csv loaders; errors name the line and column.
-* ``textcache``  -- ``FileTextCache``: item text embeddings in a safetensors file between runs.
 """

@@ -39,9 +39,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from bench.provenance import provenance, write_result
 from runtime.config import Config
 from runtime.processes import free_port, spawn, start_broker, start_worker, stop
+from serving.history import UserHistories
 from store.db import make_engine, migrate
 from store.ingest import IngestBatch, IngestWriter, Source, outcome_totals
-from streams.history import UserHistories
 from streams.validation import Validator
 
 PARTITIONS = 4

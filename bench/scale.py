@@ -12,7 +12,7 @@ times ``--steps`` training steps (after two warm-up steps) with the sampled soft
 its logits fit in memory, the full softmax. Prints the median step time, its ratio to the
 sampled step at the smallest catalog, and the process' peak RSS after each size.
 
-Serving: for each size a :class:`learner.recommend.Recommender` snapshot of the same synthetic
+Serving: for each size a :class:`serving.rankers.Recommender` snapshot of the same synthetic
 model with the worker's index threshold (``STREAMREC_ANN_ABOVE_ITEMS``) and item vectors held
 at ``--precision`` (the worker's ``STREAMREC_SERVING_PRECISION``). The text vectors stand for
 the catalog's texts: ``catalog`` (the default) clusters them by department, category and
@@ -68,16 +68,17 @@ from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import IdMap, Vocabulary
 from learner.model import ModelConfig, SASRec
-from learner.neighbours import ItemIndex, recall_at_k
 from learner.options import SERVING_PRECISIONS
-from learner.recommend import Recommender
 from learner.sequences import SequenceBatch
 from learner.text import TEXT_DIM, TextEncoder
 from learner.trainer import TrainConfig, Trainer
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from runtime.memory import freeze_long_lived, release_free_heap
-from streams.queries import QueryEncoder
+from serving.index import ItemIndex, recall_at_k
+from serving.queries import QueryEncoder
+from serving.rankers import Recommender
+from serving.snapshot import build_snapshot
 
 FULL_LOGITS_LIMIT_GB = 4.0  # the full softmax is skipped where its logits alone would need more
 
@@ -256,7 +257,7 @@ def serving(n: int, rate: float, seconds: float, ann_above: int, precision: str,
     del vectors
     started = time.perf_counter()
     with PeakRss() as build_peak:
-        snapshot = Recommender({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
+        snapshot = build_snapshot({"id": 1}, bundle, empty, {}, device=pick_device(), ann_above=ann_above, owned=True,
                                precision=precision, ann_recall=target,
                                users=histories[-200:])  # as a worker tunes with its users' histories
     build = time.perf_counter() - started

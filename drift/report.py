@@ -200,7 +200,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def online_series(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
-    """``online_metrics`` rows pooled per line (surface, ranker, version, arm) and hour: counts
+    """``online_metrics`` rows pooled per line (surface, ranker, version, experiment arm) and hour: counts
     summed, the ratios recomputed from them, the per-list metrics averaged weighted by lists.
 
     >>> rows = [{"hour": 0, "surface": "recommend", "storefront": s, "source": "model", "model_version": 3,
@@ -213,7 +213,8 @@ def online_series(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
     """
     pooled: dict[str, dict[int, dict]] = defaultdict(dict)
     for r in rows:
-        label = f"{r['surface']} {r['source']} v{r['model_version']}" + (f" {r['arm']}" if r.get("arm") else "")
+        label = f"{r['surface']} {r['source']} v{r['model_version']}" + (
+            f" {r['experiment']}:{r['arm']}" if r.get("arm") else "")
         point = pooled[label].setdefault(r["hour"], {c: 0 for c in _COUNTS} | {"weighted": defaultdict(float),
                                                                                "weights": defaultdict(float)})
         for c in _COUNTS:

@@ -20,7 +20,7 @@ with ``half_count`` interactions half of it, a popular one next to none.
 the largest weight of a grid (multiples of the spread of the model's scores) whose Recall@K
 on those events stays within ``tolerance`` of the model's alone, so new items gain what
 warm items can spare and no more. The gate, the backtest and early stopping score through
-:meth:`TextBlend.add_to`, serving (:meth:`learner.recommend.Recommender.recommend`) with the
+:meth:`TextBlend.add_to`, serving (:meth:`serving.rankers.Recommender.recommend`) with the
 same weights, centre and profile over its indexes' rows, so what the gate judged is what
 shoppers get.
 """

@@ -40,7 +40,7 @@ from learner.blend import TextBlend
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN, IdMap, Vocabulary
-from learner.neighbours import as_served
+from learner.precision import as_served
 from learner.sequences import SequenceBatch, events_frame, next_item_examples
 
 SCORES_PER_BATCH = 2 ** 25

@@ -2,7 +2,7 @@
 
 Which softmax a training step uses (:mod:`learner.trainer`), at what unit rehearsal
 replays memory (:mod:`learner.plugins`), how the text encoder is tuned
-(:mod:`learner.text_tuning`), and how item vectors are held for answering (:mod:`learner.neighbours`).
+(:mod:`learner.text_tuning`), and how item vectors are held for answering (:mod:`serving.index`).
 
 >>> sampled_for("auto", 1_000), sampled_for("auto", 1_000_000), sampled_for("full", 1_000_000)
 (False, True, False)

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from learner.compiled import CompiledModule
 from learner.device import Device, pick_device
 from learner.options import TEXT_TUNINGS
 
@@ -31,7 +30,8 @@ TEXT_DTYPE = torch.float16
 vectors lose nothing that ranking notices (cosines move by less than 1e-4)."""
 
 TextEmbeddingCache: TypeAlias = MutableMapping[str, np.ndarray]
-"""``TextEncoder.key(text)`` -> its [TEXT_DIM] embedding (float32 or float16); a plain ``dict`` will do."""
+"""``TextEncoder.key(text)`` -> its [TEXT_DIM] embedding (float32 or float16); a plain ``dict`` will do
+within a process; caches kept beyond it are in :mod:`learner.text_cache`."""
 
 
 def _clean(value: object) -> str:
@@ -156,7 +156,7 @@ class TextEncoder:
         self._tokenizer = None
         self._model = None
         self._weights_of: TextEncoder | None = None  # the encoder whose transformer this one shares
-        self._compiled: CompiledModule | None = None
+        self.compiled = None  # an ONNX Runtime export of MeanPooled (serving.compiled.compile_text_encoder)
 
     @property
     def adapter_id(self) -> str:
@@ -220,13 +220,13 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), 384] unit vectors, in batches, without gradients (by the ONNX
-        Runtime export once :meth:`compile` has made one)."""
+        Runtime export once :func:`serving.compiled.compile_text_encoder` has made one)."""
         out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
-        if self._compiled is not None:
+        if self.compiled is not None:
             for start in range(0, len(texts), self.batch_size):
                 tokens = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
                                         max_length=self.max_length, return_tensors="np")
-                out[start:start + self.batch_size] = self._compiled(
+                out[start:start + self.batch_size] = self.compiled(
                     input_ids=tokens["input_ids"].astype(np.int64),
                     attention_mask=tokens["attention_mask"].astype(np.int64))
             return out
@@ -240,30 +240,7 @@ class TextEncoder:
     @property
     def is_compiled(self) -> bool:
         """Whether :meth:`encode` runs an ONNX Runtime export."""
-        return self._compiled is not None
-
-    def compile(self) -> bool:
-        """Encode with an ONNX Runtime export of the transformer from now on (same vectors within
-        :data:`learner.compiled.TOLERANCE`; MiniLM encodes a short query about 3x faster on a
-        CPU). For a frozen encoder on a CPU only: a GPU and training keep torch. Takes seconds:
-        call it off the event loop. Whether it compiled; :class:`learner.compiled.CompileError`
-        when the export fails or encodes differently."""
-        if self.device.is_cuda or self.trainable:
-            return False
-        if self._compiled is None:
-            tokenizer = self.copy().tokenizer  # its own: another thread may be encoding with this one's
-
-            def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-                batch = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                  return_tensors="pt")
-                return batch["input_ids"], batch["attention_mask"]
-
-            axes = {0: "texts", 1: "tokens"}
-            self._compiled = CompiledModule(
-                MeanPooled(self.model).eval(), tokens(["red running shoes", "tea"]), ("input_ids", "attention_mask"),
-                {"input_ids": axes, "attention_mask": axes},
-                checks=(tokens(["x"]), tokens(["a longer product description, " * 40, "mug", "blue denim jacket"])))
-        return True
+        return self.compiled is not None
 
 
 class MeanPooled(torch.nn.Module):

@@ -135,7 +135,8 @@ FLOAT32_VECTOR_BYTES = 4 * 384
 
 
 class StoredTextEmbeddings(dict):
-    """Text embeddings cached in the store, loaded at once; new ones are saved with :meth:`save`.
+    """Text embeddings cached in the store, loaded at once; new ones are saved with :meth:`save`
+    (the store implementation of ``learner.text_cache.KeptTextCache``).
 
     Vectors are stored as float16 (768 bytes each); rows written as float32 by earlier
     releases (1,536 bytes) are read as they are.

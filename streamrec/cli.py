@@ -406,8 +406,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
     from backtest.eventlog import EventLogError, load_events, load_items
     from backtest.protocol import BacktestError, run_backtest
     from backtest.settings import BacktestSettings
-    from backtest.textcache import FileTextCache
     from learner.device import pick_device
+    from learner.text_cache import FileTextCache
     from runtime.learner_configs import config_for
 
     if threads:
@@ -503,12 +503,14 @@ def drift_metrics(windows: int | None, storefront: str | None, metric: str | Non
 @main.command()
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
 @click.option("--windows", "-n", type=int, default=None, help="Only the newest N measured windows.")
-@click.option("--hours", default=168, show_default=True, help="Online metrics of the newest N served hours.")
+@click.option("--hours", type=click.IntRange(min=1), default=168, show_default=True,
+              help="Online metrics of the newest N served hours.")
 def report(out: str, windows: int | None, hours: int) -> None:
     """Write a self-contained HTML report: a plot of every drift metric over windows and versions,
     and of every online metric over served hours."""
     from pathlib import Path
 
+    from drift.online import HOUR_MS
     from drift.report import render
     from store import drift_metrics as stored
     from store.online import read_online_metrics
@@ -516,7 +518,7 @@ def report(out: str, windows: int | None, hours: int) -> None:
 
     engine, now = store_engine(), now_ms()
     rows = stored.recent(engine, windows)
-    online_rows = read_online_metrics(engine, since_ms=(now // 3_600_000 - hours + 1) * 3_600_000)
+    online_rows = read_online_metrics(engine, since_ms=(now // HOUR_MS - hours + 1) * HOUR_MS)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(render(rows, generated_at_ms=now, online=online_rows), encoding="utf-8")
     click.echo(f"Wrote {out}: {len({r['metric'] for r in rows})} metrics over "

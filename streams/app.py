@@ -13,7 +13,7 @@ Reads like a table of contents of the running system:
   trainers lease sealed windows from the store (:mod:`training.loop`) and fine-tune,
   gate and publish one model version per job of one or more windows;
 * ``serving``: the newest promoted model, user histories and trending items, refreshed from
-  the store and hot-swapped (:mod:`streams.serving`), answering the HTTP API of
+  the store and hot-swapped (:mod:`serving.service`), answering the HTTP API of
   :mod:`streams.web` (``/recommend``, ``/similar``, ``/search``, ``POST /events``, ``/models``);
 * ``served_log``: every list answered, produced to the served topic after the answer
   (:mod:`streams.served`) and ingested like events, so clicks and purchases are attributed;
@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from drift.online import HOUR_MS
 from runtime.blocking import StoreThread
 from runtime.config import Config
+from serving.service import ServingService
 from store.drift_metrics import open_alerts
 from store.ingest import ingest_totals, stored_offsets
 from store.online import read_online_metrics
@@ -46,9 +47,8 @@ from streams.rollout import RolloutService
 from streams.schema import DeadLetter, WindowSealed
 from streams.sealing import SealingService
 from streams.served import ServedLog
-from streams.serving import ServingService
 from streams.topics import LagReader, ensure_topics
-from streams.web import add_views
+from streams.web import Api, add_views
 from training.service import TrainingService
 
 config = Config.from_env()
@@ -88,7 +88,7 @@ serving = ServingService(config)
 served_log = ServedLog(served_topic, enabled=config.served_log)
 online = OnlineMetricsService(config, lambda: serving.engine, serving.trending)
 rollout = RolloutService(config, lambda: serving.engine)
-add_views(app, config, serving, served_log, events_topic, catalog_topic, served_topic, rollout)
+add_views(app, Api(config, serving, served_log, events_topic, catalog_topic, served_topic, rollout))
 metrics_thread = StoreThread("streamrec-metrics")
 lag_reader = LagReader(config, lambda: stored_offsets(ingest.engine, config.ingest_group))
 

@@ -19,10 +19,10 @@ from drift.online import HOUR_MS, online_metrics
 from learner.text import catalog_texts, text_key
 from runtime.blocking import StoreThread
 from runtime.config import Config
+from serving.history import Trending
 from store.catalog import catalog_rows, catalog_sizes
 from store.online import attributed_to, prune_served, save_online_metrics, served_since, text_vectors
 from store.registry import FLOAT32_VECTOR_BYTES
-from streams.history import Trending
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from learner.bundle import ModelBundle
 from learner.checkpoint import _header_metadata, dump_bundle, load_bundle, sha256
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.recommend import Recommender
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
+from serving.snapshot import build_snapshot
 
 KINDS = ["hiking boots", "rain jacket", "coffee grinder", "desk lamp", "yoga mat", "chef knife"]
 COHORT_ITEMS, COHORT_USERS, WINDOWS = 24, 12, 8
@@ -87,7 +87,7 @@ def test_retired_items_stay_recommendable_by_their_text(churned):
     vector = bundle.item_vectors()[row]
     assert vector.norm() > 0  # its text projection
     assert torch.allclose(vector, bundle.model.text_projection(bundle.model.item_text[row].float()), atol=1e-6)
-    recommender = Recommender({"id": 1}, bundle, catalog, {}, encoder)
+    recommender = build_snapshot({"id": 1}, bundle, catalog, {}, encoder)
     similar = [s.item_id for s in recommender.similar(retired, 10)]
     assert similar and all(catalog.set_index("item_id").loc[s, "category"] == "desk lamp" for s in similar[:3])
     found = [s.item_id for s in recommender.search(encoder.encode(["desk lamp model 0-3"])[0], 5)]

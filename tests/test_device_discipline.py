@@ -20,10 +20,11 @@ from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.finetune import FineTuneConfig
 from learner.model import ModelConfig
-from learner.recommend import Click, Recommender
 from learner.text import TextEncoder
 from learner.text_tuning import TextTuningConfig
 from learner.trainer import TrainConfig
+from serving.rankers import Click
+from serving.snapshot import build_snapshot
 from store.drift_metrics import recent
 from store.registry import list_versions
 from streams import movielens
@@ -104,7 +105,7 @@ def test_serving_answers_on_one_device(small_log, movielens_text_vectors):
                                cache=dict(movielens_text_vectors))
     history = [Click(item) for item in events["item_id"][:5]]
     with CudaOnCpu():
-        recommender = Recommender({"id": 1}, bundle, catalog, encoder=TextEncoder(CUDA),
+        recommender = build_snapshot({"id": 1}, bundle, catalog, encoder=TextEncoder(CUDA),
                                   cache=dict(movielens_text_vectors), device=CUDA)
         assert len(recommender.recommend(history, 10)) == 10
         assert len(recommender.similar(history[0].item_id, 5)) == 5

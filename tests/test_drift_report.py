@@ -145,14 +145,16 @@ def test_report_draws_online_metrics_per_version_and_arm(engine, database_url, t
     page = out.read_text(encoding="utf-8")
     assert "nan" not in page.lower().replace("nanos", "") and "inf<" not in page
     plots = rendered_plots(out, tmp_path, "online-plot")
-    lines = {"recommend model v1": 2, "recommend model v1 control": 3, "recommend model v2 treatment": 3}
+    lines = {"recommend model v1": 2, "recommend model v1 canary-2:control": 3,
+             "recommend model v2 canary-2:treatment": 3}
     assert sorted(p["metric"] for p in plots) == sorted(
         ["ctr", "clicks_per_list", "conversion", "coverage", "diversity", "novelty", "avg_popularity",
          "new_item_share"])  # no revenue was given: no revenue plot
     for p in plots:
         assert p["shown"] > 0 and len(p["lines"]) == len(lines) and p["points"] == sum(lines.values()), p
     # the latest hour of the control line, pooled over both storefronts by hand
-    latest = re.search(r"<tr class=\"\"><td class=\"\">recommend model v1 control</td>(.*?)</tr>", page).group(1)
+    latest = re.search(r"<tr class=\"\"><td class=\"\">recommend model v1 canary-2:control</td>(.*?)</tr>",
+                       page).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", latest)
     assert cells[1:3] == ["400", "400"] and float(cells[3]) == pytest.approx((34 + 20) / 400, abs=1e-4)
     assert float(cells[6]) == pytest.approx((0.2 * 300 + 0.4 * 100) / 400, abs=1e-4)  # coverage, list-weighted

@@ -15,17 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learner.bundle import ModelBundle
-from learner.compiled import CompiledModule, CompileError
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.recommend import Click, Recommender, UnknownItem
 from learner.text import TextEncoder
 from learner.trainer import TrainConfig
 from replay.codec import to_table
 from runtime.memory import release_free_heap
-from streams import history as history_module
+from serving import history as history_module
+from serving.compiled import CompiledModule, CompileError, compile_text_encoder
+from serving.history import Trending, UserHistories
+from serving.rankers import Click, Recommender, UnknownItem
+from serving.snapshot import build_snapshot
 from streams import movielens
-from streams.history import Trending, UserHistories
 
 
 def test_docstring_examples_run():
@@ -106,7 +107,7 @@ def recommender(movielens_data, encoder, text_cache) -> Recommender:
                              seed=0)
     bundle, _ = fine_tune(base, train, catalog=known, encoder=encoder, cache=text_cache,
                           config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=3e-3, seed=0)))
-    return Recommender({"id": 7}, bundle, catalog, {"default": set(train["item_id"])}, encoder, text_cache)
+    return build_snapshot({"id": 7}, bundle, catalog, {"default": set(train["item_id"])}, encoder, text_cache)
 
 
 def test_recommendations_leave_out_purchases_and_explain_themselves(recommender, movielens_data):
@@ -189,7 +190,7 @@ def test_queries_arriving_together_are_encoded_together_and_cached(encoder):
     import numpy as np
 
     from runtime.blocking import StoreThread
-    from streams.queries import QueryEncoder
+    from serving.queries import QueryEncoder
 
     counting = CountingEncoder(encoder)
     queries = [f"waterproof hiking boots size {i}" for i in range(20)]
@@ -225,12 +226,12 @@ def indexed(recommender, movielens_data, encoder, text_cache) -> tuple[Recommend
     """The same version over the two storefronts, exact and from inverted-file indexes
     (ann_above=0: every search goes through an index)."""
     shops = _shops(movielens_data[1])
-    return (Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache),
-            Recommender({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache, ann_above=0))
+    return (build_snapshot({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache),
+            build_snapshot({"id": 7}, _bundle_of(recommender), shops, {}, encoder, text_cache, ann_above=0))
 
 
 def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movielens_data):
-    from learner.neighbours import recall_at_k
+    from serving.index import recall_at_k
 
     exact, approximate = indexed
     assert approximate.recommend_index.approximate and not exact.recommend_index.approximate
@@ -263,7 +264,7 @@ def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movie
     shops = _shops(movielens_data[1])
     sequel = pd.DataFrame([{"item_id": "m-sequel", "title": "Star Wars: Return of the Padawan (1999)",
                             "category": "Action, Sci-Fi", "description": None, "storefront": "odd"}])
-    grown = Recommender({"id": 7}, _bundle_of(indexed), pd.concat([shops, sequel], ignore_index=True), {},
+    grown = build_snapshot({"id": 7}, _bundle_of(indexed), pd.concat([shops, sequel], ignore_index=True), {},
                         encoder, text_cache, ann_above=0, previous=indexed)
     assert grown.recommend_index.index.ntotal == indexed.recommend_index.index.ntotal + 1  # one insert, no rebuild
     assert indexed.recommend_index.index.ntotal == len(indexed.item_ids)  # the old snapshot is untouched
@@ -271,7 +272,7 @@ def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movie
     assert "m-sequel" not in similar and len(similar) == 10
     titles = grown.titles
     assert any("Star Wars" in titles[i] or "Empire" in titles[i] or "Jedi" in titles[i] for i in similar), similar
-    other_version = Recommender({"id": 8}, _bundle_of(indexed), shops, {}, encoder, text_cache, ann_above=0,
+    other_version = build_snapshot({"id": 8}, _bundle_of(indexed), shops, {}, encoder, text_cache, ann_above=0,
                                 previous=grown)
     assert other_version.recommend_index.index is not grown.recommend_index.index
     assert other_version.recommend_index.index.ntotal == len(other_version.item_ids)
@@ -281,7 +282,7 @@ def test_an_int8_snapshot_answers_like_the_float32_one_in_a_quarter_of_the_memor
                                                                                     encoder, text_cache):
     exact, _ = indexed
     events, catalog = movielens_data
-    compact = Recommender({"id": 7}, _bundle_of(exact), _shops(catalog), {}, encoder, text_cache, precision="int8")
+    compact = build_snapshot({"id": 7}, _bundle_of(exact), _shops(catalog), {}, encoder, text_cache, precision="int8")
     assert compact.recommend_index.nbytes * 3.5 < exact.recommend_index.nbytes
     train, even, overlaps = events.iloc[:20_000], set(catalog["item_id"].iloc[::2]), []
     for user in train["user_id"].unique()[:20]:
@@ -314,7 +315,7 @@ def test_freed_heap_goes_back_to_the_operating_system():
 
 @pytest.mark.parametrize("metric, precision", [("ip", "int8"), ("ip", "float16"), ("cos", "int8"), ("cos", "float32")])
 def test_an_index_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metric, precision):
-    from learner.neighbours import ItemIndex
+    from serving.index import ItemIndex
 
     rng = np.random.default_rng(5)
     shared = rng.normal(size=16)  # the direction a model's item vectors share
@@ -347,7 +348,7 @@ def test_an_index_holds_the_only_copy_and_scores_like_the_vectors_it_holds(metri
 
 
 def test_a_filter_that_keeps_few_rows_scans_every_list_and_is_exact_over_them():
-    from learner.neighbours import ItemIndex
+    from serving.index import ItemIndex
 
     rng = np.random.default_rng(6)
     vectors = rng.normal(size=(20_000, 16)).astype(np.float32)
@@ -380,7 +381,7 @@ def test_a_query_encoder_copy_shares_the_weights_and_encodes_alongside_the_origi
 def test_a_compiled_snapshot_computes_states_and_answers_as_torch_does(recommender, movielens_data, encoder,
                                                                       text_cache):
     events, catalog = movielens_data
-    compiled = Recommender({"id": 7}, _bundle_of(recommender), catalog, {"default": set()}, encoder, text_cache)
+    compiled = build_snapshot({"id": 7}, _bundle_of(recommender), catalog, {"default": set()}, encoder, text_cache)
     rows = events.iloc[:20_000]
     rows = rows[rows["user_id"] == rows["user_id"].value_counts().index[0]]  # the longest history: over max_len
     history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront) for r in rows.itertuples()]
@@ -432,6 +433,7 @@ def test_a_compiled_query_encoder_encodes_as_torch_does(encoder):
     texts = ["Star Wars (1977)", "romantic comedy", "x", "a long description of a film, " * 30]
     expected = encoder.encode(texts)
     copy = encoder.copy()
-    assert _answers_meanwhile(copy.compile, lambda: np.allclose(encoder.encode(texts), expected, atol=1e-5))
+    assert _answers_meanwhile(lambda: compile_text_encoder(copy),
+                              lambda: np.allclose(encoder.encode(texts), expected, atol=1e-5))
     assert copy.is_compiled and not encoder.is_compiled
     assert np.abs(copy.encode(texts * 20) - np.tile(expected, (20, 1))).max() < 1e-4  # in batches of 64 too

@@ -15,9 +15,10 @@ from learner.device import Device
 from learner.evaluate import BundleScorer
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.recommend import Click, Recommender
 from learner.sequences import history_batch
 from learner.trainer import TrainConfig
+from serving.rankers import Click
+from serving.snapshot import build_snapshot
 from streams import movielens
 
 CPU = Device(torch.device("cpu"))
@@ -59,7 +60,7 @@ def test_serving_ranks_with_the_text_term_as_the_gate_scores(trained, movielens_
     without[:2] = float("-inf")
     assert expected != [bundle.vocab.items.keys()[row - 2] for row in without.topk(10).indices.tolist()]
 
-    recommender = Recommender({"id": 1}, bundle, catalog, cache=dict(movielens_text_vectors), device=CPU)
+    recommender = build_snapshot({"id": 1}, bundle, catalog, cache=dict(movielens_text_vectors), device=CPU)
     clicks = [Click(e.item_id, e.type, e.storefront) for e in history.itertuples()]
     assert [s.item_id for s in recommender.recommend(clicks, 10)] == expected
 

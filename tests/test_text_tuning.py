@@ -21,10 +21,10 @@ from learner.bundle import ModelBundle
 from learner.checkpoint import ADAPTER_PREFIX, ChecksumMismatch, dump_bundle, load_bundle
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
-from learner.recommend import Recommender
 from learner.text import TextAdapter, TextEncoder, adapt, item_text
 from learner.text_tuning import TextTuningConfig
 from learner.trainer import TrainConfig
+from serving.snapshot import build_snapshot
 
 COLLECTIONS = ("Harbor", "Summit")
 WARM = ["white", "black", "grey", "red", "blue", "green", "yellow", "orange", "pink", "purple", "brown", "beige"]
@@ -139,7 +139,7 @@ def test_recommender_encodes_queries_and_cold_items_with_the_versions_encoder(tr
     bundle = trained["lora"]
     newer = pd.DataFrame([{"storefront": "shop", "item_id": "harbor-indigo", "title": title("indigo", "Harbor"),
                            "category": "T-shirts", "description": None}])
-    recommender = Recommender({"id": 7}, bundle, pd.concat([catalog, newer], ignore_index=True), encoder=encoder)
+    recommender = build_snapshot({"id": 7}, bundle, pd.concat([catalog, newer], ignore_index=True), encoder=encoder)
     assert recommender.text_encoder.adapter_id == bundle.adapter.id
     assert recommender.text_encoder_name.startswith("lora r=8")
     text = item_text(title("indigo", "Harbor"), "T-shirts")

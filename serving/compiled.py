@@ -25,6 +25,8 @@ import warnings
 import numpy as np
 import torch
 
+from learner.text import MeanPooled, TextEncoder
+
 TOLERANCE = 1e-4
 """The largest absolute difference from the module's own output an export may show."""
 
@@ -76,12 +78,12 @@ class CompiledModule:
 def exported_in_child(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], names: tuple[str, ...],
                       dynamic: dict[str, dict[int, str]]) -> bytes:
     """The ONNX graph of ``module`` traced on ``examples``, exported by ``python -m
-    learner.compiled`` (it reads the pickled arguments from its stdin and writes the graph to
+    serving.compiled`` (it reads the pickled arguments from its stdin and writes the graph to
     its stdout); :class:`CompileError` when the export fails. Its output goes to unnamed
     temporary files, so nothing is left behind if either process is killed."""
     with tempfile.TemporaryFile() as graph, tempfile.TemporaryFile() as errors:
         path = os.pathsep.join(p for p in sys.path if p)  # the child imports what this process imports
-        child = subprocess.Popen([sys.executable, "-m", "learner.compiled"], stdin=subprocess.PIPE, stdout=graph,
+        child = subprocess.Popen([sys.executable, "-m", "serving.compiled"], stdin=subprocess.PIPE, stdout=graph,
                                  stderr=errors, env={**os.environ, "PYTHONPATH": path})
         try:
             with child.stdin:  # streamed: no second copy of the weights in this process
@@ -129,6 +131,30 @@ class _quiet:
     def __exit__(self, *exc):
         for logger, level in zip(self.loggers, self.levels):
             logger.setLevel(level)
+
+
+def compile_text_encoder(encoder: TextEncoder) -> bool:
+    """Make ``encoder`` encode with an ONNX Runtime export of its transformer from now on (same
+    vectors within :data:`TOLERANCE`; MiniLM encodes a short query about 3x faster on a CPU).
+    For a frozen encoder on a CPU only: a GPU and training keep torch. Takes seconds: call it
+    off the event loop. Whether it compiled; :class:`CompileError` when the export fails or
+    encodes differently."""
+    if encoder.device.is_cuda or encoder.trainable:
+        return False
+    if encoder.compiled is None:
+        tokenizer = encoder.copy().tokenizer  # its own: another thread may be encoding with this one's
+
+        def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=encoder.max_length,
+                              return_tensors="pt")
+            return batch["input_ids"], batch["attention_mask"]
+
+        axes = {0: "texts", 1: "tokens"}
+        encoder.compiled = CompiledModule(
+            MeanPooled(encoder.model).eval(), tokens(["red running shoes", "tea"]), ("input_ids", "attention_mask"),
+            {"input_ids": axes, "attention_mask": axes},
+            checks=(tokens(["x"]), tokens(["a longer product description, " * 40, "mug", "blue denim jacket"])))
+    return True
 
 
 if __name__ == "__main__":  # the child of exported_in_child: only its parent writes to its stdin

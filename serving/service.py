@@ -3,17 +3,17 @@
 Every ``STREAMREC_SERVING_POLL_S`` a store thread
 
 * reads events accepted since the last look (new open segments, newly sealed windows) into
-  :class:`~streams.history.UserHistories` and, from sealed windows, into
-  :class:`~streams.history.Trending`;
+  :class:`~serving.history.UserHistories` and, from sealed windows, into
+  :class:`~serving.history.Trending`;
 * checks which version serves (promotion or rollback) and whether the catalog changed; if
-  either did, it builds a new :class:`~learner.recommend.Recommender` (weights checksum
+  either did, it builds a new :class:`~serving.rankers.Recommender` (weights checksum
   verified) and swaps it in with one assignment: requests keep the snapshot they started with.
-  While no version serves, a :class:`~learner.recommend.TextRanker` over the catalog's
+  While no version serves, a :class:`~serving.rankers.TextRanker` over the catalog's
   pretrained text vectors answers ``/similar`` and ``/search``, and trending items answer
   ``/recommend``, so shoppers are answered by the best ranker available, never by a 503.
 
 While an experiment runs (:mod:`store.experiments`), the same look builds a
-:class:`~learner.recommend.Recommender` for each arm's version that is not the serving one
+:class:`~serving.rankers.Recommender` for each arm's version that is not the serving one
 (the same way, reusing the serving snapshot for an arm that serves) and swaps in an
 :class:`ExperimentArms` with one assignment; requests of users in the experiment are answered
 by their arm's snapshot. When the experiment stops the arms' snapshots are dropped, and a
@@ -39,18 +39,19 @@ from sqlalchemy.exc import DBAPIError
 from drift.experiments import assign
 from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
-from learner.recommend import TUNING_USERS, Recommender, TextRanker
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from runtime.memory import freeze_long_lived, release_free_heap
+from serving.history import Trending, UserHistories
+from serving.queries import QueryEncoder
+from serving.rankers import Recommender, TextRanker
+from serving.snapshot import TUNING_USERS, build_snapshot, build_text_ranker
 from store.catalog import catalog_mark, load_catalog
 from store.db import make_engine, migrate
 from store.experiments import running_experiment
 from store.registry import StoredTextEmbeddings, serving_version
 from store.replay import ReplayStore
-from streams.history import Trending, UserHistories
-from streams.queries import QueryEncoder
 from training.versions import load_serving, load_version
 
 log = logging.getLogger(__name__)
@@ -221,12 +222,12 @@ class ServingService(mode.Service):
     def _build(self, version: dict, bundle, previous: Recommender | None) -> Recommender:
         """A snapshot of a loaded version over the current catalog (text vectors cached in the store)."""
         cache = StoredTextEmbeddings(self.engine)
-        recommender = Recommender(version, bundle, load_catalog(self.engine),
-                                  {s: set(items) for s, items in self.storefront_items.items()},
-                                  self._catalog_encoder, cache, self.device, self.config.ann_above_items,
-                                  previous=previous, owned=True, precision=self.config.serving_precision,
-                                  ann_recall=self.config.ann_recall,
-                                  users=self.histories.sample(TUNING_USERS))
+        recommender = build_snapshot(version, bundle, load_catalog(self.engine),
+                                     {s: set(items) for s, items in self.storefront_items.items()},
+                                     self._catalog_encoder, cache, self.device, self.config.ann_above_items,
+                                     previous=previous, owned=True, precision=self.config.serving_precision,
+                                     ann_recall=self.config.ann_recall,
+                                     users=self.histories.sample(TUNING_USERS))
         cache.save()
         return recommender
 
@@ -302,8 +303,9 @@ class ServingService(mode.Service):
         """While no version serves: rank by the catalog's pretrained text vectors (embedded once,
         kept in the store's text cache), rebuilt when the catalog changes."""
         started, cache = time.perf_counter(), StoredTextEmbeddings(self.engine)
-        ranker = TextRanker(load_catalog(self.engine), self._catalog_encoder, cache, self.config.ann_above_items,
-                            self.config.serving_precision, self.config.ann_recall, previous=self.text_ranker)
+        ranker = build_text_ranker(load_catalog(self.engine), self._catalog_encoder, cache,
+                                   self.config.ann_above_items, self.config.serving_precision, self.config.ann_recall,
+                                   previous=self.text_ranker)
         cache.save()
         self.queries.prepare(self._catalog_encoder)
         replaced = self.recommender

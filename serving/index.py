@@ -24,7 +24,7 @@ many allowed rows; when that finds fewer than ``k``, it scans every list, which 
 the allowed rows.
 
 Vectors are kept as float32, float16 or int8 codes: without an index, int8 has a scale per row
-(:class:`Int8Rows`); in an index, each dimension has its own range (``faiss``' scalar
+(:class:`learner.precision.Int8Rows`); in an index, each dimension has its own range (``faiss``' scalar
 quantiser, over each row's offset from its list's centre). An inner-product index asked for
 int8 keeps float16: int8 codes of a model's 64 dimensions reorder the top of an
 inner-product ranking (scanning every list, they found 0.95 of the exact top 20 of a
@@ -53,6 +53,7 @@ import math
 import numpy as np
 
 from learner.options import SERVING_PRECISIONS as PRECISIONS
+from learner.precision import held_at
 
 RESERVED_ROWS = 2  # padding and unknown
 LISTS_PER_ROOT = 4
@@ -74,9 +75,6 @@ BLOCK = 65_536
 TUNING_BLOCK = 8_192
 """Tuning ranks rows exactly this many at a time: its scores and row numbers for 200 queries
 stay under 50 MB, where a block of 65,536 rows held 300 MB for a moment."""
-SCORE_BLOCK = 1_024
-"""Exact int8 scoring dequantises this many rows at a time: 1.5 MB of float32 at 384
-dimensions stays in cache, and scoring 10,000 text rows takes half the time of one block."""
 
 
 class ItemIndex:
@@ -116,7 +114,7 @@ class ItemIndex:
         self.n_rows, self.index, self.vectors = len(vectors), None, None
         self.built_rows, self.target, self.seed, self.queries = len(vectors), recall, seed, queries
         if not approximate or len(vectors) <= RESERVED_ROWS:
-            self.vectors = _stored(self._scored(vectors, metric), self.precision)
+            self.vectors = held_at(self._scored(vectors, metric), self.precision)
             return
         import faiss
 
@@ -224,7 +222,7 @@ class ItemIndex:
         out.__dict__.update(self.__dict__)
         out.n_rows = len(vectors)
         if self.index is None:
-            out.vectors = _stored(self._scored(vectors, self.metric), self.precision)
+            out.vectors = held_at(self._scored(vectors, self.metric), self.precision)
             return out
         import faiss
 
@@ -296,58 +294,6 @@ def recall_at_k(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, k: int 
     """
     found = [len(set(index.search(q, k)[0].tolist()) & set(exact.search(q, k)[0].tolist())) / k for q in queries]
     return float(np.mean(found))
-
-
-class Int8Rows:
-    """A float matrix as int8 codes with one float32 scale per row (symmetric: the row's
-    largest magnitude maps to 127): a quarter of float32's memory. Indexing returns float32
-    rows; a product with a vector dequantises a block of rows at a time.
-
-    >>> vectors = np.array([[0.5, -1.0], [2.0, 0.25]], dtype=np.float32)
-    >>> rows = Int8Rows(vectors)
-    >>> rows.codes.tolist(), rows[1].astype(float).round(3).tolist()
-    ([[64, -127], [127, 16]], [2.0, 0.252])
-    >>> (rows @ np.ones(2, np.float32)).astype(float).round(3).tolist()
-    [-0.496, 2.252]
-    """
-
-    def __init__(self, vectors: np.ndarray):
-        scales = np.abs(vectors).max(axis=1) / 127
-        self.scales = scales.astype(np.float32)
-        self.codes = np.round(vectors / np.maximum(scales, 1e-30)[:, None]).astype(np.int8)
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        scales = self.scales[rows]
-        return self.codes[rows].astype(np.float32) * (scales[..., None] if np.ndim(scales) else scales)
-
-    def __matmul__(self, query: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.codes[start:start + SCORE_BLOCK].astype(np.float32) @ query
-                               for start in range(0, len(self), SCORE_BLOCK)]) * self.scales
-
-    @property
-    def nbytes(self) -> int:
-        return self.codes.nbytes + self.scales.nbytes
-
-
-def as_served(vectors: np.ndarray, precision: str) -> np.ndarray:
-    """float32 ``vectors`` as they read back after being held at ``precision``.
-
-    >>> as_served(np.array([[1.0, 0.3]], dtype=np.float32), "int8").astype(float).round(4).tolist()
-    [[1.0, 0.2992]]
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return np.asarray(_stored(np.ascontiguousarray(vectors, dtype=np.float32), precision)[:], dtype=np.float32)
-
-
-def _stored(vectors: np.ndarray, precision: str) -> np.ndarray | Int8Rows:
-    """The vectors as kept without an index."""
-    if precision == "int8":
-        return Int8Rows(vectors)
-    return vectors.astype(np.float16) if precision == "float16" else vectors
 
 
 def _blocks(start: int, stop: int, size: int = BLOCK):

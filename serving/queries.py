@@ -13,6 +13,7 @@ import numpy as np
 
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
+from serving.compiled import compile_text_encoder
 
 
 class QueryEncoder:
@@ -56,7 +57,7 @@ class QueryEncoder:
         :meth:`prepare` has made their copy (see :meth:`learner.text.TextEncoder.compile`).
         Takes seconds: call it on another thread than the query thread, so queries go on."""
         copy = self._copy_of(encoder)
-        return copy is not None and copy.compile()
+        return copy is not None and compile_text_encoder(copy)
 
     def is_compiled(self, encoder: TextEncoder) -> bool:
         """Whether ``encoder``'s queries are encoded by an ONNX Runtime export."""
