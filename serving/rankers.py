@@ -84,6 +84,17 @@ def history_inputs(vocab: Vocabulary, max_len: int, history: Sequence) -> tuple[
     return rows, local[1:], types, shops
 
 
+@torch.inference_mode()
+def state_after(module: UserState, vocab: Vocabulary, history: Sequence, rows_of, device: Device) -> torch.Tensor:
+    """``module``'s state [dim] after ``history``, reading its items' vectors as ``rows_of(rows)``
+    gives them (float32 [len(rows), dim])."""
+    rows, items, types, shops = history_inputs(vocab, module.model.config.max_len, history)
+    vectors = np.asarray(rows_of(rows), np.float32)
+    inputs = (torch.from_numpy(x).to(device.torch_device) for x in (items, types, shops, vectors))
+    with device.autocast():
+        return module(*inputs)
+
+
 def item_rows(vocab: Vocabulary) -> np.ndarray:
     """The item id of each row of a model's item vectors (rows 0 and 1: padding, unknown)."""
     return np.array(["<pad>", "<unknown>", *vocab.items.keys()], dtype=object)
@@ -133,18 +144,16 @@ class Recommender:
         return row
 
     @torch.inference_mode()
-    def user_vector(self, history: Sequence, vectors: np.ndarray | None = None) -> torch.Tensor:
+    def user_vector(self, history: Sequence) -> torch.Tensor:
         """The model's state [dim] after a user's events (oldest first; ``item_id``, ``type``,
-        ``storefront`` attributes), of which the last ``max_len`` are read; from the item
-        ``vectors`` [n_items, dim] given, else as the recommend index holds them (by the ONNX
-        Runtime export once :meth:`compile` has made one)."""
+        ``storefront`` attributes), of which the last ``max_len`` are read, from the item vectors
+        as the recommend index holds them (by the ONNX Runtime export once :meth:`compile` has
+        made one)."""
+        if self._state is None:
+            return state_after(self._state_module, self.vocab, history, self.recommend_index.rows, self.device)
         rows, items, types, shops = history_inputs(self.vocab, self.max_len, history)
-        vectors = self.recommend_index.rows(rows) if vectors is None else np.asarray(vectors[rows], np.float32)
-        if self._state is not None:
-            return torch.from_numpy(self._state(items=items, types=types, storefronts=shops, vectors=vectors))
-        inputs = (torch.from_numpy(x).to(self.device.torch_device) for x in (items, types, shops, vectors))
-        with self.device.autocast():
-            return self._state_module(*inputs)
+        return torch.from_numpy(self._state(items=items, types=types, storefronts=shops,
+                                            vectors=self.recommend_index.rows(rows)))
 
     @property
     def is_compiled(self) -> bool:

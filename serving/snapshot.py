@@ -31,7 +31,7 @@ from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN, Vocabulary
 from learner.text import TEXT_DIM, TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
 from serving.index import ItemIndex
-from serving.rankers import Click, Recommender, TextRanker, UserState, history_inputs
+from serving.rankers import Click, Recommender, TextRanker, UserState, state_after
 
 TUNING_USERS, TUNING_EVENTS = 200, 20
 """The recommend index is tuned with 200 users' states; histories of 20 random items stand in for missing users."""
@@ -97,7 +97,9 @@ def build_snapshot(version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
         states = None
         if ann_above is not None and len(vectors) > ann_above:  # an index: tuned with users' states
             users = [*users[:TUNING_USERS], *_random_users(bundle.vocab)[:max(0, TUNING_USERS - len(users))]]
-            states = _states(UserState(model).eval(), bundle.vocab, model.config.max_len, users, vectors, device)
+            module = UserState(model).eval()
+            states = np.stack([state_after(module, bundle.vocab, h, vectors.__getitem__, device).cpu().numpy()
+                               for h in users])
         recommend_index = new_index(vectors, "ip", ann_above, precision, ann_recall, states)
         similar_index = new_index(vectors, "cos", ann_above, precision, ann_recall)
     del vectors
@@ -162,19 +164,6 @@ def new_index(vectors: np.ndarray, metric: str, ann_above: int | None, precision
     """An :class:`~serving.index.ItemIndex` of ``vectors``: inverted-file above ``ann_above`` rows, else exact."""
     approximate = ann_above is not None and len(vectors) > ann_above
     return ItemIndex(vectors, metric, approximate, precision, recall, queries=queries)
-
-
-def _states(module: UserState, vocab: Vocabulary, max_len: int, users: Sequence[Sequence], vectors: np.ndarray,
-            device: Device) -> np.ndarray:
-    """[users, dim] the model's state after each history, from the item ``vectors``."""
-    out = []
-    with torch.inference_mode(), device.autocast():
-        for history in users:
-            rows, items, types, shops = history_inputs(vocab, max_len, history)
-            inputs = (torch.from_numpy(np.asarray(x)).to(device.torch_device)
-                      for x in (items, types, shops, np.asarray(vectors[rows], np.float32)))
-            out.append(module(*inputs).cpu().numpy())
-    return np.stack(out)
 
 
 def _random_users(vocab: Vocabulary) -> list[list[Click]]:
