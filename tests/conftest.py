@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
     if not config.getoption("--quick"):
         return
     full = [item for item in items if any(item.get_closest_marker(m) for m in ("broker", "chromium", "slow"))
-            or getattr(item, "callspec", None) and item.callspec.params.get("database_url") == "postgres"]
+            or getattr(item, "callspec", None) and "postgres" in item.callspec.params.values()]
     if full:
         config.hook.pytest_deselected(items=full)
         items[:] = [item for item in items if item not in full]
