@@ -6,8 +6,8 @@ Every ``STREAMREC_SERVING_POLL_S`` a store thread
   :class:`~serving.history.UserHistories` and, from sealed windows, into
   :class:`~serving.history.Trending`;
 * checks which version serves (promotion or rollback) and whether the catalog changed; if
-  either did, it builds a new :class:`~serving.rankers.Recommender` (weights checksum
-  verified) and swaps it in with one assignment: requests keep the snapshot they started with.
+  either did, it builds a new snapshot (:func:`~serving.snapshot.build_snapshot`, weights
+  checksum verified) and swaps it in with one assignment: requests keep the snapshot they started with.
   While no version serves, a :class:`~serving.rankers.TextRanker` over the catalog's
   pretrained text vectors answers ``/similar`` and ``/search``, and trending items answer
   ``/recommend``, so shoppers are answered by the best ranker available, never by a 503.
@@ -16,7 +16,8 @@ While an experiment runs (:mod:`store.experiments`), the same look builds a
 :class:`~serving.rankers.Recommender` for each arm's version that is not the serving one
 (the same way, reusing the serving snapshot for an arm that serves) and swaps in an
 :class:`ExperimentArms` with one assignment; requests of users in the experiment are answered
-by their arm's snapshot. When the experiment stops the arms' snapshots are dropped, and a
+by their arm's snapshot (in an interleaving experiment, ``/recommend`` merges both arms' lists
+for the experiment's users). When the experiment stops the arms' snapshots are dropped, and a
 promoted canary's snapshot becomes the serving one without being built again.
 
 Reading history back from the store, not from this worker's partitions, lets every worker
