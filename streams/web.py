@@ -1,9 +1,11 @@
 """The worker's HTTP API (Faust web views); ``streams/openapi.yaml`` documents every shape.
 
-Reads answer from the serving snapshot (:mod:`serving.service`), taken once per request so
-a hot swap never mixes two versions in one answer. Writes (``POST /events``, ``POST
-/catalog``, promotion and rollback) need ``Authorization: Bearer $STREAMREC_API_TOKEN`` and
-are refused while no token is configured.
+Each view is a class at module level with its ``path``; :func:`add_views` registers them with
+the :class:`Api` they answer from. Reads answer from the serving snapshot
+(:mod:`serving.service`), taken once per request so a hot swap never mixes two versions in one
+answer. Writes (``POST /events``, ``/catalog``, ``/shown``, promotion, rollback and
+experiments) need ``Authorization: Bearer $STREAMREC_API_TOKEN`` and are refused while no
+token is configured.
 """
 
 from __future__ import annotations
