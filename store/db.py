@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -31,12 +32,27 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _wal(cur, deadline=time.monotonic() + 30)
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     return engine
+
+
+def _wal(cur, deadline: float) -> None:
+    """Switch a SQLite connection to WAL mode. Processes that open one file at once (a worker and
+    its ingest processes at start) can be refused with "database is locked" without SQLite's busy
+    timeout being applied (the switch needs an exclusive lock another opener may hold): retry
+    until ``deadline``."""
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def now_ms() -> int:

@@ -6,7 +6,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from replay import codec
 from store.db import make_engine, migrate
@@ -122,3 +122,27 @@ def test_rejections_are_counted_per_reason(engine):
     assert stats(engine) == {("shop", "click", "accepted"): 1, ("unknown", "unknown", "not_utf8"): 1}
     with engine.connect() as conn:
         assert conn.execute(select(dead_letters.c.payload)).scalar_one() == b"\xff"
+
+
+def _open_at_once(url: str, barrier, n: int) -> None:
+    barrier.wait()
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS opened (n INTEGER)"))
+        conn.execute(text("INSERT INTO opened VALUES (:n)"), {"n": n})
+
+
+def test_processes_opening_a_fresh_sqlite_file_at_once_all_connect(tmp_path):
+    """A worker and its ingest processes open the store at the same moment: none may be refused
+    with "database is locked" while the file switches to WAL mode."""
+    url, context = f"sqlite:///{tmp_path / 'fresh.db'}", multiprocessing.get_context("fork")
+    for attempt in range(5):
+        barrier = context.Barrier(8)
+        procs = [context.Process(target=_open_at_once, args=(url, barrier, attempt * 8 + n)) for n in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 8
+    with make_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM opened")).scalar_one() == 40
