@@ -300,14 +300,14 @@ class Similar(ApiView):
         answer = {"request_id": new_request_id(), "item_id": item_id, "k": k, **arm, **answered_by(ranker)}
         with api.failures_logged("similar", answer, ranker, request.query.get("storefront"), user_id, request,
                                  started, item_id):
-                try:
-                    items = ranker.similar(item_id, k)
-                except UnknownItem:
-                    known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
-                        "not in the catalog (while no model version serves, items are compared by their catalog "
-                        "text)")
-                    raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
-                answer["items"] = scored(items, ranker)
+            try:
+                items = ranker.similar(item_id, k)
+            except UnknownItem:
+                known = "not in the catalog and never seen in events" if isinstance(ranker, Recommender) else (
+                    "not in the catalog (while no model version serves, items are compared by their catalog "
+                    "text)")
+                raise HTTPProblem(404, f"unknown item {item_id[:100]!r}: {known}")
+            answer["items"] = scored(items, ranker)
         api.served_log.record("similar", answer, request.query.get("storefront"), user_id,
                               request.query.get("session_id"), query=item_id, latency_ms=elapsed_ms(started))
         return self.json(answer)
@@ -332,13 +332,13 @@ class Search(ApiView):
                   **answered_by(ranker)}
         with api.failures_logged("search", answer, ranker, request.query.get("storefront"), user_id, request,
                                  started, query):
-                vector = await api.serving.queries.encode(query, ranker.text_encoder)
-                if isinstance(ranker, Recommender):
-                    history = api.serving.histories.recent(user_id) if user_id else []
-                    items = ranker.search(vector, k, history, exclude)
-                else:
-                    history, items = [], ranker.search(vector, k, exclude)
-                answer |= {"personalised": bool(history), "items": scored(items, ranker)}
+            vector = await api.serving.queries.encode(query, ranker.text_encoder)
+            if isinstance(ranker, Recommender):
+                history = api.serving.histories.recent(user_id) if user_id else []
+                items = ranker.search(vector, k, history, exclude)
+            else:
+                history, items = [], ranker.search(vector, k, exclude)
+            answer |= {"personalised": bool(history), "items": scored(items, ranker)}
         api.served_log.record("search", answer, request.query.get("storefront"), user_id,
                               request.query.get("session_id"), query=query, latency_ms=elapsed_ms(started))
         return self.json(answer)
