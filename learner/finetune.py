@@ -44,6 +44,7 @@ class FineTuneConfig:
     ids: IdPolicy = field(default_factory=IdPolicy)
     text_blend: bool = True  # fit the text term for new items on the early-stopping hold-out
     text_blend_tolerance: float = 0.01
+    text_blend_half_count: float = 5.0
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -90,12 +91,14 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     stopping = next((p for p in plugins if isinstance(p, EarlyStopping)), None)
     if config.text_blend and student.model.config.use_text and stopping is not None:
         student.info["text_blend"] = fit_text_blend(student, stopping.validation, stopping.history, device,
-                                                    config.text_blend_tolerance).to_dict()
+                                                    config.text_blend_tolerance,
+                                                    half_count=config.text_blend_half_count).to_dict()
     return student, epoch_log
 
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
-                   tolerance: float = 0.01, max_events: int = 1000, min_events: int = 200) -> TextBlend:
+                   tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
+                   half_count: float = 5.0) -> TextBlend:
     """The text term (:mod:`learner.blend`) for ``bundle``, fitted on ``held_out`` events it was not
     trained on (``history``: what precedes them): the largest weight of :data:`learner.blend.GRID`
     (in standard deviations of the model's scores) whose Recall@20 on a seeded sample of at most
@@ -115,9 +118,10 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         return TextBlend()
     recalls = {}
     for multiple in GRID:
-        scorer = BundleScorer(bundle, device, blend=TextBlend(weight=multiple * spread, center=center), counts=counts)
+        blend = TextBlend(weight=multiple * spread, half_count=half_count, center=center)
+        scorer = BundleScorer(bundle, device, blend=blend, counts=counts)
         recalls[multiple] = evaluate(scorer, held_out, history, ks=(20,), max_events=max_events)["recall@20"]
     chosen = fit_weight(recalls, tolerance)
     log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s", chosen, chosen * spread, GRID,
              {m: round(r, 4) for m, r in recalls.items()})
-    return TextBlend(weight=chosen * spread, center=center)
+    return TextBlend(weight=chosen * spread, half_count=half_count, center=center)

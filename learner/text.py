@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,7 @@ from learner.options import TEXT_TUNINGS
 
 TEXT_DIM = 384
 TEXT_DTYPE = torch.float16
+_LOADING = threading.RLock()  # transformers' lazy imports and loads are not safe from two threads at once
 """How text embeddings are held (in models, versions and the store): 768 bytes an item. Unit
 vectors lose nothing that ranking notices (cosines move by less than 1e-4)."""
 
@@ -184,28 +186,30 @@ class TextEncoder:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The transformer (loaded on first use)."""
-        if self._model is None:
-            if self._weights_of is not None:
-                self._model = self._weights_of.model
-                return self._model
-            from transformers import AutoModel
+        """The transformer (loaded on first use, once even when threads ask at the same time)."""
+        with _LOADING:
+            if self._model is None:
+                if self._weights_of is not None:
+                    self._model = self._weights_of.model
+                    return self._model
+                from transformers import AutoModel
 
-            model = AutoModel.from_pretrained(_model_path())
-            if self.adapter is not None:
-                model = adapt(model, self.adapter)
-                if self.adapter.tuning == "lora" and not self.trainable:
-                    model = model.merge_and_unload()
-            self._model = model.to(self.device.torch_device).eval()
+                model = AutoModel.from_pretrained(_model_path())
+                if self.adapter is not None:
+                    model = adapt(model, self.adapter)
+                    if self.adapter.tuning == "lora" and not self.trainable:
+                        model = model.merge_and_unload()
+                self._model = model.to(self.device.torch_device).eval()
         return self._model
 
     @property
     def tokenizer(self):
         """This encoder's own tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        with _LOADING:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(_model_path())
+                self._tokenizer = AutoTokenizer.from_pretrained(_model_path())
         return self._tokenizer
 
     def embed(self, texts: list[str]) -> torch.Tensor:

@@ -157,8 +157,20 @@ class StoredTextEmbeddings(dict):
     def save(self) -> int:
         """Store the embeddings computed since loading (others may store the same ones); returns how many."""
         if self.added:
-            rows = [{"key": k, "vector": np.asarray(self[k], dtype="<f2").tobytes()} for k in sorted(self.added)]
-            with self.engine.begin() as conn:
-                conn.execute(upsert(conn, text_embeddings).on_conflict_do_nothing(index_elements=["key"]), rows)
+            store_text_embeddings(self.engine, {key: self[key] for key in sorted(self.added)})
         saved, self.added = len(self.added), set()
         return saved
+
+
+def store_text_embeddings(engine: Engine, vectors: dict) -> None:
+    """Cache ``vectors`` (key -> MiniLM vector) in the store, as float16; keys already there are kept."""
+    if vectors:
+        rows = [{"key": key, "vector": np.asarray(vector, dtype="<f2").tobytes()} for key, vector in vectors.items()]
+        with engine.begin() as conn:
+            conn.execute(upsert(conn, text_embeddings).on_conflict_do_nothing(index_elements=["key"]), rows)
+
+
+def cached_text_keys(engine: Engine) -> set[str]:
+    """The keys of every text embedding cached in the store."""
+    with engine.connect() as conn:
+        return set(conn.execute(select(text_embeddings.c.key)).scalars())

@@ -2,9 +2,11 @@
 
 ``streamrec trainer`` runs it alone (any number of trainers, on any host; CUDA with bf16
 when present); a worker runs one as its training process while ``STREAMREC_WORKER_TRAINS``
-is true. Trainers share nothing but the store: each claims work under a lease it renews
-while it trains (:mod:`store.training_queue`), so work whose trainer died is taken over by
-another once the lease expires, whatever host either runs on.
+is true. Trainers share nothing but the store: each claims work under a lease it renews while
+it trains (:mod:`store.training_queue`), so work whose trainer died is taken over by another
+once the lease expires, whatever host either runs on. Before it looks for a job, a trainer
+embeds the catalog texts the store's text cache lacks (:mod:`runtime.catalog_text`), so jobs
+find them cached.
 
 ``python -m training.loop`` is the process entry point. SIGTERM or SIGINT stops it at once:
 the job in flight publishes nothing, its run is closed as failed, and its windows go back to
@@ -26,11 +28,12 @@ import threading
 import time
 import uuid
 
+from runtime.catalog_text import CatalogEmbedder
 from runtime.config import Config
 from store.db import make_engine, migrate
 from store.registry import now_ms
 from store.training_queue import Job, LeaseLost, claim_job, release_job, renew_lease, return_job
-from training.job import run_job
+from training.job import run_job, text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +145,15 @@ def run_trainer(config: Config, trainer_id: str | None = None, stop: threading.E
     sizer = JobSizer(config.train_job_seconds, config.train_max_events, config.train_min_events)
     engine = make_engine(config.database_url)
     migrate(engine)
+    embedder = CatalogEmbedder(engine, text_encoder)
     log.info("%s: looking for sealed windows to train in %s", trainer_id, config.shown("database_url"))
     try:
         while not stop.is_set():
             try:
+                embedder.embed(stop)  # before a job, so no job waits on catalog text
                 outcome = train_next(engine, config, trainer_id, sizer)
             except Exception as exc:  # the store is unreachable: wait and look again
-                log.error("%s: could not claim work: %s", trainer_id, exc)
+                log.error("%s: could not look for work: %s", trainer_id, exc)
                 outcome = None
             if outcome is None:
                 stop.wait(poll_s)
