@@ -150,6 +150,25 @@ def judge(data: WindowData, candidate: ModelBundle, config: Config, device) -> t
     return promoted, reason, metrics
 
 
+class PhaseClock:
+    """Seconds spent in each phase of a job, added up by name.
+
+    >>> clock = PhaseClock()
+    >>> clock.lap("read"); clock.lap("drift"); clock.lap("drift")
+    >>> sorted(clock.seconds)
+    ['drift', 'read']
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def version_row(data: WindowData, candidate: ModelBundle, verdict: tuple[bool, str, dict], started: float,
                 device) -> dict:
     """The ``model_versions`` row of a judged candidate, weights included."""
@@ -176,9 +195,12 @@ def train_job(engine: Engine, config: Config, window_ids: list[int],
     """
     started = time.perf_counter()
     device = device or pick_device()
+    clock = PhaseClock()
     data = read_job(engine, config, window_ids)
+    clock.lap("read")
     for window_id, drift in (drifts or {}).items():
         drift.before_training(data.one_window(window_id, config.gate_holdout), device)
+    clock.lap("drift")
     model_config, finetune_config = config_for(config)
     cache = StoredTextEmbeddings(engine)
     base = data.base[1] if data.base else ModelBundle.build(
@@ -192,10 +214,14 @@ def train_job(engine: Engine, config: Config, window_ids: list[int],
         cache.save()
     except (OperationalError, InterfaceError) as exc:  # a cache: the next job embeds these texts again
         log.warning("text embeddings not cached: %s", exc.orig or exc)
+    clock.lap("train")
     verdict = judge(data, candidate, config, device)
+    clock.lap("judge")
     log.info("windows %s: %s %s", _span(window_ids), "promoted" if verdict[0] else "rejected", verdict[1])
     if drifts:
         drifts[data.window_id].after_judging(data, candidate, device)
+    clock.lap("drift")
+    verdict[2]["job_seconds"] = clock.seconds
     return version_row(data, candidate, verdict, started, device), epoch_log
 
 

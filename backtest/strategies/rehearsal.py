@@ -81,6 +81,8 @@ class FineTuned(Strategy):
             encoder=c.encoder if self.use_text else None, cache=c.cache, config=self.config, device=c.device)
         self.trained = True
         facts = {"epochs": len(epochs), "rehearsal_events": 0 if rehearsal is None else len(rehearsal)}
+        if "text_blend" in self.bundle.info:
+            facts["text_blend_weight"] = round(self.bundle.info["text_blend"]["weight"], 4)
         if self.bundle.info.get("text_tuned_jobs_ago") == 0:
             facts["text_tuning"] = self.bundle.info["text_tuning"]
         return facts
