@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=300.0, help="most seconds to wait for the backlog after")
     parser.add_argument("--catalog-items", type=int, default=10_000,
                         help="catalog size, scaled with synthetic editions (0: MovieLens' 1,682)")
+    parser.add_argument("--embed-timeout", type=float, default=900.0,
+                        help="most seconds to wait for the catalog's texts to be embedded")
     parser.add_argument("--trainers", type=int, default=0, help="standalone trainers (0: the worker trains)")
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
@@ -229,7 +231,7 @@ def main() -> None:
         sent_at = time.monotonic()
         with StorefrontProducer.from_config(config) as producer:
             assert producer.send_catalog(catalog).ok
-        wait_embedded(engine, len(catalog), worker, args.drain)
+        wait_embedded(engine, len(catalog), worker, args.embed_timeout)
         embedded_s = round(time.monotonic() - sent_at, 1)
         print(f"catalog of {len(catalog):,} items stored and embedded {embedded_s:.0f}s after it was sent", flush=True)
         sent, stopped = [0], [0.0]

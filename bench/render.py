@@ -190,17 +190,28 @@ def render_freshness(sources: list[Source], options: dict) -> str:
     runs = []
     for source in sources:
         data = source.load()
-        runs += data if isinstance(data, list) else [data["result"]]
+        runs += [(source.label, r) for r in data] if isinstance(data, list) else [(source.label, data["result"])]
     if "rates" in options:
-        by_rate = {str(r["rate"]).removesuffix(".0"): r for r in runs}
+        by_rate = {str(r["rate"]).removesuffix(".0"): (label, r) for label, r in runs}
         runs = [by_rate[rate] for rate in options["rates"].split(",")]
-    rows = [["as fast as the producer goes" if r["rate"] == "max" else num(r["rate"]), num(r["events_stored_per_s"]),
-             r["windows_sealed"], r["versions"], f"{r['latency_p50_s']:g} s", f"{r['latency_p95_s']:g} s",
-             r["backlog_max_windows"], f"{r['backlog_trend_windows_per_min']:+.1f} windows/min",
-             r["backlog_after_stream"]] for r in runs]
-    return table(["rate (events/s)", "stored/s", "windows sealed", "versions", "seal-to-serving p50", "p95",
-                  "backlog max (windows)", "backlog trend after the first minute", "left after the stream"],
-                 rows, [True] * 9)
+    labelled = any(label for label, _ in runs)
+    rows = [([label] if labelled else []) + [
+        "as fast as the producer goes" if r["rate"] == "max" else num(r["rate"]),
+        num((r.get("catalog") or {}).get("items", 1682)), num(r["events_stored_per_s"]), r["windows_sealed"],
+        r["versions"], f"{r['latency_p50_s']:g} s", f"{r['latency_p95_s']:g} s", r["backlog_max_windows"],
+        f"{r['backlog_trend_windows_per_min']:+.1f} windows/min", r["backlog_after_stream"]] for label, r in runs]
+    return table((["run"] if labelled else []) + [
+        "rate (events/s)", "catalog items", "stored/s", "windows sealed", "versions", "seal-to-serving p50", "p95",
+        "backlog max (windows)", "backlog trend after the first minute", "left after the stream"],
+        rows, ([False] if labelled else []) + [True] * 10)
+
+
+def render_freshness_jobs(sources: list[Source], options: dict) -> str:
+    """Job seconds by windows per job, with each phase, one block of rows per run."""
+    rows = [[source.label, j["windows_per_job"], j["jobs"], j["seconds"], j["read_s"], j["drift_s"], j["train_s"],
+             j["judge_s"]] for source in sources for j in source.load()["result"]["job_seconds"]]
+    return table(["run", "windows per job", "jobs", "seconds", "reading", "drift", "training", "judging"], rows,
+                 [False] + [True] * 7)
 
 
 def render_scale_training(sources: list[Source], options: dict) -> str:
@@ -276,7 +287,8 @@ def fraction(value) -> str:
 RENDERERS: dict[str, Callable[[list[Source], dict], str]] = {
     "report": render_report, "backtest": render_backtest, "ingest": render_ingest,
     "replay_memory": render_replay_memory, "soak": render_soak, "serving": render_serving,
-    "freshness": render_freshness, "scale-training": render_scale_training, "scale-serving": render_scale_serving,
+    "freshness": render_freshness, "freshness-jobs": render_freshness_jobs,
+    "scale-training": render_scale_training, "scale-serving": render_scale_serving,
     "geometry": render_geometry, "text_tuning": render_text_tuning, "gpu": render_gpu, "online": render_online,
 }
 

@@ -14,7 +14,8 @@ vectors share a large common direction (two unrelated product texts have a cosin
 centred, an unrelated new item gets no lift, or a negative one, and a related one a positive
 one. ``n_i`` the item's interactions the model has trained on and
 ``evidence(n) = 1 / (1 + n / half_count)``: a new item gets the whole text term, an item
-with ``half_count`` interactions half of it, a popular one next to none.
+with ``half_count`` interactions half of it (by default an item's first interaction takes
+nearly all of it away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
 
 ``weight`` is fitted on each job's own held-out events (:func:`fit_weight`), not set by hand:
 the largest weight of a grid (multiples of the spread of the model's scores) whose Recall@K
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from learner.idmap import PAD
+from learner.options import TEXT_BLEND_HALF_COUNT
 
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """Candidate weights, in standard deviations of the model's scores over items."""
@@ -56,7 +58,7 @@ class TextBlend:
     """
 
     weight: float = 0.0
-    half_count: float = 5.0
+    half_count: float = TEXT_BLEND_HALF_COUNT
     recent: int = 10
     center: tuple[float, ...] = ()
 

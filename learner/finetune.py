@@ -13,6 +13,7 @@ from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
+from learner.options import TEXT_BLEND_HALF_COUNT
 from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
 from learner.sequences import events_frame, next_item_examples
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts
@@ -44,7 +45,7 @@ class FineTuneConfig:
     ids: IdPolicy = field(default_factory=IdPolicy)
     text_blend: bool = True  # fit the text term for new items on the early-stopping hold-out
     text_blend_tolerance: float = 0.01
-    text_blend_half_count: float = 5.0
+    text_blend_half_count: float = TEXT_BLEND_HALF_COUNT
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -98,7 +99,7 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
                    tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
-                   half_count: float = 5.0) -> TextBlend:
+                   half_count: float = TEXT_BLEND_HALF_COUNT) -> TextBlend:
     """The text term (:mod:`learner.blend`) for ``bundle``, fitted on ``held_out`` events it was not
     trained on (``history``: what precedes them): the largest weight of :data:`learner.blend.GRID`
     (in standard deviations of the model's scores) whose Recall@20 on a seeded sample of at most

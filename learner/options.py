@@ -2,7 +2,8 @@
 
 Which softmax a training step uses (:mod:`learner.trainer`), at what unit rehearsal
 replays memory (:mod:`learner.plugins`), how the text encoder is tuned
-(:mod:`learner.text_tuning`), and how item vectors are held for answering (:mod:`serving.index`).
+(:mod:`learner.text_tuning`), how fast the text term for new items fades (:mod:`learner.blend`),
+and how item vectors are held for answering (:mod:`serving.index`).
 
 >>> sampled_for("auto", 1_000), sampled_for("auto", 1_000_000), sampled_for("full", 1_000_000)
 (False, True, False)
@@ -20,6 +21,11 @@ SAMPLED_ABOVE_ITEMS = 50_000
 """``auto`` trains with the full softmax up to this many items: it is exact (the sampled one
 trained to about 1% lower Recall@20 on MovieLens), and a step's logits (targets x items,
 about 1.3 GB at 6,400 targets) still fit in memory."""
+TEXT_BLEND_HALF_COUNT = 0.05
+"""Interactions after which an item gets half the text term for new items (:mod:`learner.blend`):
+an item's first interaction takes away 95% of it. Against 0.5 and 5 (``docs/benchmarks/backtest.md``),
+items with a few interactions were ranked better by the model alone; the term's gain is on items
+with none."""
 
 
 def sampled_for(loss: str, n_items: int) -> bool:

@@ -42,7 +42,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from learner.options import LOSSES, REHEARSAL_UNITS, SAMPLED_ABOVE_ITEMS, SERVING_PRECISIONS, TEXT_TUNINGS
+from learner.options import (
+    LOSSES,
+    REHEARSAL_UNITS,
+    SAMPLED_ABOVE_ITEMS,
+    SERVING_PRECISIONS,
+    TEXT_BLEND_HALF_COUNT,
+    TEXT_TUNINGS,
+)
 from replay.memory import POLICIES, make_memory
 
 # Faust's log level names, and what the logging module calls each.
@@ -178,9 +185,10 @@ class Config(BaseSettings):
                                                                            "whose held-out Recall@20 stays within this "
                                                                            "share of the model's alone.",
                                                    json_schema_extra=TEXT)
-    text_blend_half_count: PositiveFloat = Field(5.0, description="Interactions after which an item gets half "
-                                                                  "the text term (a new item gets all of it).",
-                                                 json_schema_extra=TEXT)
+    text_blend_half_count: PositiveFloat = Field(
+        TEXT_BLEND_HALF_COUNT, description="Interactions after which an item gets half the text term (a new item "
+                                           "gets all of it; at 0.05 the first interaction takes 95% away).",
+        json_schema_extra=TEXT)
     train_batch_size: PositiveInt = Field(128, description="Sequences per training step.", json_schema_extra=TRAINING)
     learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.", json_schema_extra=TRAINING)
     purchase_weight: PositiveFloat = Field(2.0, description="Loss weight of a purchase; a click weighs 1.",
