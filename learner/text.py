@@ -27,9 +27,9 @@ from learner.options import TEXT_TUNINGS
 
 TEXT_DIM = 384
 TEXT_DTYPE = torch.float16
-_LOADING = threading.RLock()  # transformers' lazy imports and loads are not safe from two threads at once
 """How text embeddings are held (in models, versions and the store): 768 bytes an item. Unit
 vectors lose nothing that ranking notices (cosines move by less than 1e-4)."""
+_LOADING = threading.RLock()  # transformers' lazy imports and loads are not safe from two threads at once
 
 TextEmbeddingCache: TypeAlias = MutableMapping[str, np.ndarray]
 """``TextEncoder.key(text)`` -> its [TEXT_DIM] embedding (float32 or float16); a plain ``dict`` will do
