@@ -117,14 +117,15 @@ class Trending:
         self._weights: dict[str, dict[str, float]] = {}
         self._t0: dict[str, float] = {}
         self._newest: dict[str, float] = {}
-        self._ranked: dict[str, list[tuple[str, float]]] = {}
+        self._generation: dict[str, int] = {}  # windows added so far
+        self._ranked: dict[str, tuple[int, list[tuple[str, float]]]] = {}  # (generation ranked, ranking)
 
     def add(self, events: pa.Table) -> None:
         for storefront in pc.unique(events.column("storefront")).to_pylist():
             rows = events.filter(pc.equal(events.column("storefront"), storefront))
             ts = rows.column("ts").to_numpy()
-            weights = self._weights.setdefault(storefront, {})
-            t0 = self._t0.setdefault(storefront, int(ts[0]))
+            weights = dict(self._weights.get(storefront, {}))  # copied, then swapped in whole: readers never
+            t0 = self._t0.setdefault(storefront, int(ts[0]))     # see a half-added window
             newest = int(ts.max())
             if (newest - t0) / self.half_life_ms > 500:  # rescale to a new reference time before 2**x overflows
                 scale = 2.0 ** ((t0 - newest) / self.half_life_ms)
@@ -135,18 +136,22 @@ class Trending:
             sums = added.group_by("item_id").aggregate([("w", "sum")]).to_pydict()
             for item, w in zip(sums["item_id"], sums["w_sum"]):
                 weights[item] = weights.get(item, 0.0) + w
+            self._weights[storefront] = weights
             self._newest[storefront] = max(newest, self._newest.get(storefront, newest))
-            self._ranked.pop(storefront, None)
+            self._generation[storefront] = self._generation.get(storefront, 0) + 1
 
     def top(self, storefront: str, k: int, exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
         """The ``k`` hottest items of ``storefront`` not in ``exclude``, with weights relative to the
         newest event (an event now weighs 1)."""
-        ranked = self._ranked.get(storefront)
-        if ranked is None:
-            weights = self._weights.get(storefront, {}).copy()  # atomic: the serving thread may be adding
+        generation = self._generation.get(storefront, 0)  # read first: the weights are at least this new
+        cached = self._ranked.get(storefront)
+        if cached is not None and cached[0] == generation:
+            ranked = cached[1]
+        else:
+            weights = self._weights.get(storefront, {})  # a whole dict: add swaps in a new one
             scale = 2.0 ** ((self._t0.get(storefront, 0) - self._newest.get(storefront, 0)) / self.half_life_ms)
-            ranked = self._ranked[storefront] = [
-                (item, w * scale) for item, w in heapq.nlargest(1000, weights.items(), key=lambda kv: kv[1])]
+            ranked = [(item, w * scale) for item, w in heapq.nlargest(1000, weights.items(), key=lambda kv: kv[1])]
+            self._ranked[storefront] = (generation, ranked)
         return [(item, w) for item, w in ranked if item not in exclude][:k]
 
     def storefronts(self) -> list[str]:

@@ -157,15 +157,17 @@ class StoredTextEmbeddings(dict):
     def save(self) -> int:
         """Store the embeddings computed since loading (others may store the same ones); returns how many."""
         if self.added:
-            store_text_embeddings(self.engine, {key: self[key] for key in sorted(self.added)})
+            store_text_embeddings(self.engine, {key: self[key] for key in self.added})
         saved, self.added = len(self.added), set()
         return saved
 
 
 def store_text_embeddings(engine: Engine, vectors: dict) -> None:
-    """Cache ``vectors`` (key -> MiniLM vector) in the store, as float16; keys already there are kept."""
+    """Cache ``vectors`` (key -> MiniLM vector) in the store, as float16; keys already there are kept.
+    Rows go in key order, so two processes storing overlapping keys at once lock them in the same
+    order and never deadlock on Postgres."""
     if vectors:
-        rows = [{"key": key, "vector": np.asarray(vector, dtype="<f2").tobytes()} for key, vector in vectors.items()]
+        rows = [{"key": key, "vector": np.asarray(vectors[key], dtype="<f2").tobytes()} for key in sorted(vectors)]
         with engine.begin() as conn:
             conn.execute(upsert(conn, text_embeddings).on_conflict_do_nothing(index_elements=["key"]), rows)
 

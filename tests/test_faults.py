@@ -149,9 +149,13 @@ def test_workers_killed_during_training_leave_no_half_version_and_training_resum
             killed.append(run["windows"])
             worker = Worker(env, tmp_path / f"worker-{kill + 1}.log")
             worker.wait_ready(120)
-        runs = wait_until(lambda: (r := _runs(engine)) and {w for x in r if x["status"] == "succeeded"
-                                                            for w in x["windows"]} >= {1, 2} and r,
-                          400, f"both windows end up trained\n{worker.tail()}", interval_s=1)
+        def both_trained():  # window ids need not be 1 and 2: a sealing killed mid-way spends an id on Postgres
+            sealed = {w["id"] for w in ReplayStore(engine).list_windows()}
+            runs = _runs(engine)
+            trained = {w for r in runs if r["status"] == "succeeded" for w in r["windows"]}
+            return len(sealed) == 2 and sealed <= trained and runs
+
+        runs = wait_until(both_trained, 400, f"both windows end up trained\n{worker.tail()}", interval_s=1)
         assert not [r for r in runs if r["status"] == "running"]
         failed = [r for r in runs if r["status"] == "failed"]
         # each trainer stopped with its worker (or, killed outright, lost its lease): its run failed, nothing published

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import random
+import sys
 import threading
 
 import numpy as np
@@ -437,3 +438,30 @@ def test_a_compiled_query_encoder_encodes_as_torch_does(encoder):
                               lambda: np.allclose(encoder.encode(texts), expected, atol=1e-5))
     assert copy.is_compiled and not encoder.is_compiled
     assert np.abs(copy.encode(texts * 20) - np.tile(expected, (20, 1))).max() < 1e-4  # in batches of 64 too
+
+
+def test_trending_read_while_windows_are_added_ends_with_every_item():
+    """Requests rank trending items on the web thread while the serving thread adds windows: a
+    ranking made from weights being added to is never kept once the window is in."""
+    trending = Trending(half_life_s=3600)
+    windows = [to_table([{"event_id": f"{w}-{i}", "type": "click", "user_id": "u", "item_id": f"i{w}-{i}",
+                          "storefront": "shop", "ts": 1_000 * w} for i in range(30)]) for w in range(40)]
+    done = threading.Event()
+
+    def serve():
+        for window in windows:
+            trending.add(window)
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can, so reads land mid-add
+    try:
+        adder = threading.Thread(target=serve)
+        adder.start()
+        while not done.is_set():
+            trending.top("shop", 2_000)
+        adder.join()
+    finally:
+        sys.setswitchinterval(interval)
+    top = trending.top("shop", 2_000)
+    assert len(top) == 1_000 and {item for item, _ in top} >= {f"i39-{i}" for i in range(30)}  # the newest first
