@@ -4,10 +4,9 @@ A training job or a snapshot needs the pretrained MiniLM vector of every catalog
 Embedding them inside the job made the first job of a large catalog last minutes (MiniLM on a
 CPU encodes a few hundred texts a second) and stretched its lease and the trainer's measured
 throughput. Instead, a trainer embeds what the store's text cache lacks before it claims a
-job, and a worker without a serving version before it builds its text ranker, one batch at a
-time: each batch is stored when it is done (a killed process loses one batch at most) and
-takes pending texts in random order, so trainers and workers that embed at the same time
-share the work instead of repeating it.
+job, one batch at a time: each batch is stored when it is done (a killed trainer loses one
+batch at most) and takes pending texts in random order, so trainers that embed at the same
+time share the work instead of repeating it.
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from learner.checkpoint import ChecksumMismatch
 from learner.device import pick_device
 from learner.text import TextEncoder
 from runtime.blocking import StoreThread
-from runtime.catalog_text import CatalogEmbedder
 from runtime.config import Config
 from runtime.memory import freeze_long_lived, release_free_heap
 from serving.history import Trending, UserHistories
@@ -303,11 +302,8 @@ class ServingService(mode.Service):
 
     def _serve_text(self, mark: tuple) -> None:
         """While no version serves: rank by the catalog's pretrained text vectors (embedded once,
-        kept in the store's text cache), rebuilt when the catalog changes. Texts are embedded in
-        batches first, sharing the work with a trainer embedding the same catalog."""
-        started = time.perf_counter()
-        CatalogEmbedder(self.engine, lambda: self._catalog_encoder).embed(self._stopping)
-        cache = StoredTextEmbeddings(self.engine)
+        kept in the store's text cache), rebuilt when the catalog changes."""
+        started, cache = time.perf_counter(), StoredTextEmbeddings(self.engine)
         ranker = build_text_ranker(load_catalog(self.engine), self._catalog_encoder, cache,
                                    self.config.ann_above_items, self.config.serving_precision, self.config.ann_recall,
                                    previous=self.text_ranker)
