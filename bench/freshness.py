@@ -50,7 +50,6 @@ from sqlalchemy.engine import make_url
 
 from bench.provenance import provenance, write_result
 from learner.text import TextEncoder
-from runtime.catalog_text import CatalogEmbedder
 from runtime.config import Config
 from runtime.processes import free_port, spawn, start_broker, start_worker, stop
 from store.catalog import catalog_sizes
@@ -61,6 +60,7 @@ from store.replay import ReplayStore
 from store.training_queue import backlog
 from streams import movielens
 from streams.producer import StorefrontProducer
+from training.catalog_text import CatalogEmbedder
 
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 

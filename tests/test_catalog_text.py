@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from learner.text import TextEncoder, catalog_texts, text_key
-from runtime.catalog_text import CatalogEmbedder
 from store.catalog import load_catalog
 from store.ingest import IngestBatch, IngestWriter
 from store.models import text_embeddings, training_runs
 from store.registry import StoredTextEmbeddings, now_ms
+from training.catalog_text import CatalogEmbedder
 from training.loop import run_trainer
 
 PRODUCTS = ["trail running shoes", "waterproof hiking boots", "a wool winter coat", "cotton summer dress",

@@ -5,7 +5,7 @@ when present); a worker runs one as its training process while ``STREAMREC_WORKE
 is true. Trainers share nothing but the store: each claims work under a lease it renews while
 it trains (:mod:`store.training_queue`), so work whose trainer died is taken over by another
 once the lease expires, whatever host either runs on. Before it looks for a job, a trainer
-embeds the catalog texts the store's text cache lacks (:mod:`runtime.catalog_text`), so jobs
+embeds the catalog texts the store's text cache lacks (:mod:`training.catalog_text`), so jobs
 find them cached.
 
 ``python -m training.loop`` is the process entry point. SIGTERM or SIGINT stops it at once:
@@ -28,11 +28,11 @@ import threading
 import time
 import uuid
 
-from runtime.catalog_text import CatalogEmbedder
 from runtime.config import Config
 from store.db import make_engine, migrate
 from store.registry import now_ms
 from store.training_queue import Job, LeaseLost, claim_job, release_job, renew_lease, return_job
+from training.catalog_text import CatalogEmbedder
 from training.job import run_job, text_encoder
 
 log = logging.getLogger(__name__)
