@@ -29,6 +29,7 @@ Slots whose score is ``-inf`` (a list longer than the items left to rank) are no
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Protocol
 
@@ -71,29 +72,46 @@ class BundleScorer:
     ``precision`` scores as a worker holding the item vectors that way does
     (:data:`learner.options.SERVING_PRECISIONS`): users' states and scores both read them.
     Scores carry the bundle's text term (:mod:`learner.blend`), or ``blend``'s with ``counts``
-    as the items' interactions when given.
+    as the items' interactions when given. ``remember_states`` keeps the users' states of every
+    batch scored, for scorers of :meth:`with_blend` to share (several text terms compared on the
+    same events run the model once).
     """
 
     def __init__(self, bundle: ModelBundle, device: Device | None = None, precision: str = "float32",
-                 blend: TextBlend | None = None, counts: torch.Tensor | None = None):
+                 blend: TextBlend | None = None, counts: torch.Tensor | None = None, remember_states: bool = False):
         self.device = device or pick_device()
         self.model = bundle.model.to(self.device.torch_device).eval()
         self.vocab = bundle.vocab
         self.max_len = bundle.model.config.max_len
-        self.blend = bundle.text_blend if blend is None else blend
         self.counts = self.model.item_counts if counts is None else counts.to(self.device.torch_device)
-        self.blend_text = self.blend.text_rows(self.model.item_text) if self.blend.weight else None
+        self._use(bundle.text_blend if blend is None else blend)
         with torch.no_grad(), self.device.autocast():
             self.item_vectors = self.model.item_vectors().float()
         if precision != "float32":
             self.item_vectors = torch.from_numpy(as_served(self.item_vectors.cpu().numpy(), precision)).to(
                 self.item_vectors.device)
+        self._states: dict[tuple[bytes, bytes], torch.Tensor] | None = {} if remember_states else None
+
+    def _use(self, blend: TextBlend) -> None:
+        self.blend = blend
+        self.blend_text = blend.text_rows(self.model.item_text) if blend.weight else None
+
+    def with_blend(self, blend: TextBlend) -> BundleScorer:
+        """This scorer with ``blend``'s text term instead (model, item vectors and remembered states shared)."""
+        other = copy.copy(self)
+        other._use(blend)
+        return other
 
     @torch.no_grad()
     def scores(self, inputs: SequenceBatch) -> torch.Tensor:
+        key = None if self._states is None else (inputs.items.numpy().tobytes(), inputs.users.numpy().tobytes())
+        states = None if key is None else self._states.get(key)
         inputs = inputs.to(self.device)
-        with self.device.autocast():
-            states = self.model(inputs, self.item_vectors)[:, -1]
+        if states is None:
+            with self.device.autocast():
+                states = self.model(inputs, self.item_vectors)[:, -1]
+            if key is not None:
+                self._states[key] = states
         scores = self.model.logits(states, self.item_vectors)
         return self.blend.add_to(scores, inputs.items, self.blend_text, self.counts) if self.blend.weight else scores
 

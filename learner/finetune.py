@@ -111,7 +111,7 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         return bundle.text_blend
     counts = training_counts(bundle.model.item_counts, bundle.vocab.items.index(held_out["item_id"]))
     center = center_of(bundle.model.item_text)
-    model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts)
+    model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
     sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)
     scores = model_alone.scores(sample.inputs)[:, UNKNOWN + 1:]
     spread = float(scores.std(dim=1).mean()) if len(sample) else 0.0
@@ -120,7 +120,7 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     recalls = {}
     for multiple in GRID:
         blend = TextBlend(weight=multiple * spread, half_count=half_count, center=center)
-        scorer = BundleScorer(bundle, device, blend=blend, counts=counts)
+        scorer = model_alone.with_blend(blend)
         recalls[multiple] = evaluate(scorer, held_out, history, ks=(20,), max_events=max_events)["recall@20"]
     chosen = fit_weight(recalls, tolerance)
     log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s", chosen, chosen * spread, GRID,

@@ -64,3 +64,21 @@ def test_serving_ranks_with_the_text_term_as_the_gate_scores(trained, movielens_
     clicks = [Click(e.item_id, e.type, e.storefront) for e in history.itertuples()]
     assert [s.item_id for s in recommender.recommend(clicks, 10)] == expected
 
+
+
+def test_text_terms_compared_on_the_same_events_share_one_model_run(trained):
+    bundle, _, events = trained
+    users = events["user_id"].value_counts().index[:40]
+    _, batch = history_batch(events[events["user_id"].isin(users)], bundle.vocab, bundle.model.config.max_len)
+    runs = []
+    hook = bundle.model.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        alone = BundleScorer(bundle, CPU, blend=TextBlend(), remember_states=True)
+        strong = TextBlend(weight=4.0, center=bundle.text_blend.center)
+        shared = [alone.scores(batch), alone.with_blend(strong).scores(batch), alone.with_blend(TextBlend()).scores(batch)]
+        assert len(runs) == 1  # the model ran once for three scorings
+        fresh = [BundleScorer(bundle, CPU, blend=blend).scores(batch) for blend in (TextBlend(), strong)]
+    finally:
+        hook.remove()
+    assert torch.equal(shared[0], fresh[0]) and torch.equal(shared[2], fresh[0]) and torch.equal(shared[1], fresh[1])
+    assert not torch.equal(shared[0], shared[1])
