@@ -75,7 +75,7 @@ def test_text_terms_compared_on_the_same_events_share_one_model_run(trained):
     try:
         alone = BundleScorer(bundle, CPU, blend=TextBlend(), remember_states=True)
         strong = TextBlend(weight=4.0, center=bundle.text_blend.center)
-        shared = [alone.scores(batch), alone.with_blend(strong).scores(batch), alone.with_blend(TextBlend()).scores(batch)]
+        shared = [scorer.scores(batch) for scorer in (alone, alone.with_blend(strong), alone.with_blend(TextBlend()))]
         assert len(runs) == 1  # the model ran once for three scorings
         fresh = [BundleScorer(bundle, CPU, blend=blend).scores(batch) for blend in (TextBlend(), strong)]
     finally:
