@@ -4,11 +4,12 @@
 and never replaces an earlier run, so runs on other machines or commits sit side by side.
 :func:`run_folder` makes a folder for a run that writes several files. Each records the
 machine's 1-minute load average when the run started (and, for :func:`write_result`, when it
-ended), so a reader can tell whether the machine was busy with other work. ``python -m
+ended), so a reader can tell whether the machine was busy with other work, and the
+``STREAMREC_*`` settings it ran with. ``python -m
 bench.render`` turns the files into the tables the docs show.
 
 >>> stamp = provenance()
->>> sorted(stamp) == ["commit", "date", "load_1min", "machine"] and stamp["machine"]["cpu_cores"] >= 1
+>>> sorted(stamp) == ["commit", "date", "environment", "load_1min", "machine"] and stamp["machine"]["cpu_cores"] >= 1
 True
 """
 
@@ -71,10 +72,25 @@ def load_1min() -> float | None:
         return None
 
 
+def environment() -> dict[str, str]:
+    """The ``STREAMREC_*`` settings in the run's environment, which the processes it starts read:
+    what it changed from the defaults. Addresses and secrets (``*_URL``, passwords, tokens) are
+    left out.
+
+    >>> os.environ["STREAMREC_TRAIN_UPDATE_EPOCHS"] = "1"
+    >>> environment()["STREAMREC_TRAIN_UPDATE_EPOCHS"]
+    '1'
+    >>> del os.environ["STREAMREC_TRAIN_UPDATE_EPOCHS"]
+    """
+    hidden = ("_URL", "PASSWORD", "SECRET", "TOKEN")
+    return {name: value for name, value in sorted(os.environ.items())
+            if name.startswith("STREAMREC_") and not any(word in name for word in hidden)}
+
+
 def provenance() -> dict:
-    """Commit, UTC date, machine and 1-minute load average of a run starting now."""
+    """Commit, UTC date, machine, 1-minute load average and ``STREAMREC_*`` settings of a run starting now."""
     return {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
-            "load_1min": load_1min()}
+            "load_1min": load_1min(), "environment": environment()}
 
 
 def _run_name(stamp: dict) -> str:

@@ -97,9 +97,10 @@ def provenance_line(sources: list[Source]) -> str:
         if stamp.get("load_1min_end") is not None:
             load_text += f", {stamp['load_1min_end']:g} at the end"
         date = stamp["date"].replace("T", " ").rstrip("Z")
+        settings = "".join(f", `{key}={value}`" for key, value in stamp.get("environment", {}).items())
         clauses.append(f"`bench/results/{name}`: commit `{stamp['commit']}`, {date} UTC, "
                        f"{machine['cpu']}, {machine['cpu_cores']} CPUs, {machine.get('memory_gib')} GiB, {gpu}; "
-                       f"{load_text}")
+                       f"{load_text}{settings}")
     if len(clauses) == 1:
         return f"Figures from {clauses[0]}."
     return "Figures from:\n\n" + "\n".join(f"* {clause}" for clause in clauses)

@@ -23,3 +23,15 @@ def test_runs_of_a_bench_sit_side_by_side_with_their_provenance(tmp_path):
 def test_cpu_and_cuda_agree_within_the_stated_tolerance():
     assert agree(0.25, 0.25) and agree(0.25, 0.2376) and not agree(0.25, 0.2374)
     assert agree(0.05, 0.041) and not agree(0.05, 0.039)  # 0.01 absolute where 5% is less
+
+
+def test_a_run_names_the_settings_it_changed_and_its_figures_say_so(tmp_path, monkeypatch):
+    from bench import render
+
+    monkeypatch.setenv("STREAMREC_TRAIN_UPDATE_EPOCHS", "1")
+    monkeypatch.setenv("STREAMREC_DATABASE_URL", "postgresql://user:secret@db/streamrec")
+    path = write_result("freshness", {"rate": 2000}, {"latency_p50_s": 30.0}, tmp_path)
+    assert json.loads(path.read_text())["environment"]["STREAMREC_TRAIN_UPDATE_EPOCHS"] == "1"
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    line = render.provenance_line([render.Source(str(path.relative_to(tmp_path)))])
+    assert "`STREAMREC_TRAIN_UPDATE_EPOCHS=1`" in line and "secret" not in line
