@@ -36,7 +36,7 @@ import torch
 from learner.idmap import PAD
 from learner.options import TEXT_BLEND_HALF_COUNT
 
-GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Candidate weights, in standard deviations of the model's scores over items."""
 
 
@@ -115,7 +115,22 @@ def fit_weight(recalls: dict[float, float], tolerance: float) -> float:
     return max(weight for weight, recall in recalls.items() if recall >= floor)
 
 
-def training_counts(counts: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-    """``counts`` less one per held-out event (``rows``: their item rows), as the model trained on them."""
+def fit_counts(counts: torch.Tensor, held_out: np.ndarray, window: np.ndarray | None = None) -> torch.Tensor:
+    """The interactions the fit counts for each item: ``counts`` less the held-out events
+    (``held_out``: their item rows), as the model trained on them; and, given an update's
+    ``window`` (its events' item rows, held-out ones included), none for every item whose
+    interactions are all in it, as the next window's new items will have none.
+
+    >>> fit_counts(torch.tensor([0, 0, 5, 3, 2]), np.array([2, 4])).tolist()
+    [0, 0, 4, 3, 1]
+    >>> fit_counts(torch.tensor([0, 0, 5, 3, 2]), np.array([2, 4]), window=np.array([3, 3, 3, 4, 4, 2])).tolist()
+    [0, 0, 4, 0, 0]
+    """
+    trained = _less(counts, held_out)
+    return trained if window is None else trained.masked_fill(_less(counts, window) == 0, 0)
+
+
+def _less(counts: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``counts`` less one per row of ``rows``."""
     seen = torch.bincount(torch.from_numpy(rows.astype(np.int64)), minlength=len(counts)).to(counts.device)
     return (counts - seen[:len(counts)]).clamp(min=0)

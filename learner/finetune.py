@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from learner.admission import IdPolicy, update_ids
-from learner.blend import GRID, TextBlend, center_of, fit_weight, training_counts
+from learner.blend import GRID, TextBlend, center_of, fit_counts, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
@@ -93,23 +93,32 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     if config.text_blend and student.model.config.use_text and stopping is not None:
         student.info["text_blend"] = fit_text_blend(student, stopping.validation, stopping.history, device,
                                                     config.text_blend_tolerance,
-                                                    half_count=config.text_blend_half_count).to_dict()
+                                                    half_count=config.text_blend_half_count,
+                                                    window=window if update else None).to_dict()
     return student, epoch_log
 
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
                    tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
-                   half_count: float = TEXT_BLEND_HALF_COUNT) -> TextBlend:
+                   half_count: float = TEXT_BLEND_HALF_COUNT, window: pd.DataFrame | None = None) -> TextBlend:
     """The text term (:mod:`learner.blend`) for ``bundle``, fitted on ``held_out`` events it was not
     trained on (``history``: what precedes them): the largest weight of :data:`learner.blend.GRID`
     (in standard deviations of the model's scores) whose Recall@20 on a seeded sample of at most
-    ``max_events`` of them is within ``tolerance`` of the model's alone. Items count only the
-    interactions the model trained on, so items first seen in ``held_out`` are new, as they
-    will be when it serves. With fewer than ``min_events`` held-out events the bundle keeps the
-    term it has (its parent's; none for a new model): too few to tell a 1% change."""
+    ``max_events`` of them is within ``tolerance`` of the model's alone. With fewer than
+    ``min_events`` held-out events the bundle keeps the term it has (its parent's; none for a
+    new model): too few to tell a 1% change.
+
+    New items get the whole term. Items first seen in ``held_out`` are new, as they will be when
+    the version serves; so are, given an update's ``window`` (``held_out`` is its tail), the
+    items whose every interaction is in it (:func:`learner.blend.fit_counts`): a window brings
+    about as many new items as the next one will, its held-out tail only a tenth of them, and
+    without the rest the fit would not see how many warm items the next window's new items
+    displace."""
     if len(held_out) < min_events:
         return bundle.text_blend
-    counts = training_counts(bundle.model.item_counts, bundle.vocab.items.index(held_out["item_id"]))
+    rows = bundle.vocab.items.index
+    counts = fit_counts(bundle.model.item_counts, rows(held_out["item_id"]),
+                        None if window is None else rows(window["item_id"]))
     center = center_of(bundle.model.item_text)
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
     sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)
