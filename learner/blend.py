@@ -20,7 +20,8 @@ nearly all of it away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
 ``weight`` is fitted on each job's own held-out events (:func:`fit_weight`), not set by hand:
 the largest weight of a grid (multiples of the spread of the model's scores) whose Recall@K
 on those events stays within ``tolerance`` of the model's alone, so new items gain what
-warm items can spare and no more. The gate, the backtest and early stopping score through
+warm items can spare and no more; in an update's fit the items its window introduced count as
+new (:func:`fit_counts`), as many as the next window will bring. The gate, the backtest and early stopping score through
 :meth:`TextBlend.add_to`, serving (:meth:`serving.rankers.Recommender.recommend`) with the
 same weights, centre and profile over its indexes' rows, so what the gate judged is what
 shoppers get.
