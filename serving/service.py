@@ -357,6 +357,7 @@ class ServingService(mode.Service):
         r, ranker = self.recommender, self.ranker
         return {"version": r.version["id"] if r else None, "source": self.source, "loaded_at": self.loaded_at,
                 "items": len(ranker.item_ids) - 2 if ranker else 0, "users_with_history": len(self.histories),
+                "last_window_read": self._window_cursor,
                 "load_error": self.load_error, "text_encoder": ranker.text_encoder_name if ranker else None,
                 "experiment": self.experiment.describe() if self.experiment else None,
                 "experiment_error": self.experiment_error,

@@ -57,6 +57,9 @@ def test_served_lists_attribution_and_online_metrics(broker, database_url, topic
             assert producer.send_catalog(movielens.to_catalog(movielens.load_movies())).ok
             assert producer.send_events(past).ok
         wait_until(lambda: len(ReplayStore(engine).list_windows()) >= 3, 120, f"windows seal\n{worker.tail()}")
+        sealed = max(w["id"] for w in ReplayStore(engine).list_windows())
+        wait_until(lambda: api.get("/health")[1]["serving"]["last_window_read"] >= sealed, 30,
+                   "serving has read every sealed window (histories and trending)")
         warm_up = []  # every list answered is logged, also those of polling
 
         def trending_known() -> bool:
