@@ -94,3 +94,26 @@ def test_tampered_weights_are_refused_before_use(movielens_store, database_url):
         conn.execute(model_versions.update().where(model_versions.c.id == version["id"]).values(weights=tampered))
     with pytest.raises(ChecksumMismatch):
         load_serving(engine)
+
+
+def test_a_jobs_windows_calibrate_their_shared_drift_reference_once(movielens_store, monkeypatch):
+    """Coalesced windows with the same reference windows share its calibration (the costliest part
+    of input drift), so a job's drift cost grows only by what each window measures of itself."""
+    import drift.window
+    from training.drift_recording import WindowDrift
+    from training.job import read_job
+
+    engine, config = movielens_store
+    config = config.replace(drift_reference_windows=1)
+    calibrated = []
+    real = drift.window.reference_calibration
+    monkeypatch.setattr(drift.window, "reference_calibration",
+                        lambda *args, **kwargs: calibrated.append(args[3]) or real(*args, **kwargs))
+    data = read_job(engine, config, [2, 3])
+    job = WindowDrift.for_job(engine, config, [2, 3])
+    for window_id, window_drift in job.items():
+        window_drift.before_training(data.one_window(window_id, config.gate_holdout), pick_device())
+    assert calibrated == ["window 1"]
+    for window_drift in job.values():
+        reference = [v for v in window_drift.values if v.metric == "popularity_psi_reference"]
+        assert reference and all(v.detail.get("source") == "window 1" for v in reference)

@@ -19,6 +19,10 @@ statistics, :func:`drift.metrics.confirm`): the previous values are the stored o
 an earlier window of the same job (:meth:`WindowDrift.for_job`), which are not stored yet.
 Values on fewer than ``STREAMREC_DRIFT_ALERT_MIN_EVENTS`` events never breach.
 
+A job's windows share the stored windows they read and the calibration of each reference (the
+first windows of a storefront, the same for every window of a job once they are sealed), so
+a coalesced job calibrates each reference once.
+
 Measuring drift never fails a training job: an error is logged and the window keeps the
 metrics measured before it.
 """
@@ -64,7 +68,10 @@ class WindowDrift:
         self.earlier = list(earlier)
         self.values: list[MetricValue] = []
         self.context: Context | None = None
-        self._frames: dict[int, pd.DataFrame] = {}
+        # a job's windows share what does not change between them: stored windows' events, and the
+        # calibration of a reference (its thresholds: the costliest part of input drift)
+        self._frames: dict[int, pd.DataFrame] = self.earlier[0]._frames if self.earlier else {}
+        self._calibrations: dict = self.earlier[0]._calibrations if self.earlier else {}
         self._windows: list[dict] | None = None
 
     @classmethod
@@ -122,7 +129,8 @@ class WindowDrift:
         earlier = self._earlier()
         since = earlier[-SERIES_WINDOWS]["id"] if len(earlier) >= SERIES_WINDOWS else 0
         context = Context(series=stored.series(self.engine, storefronts, self.window_id, SERIES_METRICS, since),
-                          last_breach=stored.last_breaches(self.engine, storefronts, self.window_id, since))
+                          last_breach=stored.last_breaches(self.engine, storefronts, self.window_id, since),
+                          calibrations=self._calibrations)
         for sibling in self.earlier:  # the job's earlier windows: measured, not stored yet
             context.remember([v for v in sibling.values if v.storefront in storefronts])
         if earlier:
