@@ -68,8 +68,7 @@ class WindowDrift:
         self.earlier = list(earlier)
         self.values: list[MetricValue] = []
         self.context: Context | None = None
-        # a job's windows share what does not change between them: stored windows' events, and the
-        # calibration of a reference (its thresholds: the costliest part of input drift)
+        # shared by a job's windows (module docstring)
         self._frames: dict[int, pd.DataFrame] = self.earlier[0]._frames if self.earlier else {}
         self._calibrations: dict = self.earlier[0]._calibrations if self.earlier else {}
         self._windows: list[dict] | None = None
