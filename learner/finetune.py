@@ -8,12 +8,12 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from learner.admission import IdPolicy, update_ids
-from learner.blend import GRID, TextBlend, center_of, fit_counts, fit_weight
+from learner.blend import GRID, Evidence, TextBlend, center_of, fit_counts, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
-from learner.options import TEXT_BLEND_HALF_COUNT
+from learner.options import TEXT_BLEND_EVIDENCE_EVENTS, TEXT_BLEND_EVIDENCE_HALF_LIFE, TEXT_BLEND_HALF_COUNT
 from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
 from learner.sequences import events_frame, next_item_examples
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts
@@ -43,9 +43,11 @@ class FineTuneConfig:
     rehearsal_unit: str = "event"  # "event": Rehearsal; "sequence": SequenceRehearsal
     text: TextTuningConfig = field(default_factory=TextTuningConfig)
     ids: IdPolicy = field(default_factory=IdPolicy)
-    text_blend: bool = True  # fit the text term for new items on the early-stopping hold-out
+    text_blend: bool = True  # fit the text term for new items (learner.blend)
     text_blend_tolerance: float = 0.01
     text_blend_half_count: float = TEXT_BLEND_HALF_COUNT
+    text_blend_evidence_events: int = TEXT_BLEND_EVIDENCE_EVENTS  # an update scores at most this many (0: no evidence)
+    text_blend_evidence_half_life: float = TEXT_BLEND_EVIDENCE_HALF_LIFE
 
 
 def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFrame | None = None,
@@ -62,7 +64,10 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     ``previous`` (usually ``bundle``) is distilled from. When text tuning is due
     (``config.text``), the text encoder is tuned too (it needs ``catalog`` and ``encoder``).
     A bundle trained before (``info["trained_events"]``, which this adds to) is updated for at
-    most ``config.update_epochs``. Returns the trained bundle and the per-epoch log.
+    most ``config.update_epochs``; before training, an update scores its window at every weight
+    of the text term and adds that to the lineage's :class:`learner.blend.Evidence`, which the
+    term's weight is then fitted on (:func:`fit_text_blend`). Returns the trained bundle and the
+    per-epoch log.
     """
     config = config or FineTuneConfig()
     student = bundle.copy()
@@ -71,6 +76,14 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     rehearsal = events_frame(rehearsal)
     student.extend(catalog=catalog, events=pd.concat([events_frame(window), rehearsal], ignore_index=True),
                    encoder=encoder, cache=cache, admit=config.ids.min_count == 0)
+    update = bundle.info.get("trained_events", 0) > 0
+    blending = config.text_blend and student.model.config.use_text
+    if blending and update and config.text_blend_evidence_events:  # before the window counts as the model's evidence
+        recalls, scored = grid_recalls(student, events_frame(window), events_frame(history), device,
+                                       config.text_blend_half_count, config.text_blend_evidence_events)
+        if scored:
+            student.info["text_blend_evidence"] = Evidence.of(bundle.info.get("text_blend_evidence")).add(
+                recalls, scored, config.text_blend_evidence_half_life).to_dict()
     student.info["ids"] = {**update_ids(student, events_frame(window), config.ids), "policy": config.ids.describe()}
     plugins: list[Plugin] = []
     if config.holdout:
@@ -84,13 +97,12 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     if (config.text.due(bundle) and student.model.config.use_text and catalog is not None and encoder is not None):
         # first: its catalog re-embedding ends the first epoch, before early stopping judges it
         plugins.insert(0, TextTuning(config.text, catalog_texts(catalog), encoder, seed=config.train.seed))
-    update = bundle.info.get("trained_events", 0) > 0
     train = config.train if not update or config.update_epochs is None else replace(
         config.train, epochs=config.update_epochs)
     epoch_log = Trainer(student, train, plugins, device).fit(window, history)
     student.info["trained_events"] = bundle.info.get("trained_events", 0) + len(window)
     stopping = next((p for p in plugins if isinstance(p, EarlyStopping)), None)
-    if config.text_blend and student.model.config.use_text and stopping is not None:
+    if blending and stopping is not None:
         student.info["text_blend"] = fit_text_blend(student, stopping.validation, stopping.history, device,
                                                     config.text_blend_tolerance,
                                                     half_count=config.text_blend_half_count,
@@ -101,12 +113,13 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
                    tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
                    half_count: float = TEXT_BLEND_HALF_COUNT, window: pd.DataFrame | None = None) -> TextBlend:
-    """The text term (:mod:`learner.blend`) for ``bundle``, fitted on ``held_out`` events it was not
-    trained on (``history``: what precedes them): the largest weight of :data:`learner.blend.GRID`
-    (in standard deviations of the model's scores) whose Recall@20 on a seeded sample of at most
-    ``max_events`` of them is within ``tolerance`` of the model's alone. With fewer than
-    ``min_events`` held-out events the bundle keeps the term it has (its parent's; none for a
-    new model): too few to tell a 1% change.
+    """The text term (:mod:`learner.blend`) for ``bundle``: the largest weight of
+    :data:`learner.blend.GRID` (in standard deviations of the model's scores) whose Recall@20 is
+    within ``tolerance`` of the model's alone, on the lineage's evidence (``info["text_blend_evidence"]``,
+    :class:`learner.blend.Evidence`) once it holds ``max_events`` events, else on a seeded sample of
+    at most ``max_events`` of the ``held_out`` events it was not trained on (``history``: what
+    precedes them). With fewer than ``min_events`` of those either, the bundle keeps the term it
+    has (its parent's; none for a new model): too few to tell a 1% change.
 
     New items get the whole term. Items first seen in ``held_out`` are new, as they will be when
     the version serves; so are, given an update's ``window`` (``held_out`` is its tail), the
@@ -114,24 +127,52 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     about as many new items as the next one will, its held-out tail only a tenth of them, and
     without the rest the fit would not see how many warm items the next window's new items
     displace."""
-    if len(held_out) < min_events:
+    evidence = Evidence.of(bundle.info.get("text_blend_evidence"))
+    if evidence.events < max_events and len(held_out) < min_events:
         return bundle.text_blend
-    rows = bundle.vocab.items.index
-    counts = fit_counts(bundle.model.item_counts, rows(held_out["item_id"]),
-                        None if window is None else rows(window["item_id"]))
-    center = center_of(bundle.model.item_text)
-    model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
-    sample = next_item_examples(events_frame(history), held_out.iloc[:256], bundle.vocab, bundle.model.config.max_len)
-    scores = model_alone.scores(sample.inputs)[:, UNKNOWN + 1:]
-    spread = float(scores.std(dim=1).mean()) if len(sample) else 0.0
+    spread = score_spread(bundle, held_out, history, device)
     if not spread:
         return TextBlend()
-    recalls = {}
-    for multiple in GRID:
-        blend = TextBlend(weight=multiple * spread, half_count=half_count, center=center)
-        scorer = model_alone.with_blend(blend)
-        recalls[multiple] = evaluate(scorer, held_out, history, ks=(20,), max_events=max_events)["recall@20"]
+    if evidence.events >= max_events:
+        recalls, source = evidence.recalls(), f"{evidence.events:.0f} events of the lineage's updates"
+    else:
+        rows = bundle.vocab.items.index
+        counts = fit_counts(bundle.model.item_counts, rows(held_out["item_id"]),
+                            None if window is None else rows(window["item_id"]))
+        recalls, scored = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread)
+        source = f"{scored} held-out events"
     chosen = fit_weight(recalls, tolerance)
-    log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s", chosen, chosen * spread, GRID,
-             {m: round(r, 4) for m, r in recalls.items()})
-    return TextBlend(weight=chosen * spread, half_count=half_count, center=center)
+    log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s on %s", chosen, chosen * spread, GRID,
+             {m: round(r, 4) for m, r in recalls.items()}, source)
+    return TextBlend(weight=chosen * spread, half_count=half_count, center=center_of(bundle.model.item_text))
+
+
+def score_spread(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame,
+                 device: Device | None = None) -> float:
+    """The mean standard deviation over items of the model's scores, for the first 256 of
+    ``events`` (the unit of :data:`learner.blend.GRID`); 0 without events."""
+    sample = next_item_examples(events_frame(history), events.iloc[:256], bundle.vocab, bundle.model.config.max_len)
+    if not len(sample):
+        return 0.0
+    scores = BundleScorer(bundle, device, blend=TextBlend()).scores(sample.inputs)[:, UNKNOWN + 1:]
+    return float(scores.std(dim=1).mean())
+
+
+def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame, device: Device | None,
+                 half_count: float, max_events: int, counts=None, spread: float | None = None,
+                 ) -> tuple[dict[float, float], int]:
+    """Recall@20 of ``bundle`` on a seeded sample of at most ``max_events`` of ``events`` at each
+    weight of :data:`learner.blend.GRID` (multiples of ``spread``, by default
+    :func:`score_spread`'s), items' interactions ``counts`` (default: the model's), and how many
+    events it scored (0, and no recalls, when the scores have no spread)."""
+    spread = score_spread(bundle, events, history, device) if spread is None else spread
+    if not spread:
+        return {}, 0
+    center = center_of(bundle.model.item_text)
+    model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
+    recalls, scored = {}, 0
+    for multiple in GRID:
+        scorer = model_alone.with_blend(TextBlend(weight=multiple * spread, half_count=half_count, center=center))
+        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events)
+        recalls[multiple], scored = result["recall@20"], result["examples"]
+    return recalls, scored

@@ -4,15 +4,17 @@ events and catalog, the real MiniLM vectors."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from learner.blend import TextBlend
+from learner.blend import GRID, Evidence, TextBlend, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
-from learner.evaluate import BundleScorer
+from learner.evaluate import BundleScorer, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
 from learner.sequences import history_batch
@@ -82,3 +84,26 @@ def test_text_terms_compared_on_the_same_events_share_one_model_run(trained):
         hook.remove()
     assert torch.equal(shared[0], fresh[0]) and torch.equal(shared[2], fresh[0]) and torch.equal(shared[1], fresh[1])
     assert not torch.equal(shared[0], shared[1])
+
+
+def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(trained, caplog):
+    bundle, catalog, _ = trained
+    events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), 10 ** 12)).sort_values("ts")
+    first, second = events[6_000:8_000], events[8_000:10_000]
+    config = FineTuneConfig(train=TrainConfig(epochs=1, batch_size=256, lr=0.003))
+    parent_alone = evaluate(BundleScorer(bundle, CPU, blend=TextBlend()), first, events[:6_000], ks=(20,))
+
+    updated, _ = fine_tune(bundle, first, history=events[:6_000], catalog=catalog, previous=bundle, device=CPU,
+                           config=config)
+    evidence = Evidence.of(updated.info["text_blend_evidence"])
+    assert evidence.events == len(first) and evidence.grid == GRID
+    assert evidence.recalls()[0.0] == pytest.approx(parent_alone["recall@20"])  # scored by the parent, untrained
+    assert "text_blend_evidence" not in bundle.info
+
+    with caplog.at_level(logging.INFO, logger="learner.finetune"):
+        again, _ = fine_tune(updated, second, history=events[:8_000], catalog=catalog, previous=updated, device=CPU,
+                             config=config)
+    evidence = Evidence.of(again.info["text_blend_evidence"])
+    assert evidence.events == pytest.approx(len(first) * 0.5 ** (len(second) / 25_000) + len(second))
+    fit = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("text blend"))
+    assert f"weight {fit_weight(evidence.recalls(), 0.01):.2f} sd" in fit and "of the lineage's updates" in fit
