@@ -60,6 +60,7 @@ from backtest.strategies.base import Context
 from learner.device import Device, pick_device
 from learner.evaluate import BEYOND_ACCURACY, ItemVectors, evaluate
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts, embed_texts
+from replay.frames import in_set
 
 
 class BacktestError(ValueError):
@@ -155,7 +156,7 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
         unseen = set(context.catalog["item_id"].astype(str)) - seen_items if context.catalog is not None else set()
         prequential = evaluate(scorer, window, events.iloc[:start], ks=(k,), new_items=unseen,
                                beyond_accuracy=True, item_vectors=text_vectors)
-        is_cold = ~window["item_id"].isin(seen_items).to_numpy()
+        is_cold = ~in_set(window["item_id"], seen_items)
         cold = (evaluate(scorer, window[is_cold], events.iloc[:end], ks=(k,)) if is_cold.any()
                 else {metric: math.nan})
         seen_items.update(window["item_id"])

@@ -29,6 +29,7 @@ import pandas as pd
 from drift.calibration import Calibration, chunks, divergence_scale, judged_threshold, share_floor, share_scale
 from drift.divergence import bin_counts, js_divergence, noise_floor, psi, top_bins
 from drift.metrics import MetricValue, judged
+from replay.frames import in_set
 
 TOP_ITEMS = 100
 TOP_CATEGORIES = 100
@@ -126,7 +127,7 @@ def reference_calibration(storefront: str, reference: pd.DataFrame, catalog: pd.
         seen: set = set()
         shares = []
         for part in parts:
-            shares.append((float((~part[column].isin(seen)).mean()), len(part)) if seen else None)
+            shares.append((float((~in_set(part[column], seen)).mean()), len(part)) if seen else None)
             seen.update(part[column].unique())
         shares = [s for s in shares if s is not None]
         for i in range(1, len(shares)):
@@ -225,7 +226,7 @@ def input_drift(storefront: str, window: pd.DataFrame, *, previous: pd.DataFrame
 
     previous_shares = previous_shares or {}
     for metric, column, seen in (("new_item_share", "item_id", seen_items), ("new_user_share", "user_id", seen_users)):
-        share = float((~window[column].isin(seen)).mean()) if n else 0.0
+        share = float((~in_set(window[column], seen)).mean()) if n else 0.0
         earlier = list(previous_shares.get(metric, ()))[-SHARE_BASELINE_WINDOWS:]
         if not earlier:
             out.append(judged(metric, storefront, share, threshold=None, reference="no earlier window", n_events=n))

@@ -37,7 +37,7 @@ import torch
 from learner.idmap import PAD
 from learner.options import TEXT_BLEND_HALF_COUNT
 
-GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 """Candidate weights, in standard deviations of the model's scores over items."""
 
 

@@ -26,13 +26,13 @@ TEXT_BLEND_HALF_COUNT = 0.05
 an item's first interaction takes away 95% of it. Against 0.5 and 5 (``docs/benchmarks/backtest.md``),
 items with a few interactions were ranked better by the model alone; the term's gain is on items
 with none."""
-TEXT_BLEND_EVIDENCE_EVENTS = 5_000
+TEXT_BLEND_EVIDENCE_EVENTS = 2_000
 """Events of its window an update scores, before training on it, at every weight of the text term
-(:class:`learner.blend.Evidence`): a bound on that work (a few seconds on 2 CPUs), and five times the
-held-out sample the term was fitted on before."""
+(:class:`learner.blend.Evidence`): a bound on that work (about a second on 2 CPUs). Summed over
+updates, the evidence holds about 37,000 events once a lineage has a dozen."""
 TEXT_BLEND_EVIDENCE_HALF_LIFE = 25_000.0
-"""Scored events after which an update's evidence counts half: about the last five updates choose
-the weight, so it follows the catalog's drift without resting on one window."""
+"""Scored events after which an update's evidence counts half: the last dozen or so updates choose
+the weight, so it follows the catalog without resting on one window."""
 
 
 def sampled_for(loss: str, n_items: int) -> bool:

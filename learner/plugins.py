@@ -14,6 +14,7 @@ from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
 from learner.sequences import SequenceBatch
 from learner.trainer import Plugin, Step, Trainer, scores_over
+from replay.frames import in_set
 from replay.sampler import RehearsalSampler
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class SequenceRehearsal(Rehearsal):
         known = pd.concat([self.memory, trainer.context[trainer.context["user_id"].isin(users)]], ignore_index=True)
         known = known.drop_duplicates("event_id").sort_values(["user_id", "ts", "event_id"], kind="stable")
         self.known = known.reset_index(drop=True)
-        in_memory = self.known["event_id"].isin(set(self.memory["event_id"])).to_numpy()
+        in_memory = in_set(self.known["event_id"], set(self.memory["event_id"]))
         user_ids = self.known["user_id"].to_numpy()
         starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
         ends = np.r_[starts[1:], len(user_ids)]

@@ -45,6 +45,7 @@ from learner.finetune import fine_tune
 from learner.gate import gate, split_holdout
 from learner.text import TextEncoder
 from replay import codec
+from replay.frames import in_set
 from runtime.config import Config
 from runtime.learner_configs import config_for
 from store.catalog import load_catalog
@@ -113,7 +114,7 @@ def read_job(engine: Engine, config: Config, window_ids: list[int]) -> WindowDat
     return WindowData(
         list(window_ids), train_part, held_out,
         history=codec.to_frame(codec.concat([replay.load_window(w) for w in earlier])),
-        rehearsal=memory[~memory["event_id"].isin(set(job["event_id"]))],
+        rehearsal=memory[~in_set(memory["event_id"], set(job["event_id"]))],
         catalog=load_catalog(engine), serving=serving, frames=frames,
         base=(config.rollout == "canary" and load_candidate(engine)) or serving or load_newest(engine))
 
