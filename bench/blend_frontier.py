@@ -115,8 +115,12 @@ def run(windows: int, out: Path) -> list[dict]:
             fits[-1].update(blend=blend, spread=spreads[0] if spreads else 0.0)
         return blend
 
+    ranked_windows = []  # the backtest's windows ranked so far
+
     def sweep(scorer, events, history=None, **kwargs):
         result = evaluate(scorer, events, history, **kwargs)
+        if "new_items" in kwargs:
+            ranked_windows.append(len(events))
         fit = fits[-1] if fits else None
         if "new_items" not in kwargs or not isinstance(scorer, BundleScorer) or not fit or "blend" not in fit:
             return result
@@ -137,7 +141,7 @@ def run(windows: int, out: Path) -> list[dict]:
                 weighted = TextBlend(weight=multiple * fit["spread"], half_count=blend.half_count, center=blend.center)
                 ranked = Variant(model_alone, model_alone.with_blend(weighted), similarity, cap)
                 by["no term" if multiple == 0 else f"{name}:{multiple}"] = recalls(ranked)
-        rows.append({"window": len(rows) + 1, "events": len(events), "cold_events": len(cold),
+        rows.append({"window": len(ranked_windows), "events": len(events), "cold_events": len(cold),
                      "fit": {"fit_recall": fit["fit_recall"],
                              "weight_sd": blend.weight / fit["spread"] if fit["spread"] else 0.0},
                      "by": by})

@@ -179,11 +179,13 @@ class Config(BaseSettings):
     text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.",
                                         json_schema_extra=TEXT)
     text_blend: bool = Field(True, description="Add to every score a text term for items with little evidence "
-                                               "(new products), its weight fitted on each job's held-out events.",
+                                               "(new products), its weight fitted on what every update scored "
+                                               "before training (a new model: on its held-out events).",
                              json_schema_extra=TEXT)
     text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text term's weight is the largest "
-                                                                           "whose held-out Recall@20 stays within this "
-                                                                           "share of the model's alone.",
+                                                                           "whose Recall@20 on events the model had not "
+                                                                           "trained on stays within this share of the "
+                                                                           "model's alone.",
                                                    json_schema_extra=TEXT)
     text_blend_half_count: PositiveFloat = Field(
         TEXT_BLEND_HALF_COUNT, description="Interactions after which an item gets half the text term (a new item "
