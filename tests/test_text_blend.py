@@ -100,10 +100,11 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     assert evidence.recalls()[0.0] == pytest.approx(parent_alone["recall@20"])  # scored by the parent, untrained
     assert "text_blend_evidence" not in bundle.info
 
+    caplog.clear()  # the first update's fit too may be logged
     with caplog.at_level(logging.INFO, logger="learner.finetune"):
         again, _ = fine_tune(updated, second, history=events[:8_000], catalog=catalog, previous=updated, device=CPU,
                              config=config)
     evidence = Evidence.of(again.info["text_blend_evidence"])
     assert evidence.events == pytest.approx(len(first) * 0.5 ** (len(second) / 25_000) + len(second))
-    fit = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("text blend"))
+    [fit] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text blend")]
     assert f"weight {fit_weight(evidence.recalls(), 0.01):.2f} sd" in fit and "of the lineage's updates" in fit
