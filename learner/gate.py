@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 GATE_METRIC = "recall@20"
@@ -33,10 +34,25 @@ COVERAGE_METRIC = "coverage@20"
 
 
 def split_holdout(window: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(older part to train on, newest ``share`` of the events in time to judge on)."""
+    """(older part to train on, newest ``share`` of the events in time to judge on), both in time
+    order. With a ``storefront`` column the share is taken of each storefront's events (at least
+    one each), so every storefront of the window is judged, however its events interleave.
+
+    Examples
+    --------
+    >>> window = pd.DataFrame({"event_id": list("abcdef"), "ts": [1, 2, 3, 4, 5, 6],
+    ...                        "storefront": ["x", "x", "x", "x", "y", "y"]})
+    >>> train, held_out = split_holdout(window, 0.25)
+    >>> train["event_id"].tolist(), held_out["event_id"].tolist()
+    (['a', 'b', 'c', 'e'], ['d', 'f'])
+    """
     ordered = window.sort_values(["ts", "event_id"], kind="stable")
-    cut = len(ordered) - max(1, round(share * len(ordered)))
-    return ordered.iloc[:cut], ordered.iloc[cut:]
+    groups = ordered.groupby("storefront", sort=False, dropna=False) if "storefront" in ordered else None
+    newest = (groups.cumcount(ascending=False) if groups is not None
+              else pd.Series(range(len(ordered) - 1, -1, -1), index=ordered.index))
+    size = groups["ts"].transform("size") if groups is not None else len(ordered)
+    held = newest < np.maximum(1, np.round(size * share))
+    return ordered[~held], ordered[held]
 
 
 def gate(candidate: dict, baseline: dict, tolerance: float, baseline_name: str,
