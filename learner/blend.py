@@ -1,34 +1,40 @@
-"""New items ranked with what their text knows: the model's score plus a text term that fades with evidence.
+"""New items ranked with what their text knows and what shoppers did with them since: the model's
+score plus a text term and a live term, both fading with the model's evidence.
 
 A trained model ranks an item it has seen often by what shoppers did with it, and an item
 nobody has touched only by its text projection, trained for warm items; its scores are not
 comparable with warm items'. The content-only baseline (the user's recent items' mean MiniLM
-vector against each item's) finds new items far better. So every score gets a text term:
+vector against each item's) finds new items far better. So every score gets two terms:
 
-    score(u, i) = model(u, i) + weight * evidence(n_i) * profile(u) . text(i)
+    score(u, i) = model(u, i) + evidence(n_i) * (weight * profile(u) . text(i) + live * log(1 + c_i))
 
 ``text(i)`` is the item's unit MiniLM vector (the version's tuned encoder's when text is
 tuned) less ``center``, the mean of the catalog's (zero for an item without text);
 ``profile(u)`` the mean of ``text`` over the user's ``recent`` newest items. MiniLM's
 vectors share a large common direction (two unrelated product texts have a cosine near 0.3):
 centred, an unrelated new item gets no lift, or a negative one, and a related one a positive
-one. ``n_i`` the item's interactions the model has trained on and
-``evidence(n) = 1 / (1 + n / half_count)``: a new item gets the whole text term, an item
-with ``half_count`` interactions half of it (by default an item's first interaction takes
-nearly all of it away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
+one. ``c_i`` are the item's live interactions: those the version has not trained on, up to
+the moment of the ranking (:class:`LiveCounts`; serving counts them as events arrive,
+:class:`serving.history.LiveInteractions`): a new product shoppers have started to click is
+likelier to be clicked next than one nobody has. ``n_i`` the item's interactions the model
+has trained on and ``evidence(n) = 1 / (1 + n / half_count)``: a new item gets both terms
+whole, an item with ``half_count`` interactions half (by default an item's first trained
+interaction takes nearly all of them away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
 
-``weight`` is fitted on each job's own held-out events (:func:`fit_weight`), not set by hand:
-the largest weight of a grid (multiples of the spread of the model's scores) whose Recall@K
-on those events stays within ``tolerance`` of the model's alone, so new items gain what
-warm items can spare and no more; in an update's fit the items its window introduced count as
-new (:func:`fit_counts`), as many as the next window will bring. The gate, the backtest and early stopping score through
-:meth:`TextBlend.add_to`, serving (:meth:`serving.rankers.Recommender.recommend`) with the
-same weights, centre and profile over its indexes' rows, so what the gate judged is what
-shoppers get.
+``weight`` and ``live`` are fitted, not set by hand (:func:`fit_weight`): of the pairs of
+:data:`GRID` x :data:`LIVE_GRID` (multiples of the spread of the model's scores) whose Recall@K
+stays within ``tolerance`` of the model's alone, the one that finds new items best, so new
+items gain what warm items can spare and no more. An update fits on its lineage's
+:class:`Evidence`, a new model on its held-out events; in the held-out fit the items an
+update's window introduced count as new (:func:`fit_counts`), as many as the next window will
+bring. The gate, the backtest and early stopping score through :meth:`TextBlend.add_to`,
+serving (:meth:`serving.rankers.Recommender.recommend`) with the same weights, centre and
+profile over its indexes' rows, so what the gate judged is what shoppers get.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -38,7 +44,13 @@ from learner.idmap import PAD
 from learner.options import TEXT_BLEND_HALF_COUNT
 
 GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
-"""Candidate weights, in standard deviations of the model's scores over items."""
+"""Candidate text weights, in standard deviations of the model's scores over items."""
+
+LIVE_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+"""Candidate live weights, in standard deviations of the model's scores per ``log(1 + c)``."""
+
+PAIRS = tuple((weight, live) for live in LIVE_GRID for weight in GRID)
+"""The (text weight, live weight) pairs a fit scores, both terms off first."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +68,33 @@ class TextBlend:
     >>> items = torch.tensor([[0, 2, 2]])
     >>> blend.add_to(torch.zeros(1, 4), items, texts, torch.tensor([0, 0, 5, 0])).tolist()
     [[0.0, 0.0, 0.5, -1.0]]
+
+    With a live weight, items' live interactions ``[B, n_items]`` (:meth:`LiveCounts.before`)
+    add ``live * evidence * log(1 + c)``:
+
+    >>> live = TextBlend(live=1.0, half_count=5.0)
+    >>> live.add_to(torch.zeros(1, 4), items, texts, torch.tensor([0, 0, 5, 0]),
+    ...             live=torch.tensor([[0.0, 0, 3, 3]])).tolist()
+    [[0.0, 0.0, 0.6931471824645996, 1.3862943649291992]]
     """
 
     weight: float = 0.0
     half_count: float = TEXT_BLEND_HALF_COUNT
     recent: int = 10
     center: tuple[float, ...] = ()
+    live: float = 0.0
+
+    def __bool__(self) -> bool:
+        """Whether either term is on."""
+        return bool(self.weight or self.live)
+
+    def evidence(self, counts: torch.Tensor) -> torch.Tensor:
+        """``evidence(count)`` of each item: 1 for a new item, fading with the model's interactions."""
+        return 1 / (1 + counts.float() / self.half_count)
 
     def item_weights(self, counts: torch.Tensor) -> torch.Tensor:
         """Each item's text weight: ``weight * evidence(count)``."""
-        return self.weight / (1 + counts.float() / self.half_count)
+        return self.weight * self.evidence(counts)
 
     def text_rows(self, item_text: torch.Tensor) -> torch.Tensor:
         """float32 ``text(i)`` of every item row: unit vectors less ``center``, zero without text."""
@@ -75,63 +104,124 @@ class TextBlend:
         has_text = unit.abs().sum(1, keepdim=True) > 0
         return torch.where(has_text, unit - torch.tensor(self.center, device=unit.device), 0.0)
 
-    def add_to(self, scores: torch.Tensor, items: torch.Tensor, text: torch.Tensor,
-               counts: torch.Tensor) -> torch.Tensor:
-        """``scores`` [B, n_items] plus the text term, for histories ``items`` [B, L] (0 pads);
-        ``text``: :meth:`text_rows`."""
-        if not self.weight:
-            return scores
-        return scores + (profiles(items, text, self.recent) @ text.T) * self.item_weights(counts).to(scores.device)
+    def add_to(self, scores: torch.Tensor, items: torch.Tensor, text: torch.Tensor | None,
+               counts: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` [B, n_items] plus the text term, for histories ``items`` [B, L] (0 pads;
+        ``text``: :meth:`text_rows`), and the live term, given items' live interactions ``live``."""
+        evidence = self.evidence(counts).to(scores.device)
+        if self.weight:
+            scores = scores + (profiles(items, text, self.recent) @ text.T) * (self.weight * evidence)
+        if self.live and live is not None:
+            scores = scores + torch.log1p(live.to(scores.device)) * (self.live * evidence)
+        return scores
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
+class GridScore:
+    """Recall@20 at each pair of ``grid``, over all events and over the events on new items."""
+
+    recalls: dict[tuple[float, float], float]
+    new_recalls: dict[tuple[float, float], float]
+    events: int
+    new_events: int
+
+
+@dataclass(frozen=True)
 class Evidence:
-    """What each weight of ``grid`` scored (Recall@20) on events a lineage's versions had not trained
-    on, summed over its updates, an update's events counting half after ``half_life`` more.
+    """What each pair of ``grid`` scored (Recall@20, overall and on new items) on events a lineage's
+    versions had not trained on, summed over its updates, an update's events counting half after
+    ``half_life`` more.
 
     Each update scores its window with the version it starts from before training on it (its
-    new items new to it, as they are when it serves), at every weight, and adds the hits here; the
-    sum travels with the lineage (``info["text_blend_evidence"]``), so the weight is chosen on
+    new items new to it, as they are when it serves), at every pair, and adds the hits here; the
+    sum travels with the lineage (``info["text_blend_evidence"]``), so the weights are chosen on
     tens of thousands of events, not on a job's held-out thousand, where a 1% change is noise.
 
-    >>> first = Evidence(grid=(0.0, 1.0)).add({0.0: 0.5, 1.0: 0.25}, events=100, half_life=100)
-    >>> first.recalls()
-    {0.0: 0.5, 1.0: 0.25}
-    >>> second = Evidence(**first.to_dict()).add({0.0: 0.5, 1.0: 0.5}, events=100, half_life=100)
-    >>> second.events, second.recalls()[1.0]
-    (150.0, 0.4166666666666667)
+    >>> grid = ((0.0, 0.0), (1.0, 0.0))
+    >>> score = GridScore({grid[0]: 0.5, grid[1]: 0.25}, {grid[0]: 0.0, grid[1]: 0.5}, events=100, new_events=10)
+    >>> first = Evidence(grid=grid).add(score, half_life=100)
+    >>> first.score().recalls == score.recalls, first.score().new_recalls == score.new_recalls
+    (True, True)
+    >>> second = Evidence(**first.to_dict()).add(score, half_life=100)
+    >>> second.events, second.new_events
+    (150.0, 15.0)
     """
 
-    grid: tuple[float, ...] = GRID
+    grid: tuple[tuple[float, float], ...] = PAIRS
     events: float = 0.0
     hits: tuple[float, ...] = ()
+    new_events: float = 0.0
+    new_hits: tuple[float, ...] = ()
 
     def __post_init__(self):  # lists when read back from a version's JSON header
-        object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "grid", tuple(tuple(pair) for pair in self.grid))
         object.__setattr__(self, "hits", tuple(self.hits))
+        object.__setattr__(self, "new_hits", tuple(self.new_hits))
 
     @classmethod
     def of(cls, info: dict | None) -> Evidence:
         """The evidence stored in a version's ``info`` (none, when absent or over another grid)."""
-        evidence = cls(**info) if info else cls()
-        return evidence if evidence.grid == GRID else cls()
+        try:
+            evidence = cls(**info) if info else cls()
+        except TypeError:  # stored by a version of the term with other fields
+            return cls()
+        return evidence if evidence.grid == PAIRS else cls()
 
-    def add(self, recalls: dict[float, float], events: int, half_life: float) -> Evidence:
-        """This evidence, older events discounted, plus ``events`` scored with ``recalls`` by weight."""
-        keep = 0.5 ** (events / half_life)
-        old = self.hits or (0.0,) * len(self.grid)
-        return replace(self, events=self.events * keep + events,
-                       hits=tuple(hits * keep + recalls[weight] * events for hits, weight in zip(old, self.grid)))
+    def add(self, score: GridScore, half_life: float) -> Evidence:
+        """This evidence, older events discounted, plus ``score``'s events."""
+        keep = 0.5 ** (score.events / half_life)
+        hits = self.hits or (0.0,) * len(self.grid)
+        new_hits = self.new_hits or (0.0,) * len(self.grid)
+        return replace(self, events=self.events * keep + score.events,
+                       hits=tuple(h * keep + score.recalls[p] * score.events for h, p in zip(hits, self.grid)),
+                       new_events=self.new_events * keep + score.new_events,
+                       new_hits=tuple(h * keep + _finite(score.new_recalls[p]) * score.new_events
+                                      for h, p in zip(new_hits, self.grid)))
 
-    def recalls(self) -> dict[float, float]:
-        """Recall@20 by weight over the evidence's events (empty without any)."""
-        return {weight: hits / self.events for weight, hits in zip(self.grid, self.hits)} if self.events else {}
+    def score(self) -> GridScore:
+        """Recall@20 by pair over the evidence's events."""
+        return GridScore({p: h / self.events for p, h in zip(self.grid, self.hits)} if self.events else {},
+                         {p: h / self.new_events for p, h in zip(self.grid, self.new_hits)} if self.new_events else {},
+                         round(self.events), round(self.new_events))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+class LiveCounts:
+    """Items' interactions before any moment among events a version has not trained on: what
+    serving counts live (:class:`serving.history.LiveInteractions`), for ranking events of the past.
+
+    >>> live = LiveCounts(np.array([2, 3, 2]), np.array([10, 20, 30]), n_items=4)
+    >>> live.before(np.array([25, 5, 31, 30])).tolist()
+    [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, rows: np.ndarray, ts: np.ndarray, n_items: int):
+        order = np.argsort(ts, kind="stable")
+        self.rows = torch.from_numpy(np.asarray(rows, np.int64)[order])
+        self.ts, self.n_items = np.asarray(ts, np.int64)[order], n_items
+
+    def before(self, times: np.ndarray) -> torch.Tensor:
+        """float32 [len(times), n_items]: each item's events strictly before each of ``times``."""
+        ends = np.searchsorted(self.ts, times, side="left")
+        order = np.argsort(ends, kind="stable")
+        ends = ends[order]
+        counts = torch.zeros(len(times), self.n_items)
+        if not len(times) or not ends[-1]:
+            return counts
+        segment = torch.from_numpy(np.repeat(np.arange(len(times)), np.diff(ends, prepend=0)))
+        counts.index_put_((segment, self.rows[:ends[-1]]), torch.ones(int(ends[-1])), accumulate=True)
+        out = torch.empty_like(counts)
+        out[torch.from_numpy(order)] = counts.cumsum(0)
+        return out
 
 
 def profiles(items: torch.Tensor, item_text: torch.Tensor, recent: int) -> torch.Tensor:
@@ -153,14 +243,23 @@ def center_of(item_text: torch.Tensor) -> tuple[float, ...]:
     return tuple(with_text.mean(0).tolist()) if len(with_text) else ()
 
 
-def fit_weight(recalls: dict[float, float], tolerance: float) -> float:
-    """The largest weight whose recall is within ``tolerance`` (relative) of the recall at weight 0.
+def fit_weight(score: GridScore, tolerance: float) -> tuple[float, float]:
+    """The (text, live) pair whose Recall@20 is within ``tolerance`` (relative) of the model's alone
+    (the pair ``(0, 0)``) and finds new items best (ties: the better overall, then the earlier
+    pair); without events on new items, the best overall: nothing says what the terms would gain.
 
-    >>> fit_weight({0.0: 0.200, 0.5: 0.201, 1.0: 0.199, 2.0: 0.190}, tolerance=0.01)
-    1.0
+    >>> recalls = {(0.0, 0.0): 0.200, (1.0, 0.0): 0.199, (2.0, 0.0): 0.190, (0.0, 1.0): 0.201}
+    >>> fit_weight(GridScore(recalls, {(0.0, 0.0): 0.0, (1.0, 0.0): 0.2, (2.0, 0.0): 0.4, (0.0, 1.0): 0.2},
+    ...                      events=1000, new_events=20), tolerance=0.01)
+    (0.0, 1.0)
+    >>> fit_weight(GridScore(recalls, {}, events=1000, new_events=0), tolerance=0.01)
+    (0.0, 1.0)
     """
-    floor = recalls[0.0] * (1 - tolerance)
-    return max(weight for weight, recall in recalls.items() if recall >= floor)
+    floor = score.recalls[(0.0, 0.0)] * (1 - tolerance)
+    within = [pair for pair, recall in score.recalls.items() if recall >= floor]
+    if not score.new_events:
+        return max(within, key=lambda pair: score.recalls[pair])
+    return max(within, key=lambda pair: (_finite(score.new_recalls[pair]), score.recalls[pair]))
 
 
 def fit_counts(counts: torch.Tensor, held_out: np.ndarray, window: np.ndarray | None = None) -> torch.Tensor:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from learner.blend import TextBlend
+from learner.blend import LiveCounts, TextBlend
 from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN, IdMap, Vocabulary
@@ -56,7 +56,9 @@ class Scorer(Protocol):
     """Scores every item row of ``vocab.items`` for a batch of histories.
 
     A scorer may also have ``item_vectors`` ([n_items, d], rows as ``vocab.items``): the
-    vectors :func:`evaluate` measures diversity with when it is given no text vectors.
+    vectors :func:`evaluate` measures diversity with when it is given no text vectors; and
+    ``takes_live`` true when its ``scores`` also take items' live interactions
+    (``live``, :meth:`learner.blend.LiveCounts.before`).
     """
 
     vocab: Vocabulary
@@ -95,6 +97,7 @@ class BundleScorer:
     def _use(self, blend: TextBlend) -> None:
         self.blend = blend
         self.blend_text = blend.text_rows(self.model.item_text) if blend.weight else None
+        self.takes_live = bool(blend.live)
 
     def with_blend(self, blend: TextBlend) -> BundleScorer:
         """This scorer with ``blend``'s text term instead (model, item vectors and remembered states shared)."""
@@ -103,7 +106,7 @@ class BundleScorer:
         return other
 
     @torch.no_grad()
-    def scores(self, inputs: SequenceBatch) -> torch.Tensor:
+    def scores(self, inputs: SequenceBatch, live: torch.Tensor | None = None) -> torch.Tensor:
         key = None if self._states is None else (inputs.items.numpy().tobytes(), inputs.users.numpy().tobytes())
         states = None if key is None else self._states.get(key)
         inputs = inputs.to(self.device)
@@ -113,7 +116,7 @@ class BundleScorer:
             if key is not None:
                 self._states[key] = states
         scores = self.model.logits(states, self.item_vectors)
-        return self.blend.add_to(scores, inputs.items, self.blend_text, self.counts) if self.blend.weight else scores
+        return self.blend.add_to(scores, inputs.items, self.blend_text, self.counts, live) if self.blend else scores
 
 
 class Popularity:
@@ -276,14 +279,18 @@ def metrics_at(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tens
 def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None = None,
              ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False,
              max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None,
-             beyond_accuracy: bool = False, item_vectors: ItemVectors | None = None) -> dict[str, float]:
+             beyond_accuracy: bool = False, item_vectors: ItemVectors | None = None,
+             live_events: pd.DataFrame | None = None) -> dict[str, float]:
     """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
     known items, over the events whose item the scorer knows. ``max_events`` bounds the cost: a
     seeded sample of that many events is scored, the others still count as users' history.
     With ``new_items`` (ids of items nobody has interacted with yet), ``new_item_share@K`` is
-    the share of the top-K slots (largest K of ``ks``) they fill. ``beyond_accuracy`` adds
+    the share of the top-K slots (largest K of ``ks``) they fill, ``new_item_recall@K`` the
+    Recall@K of the events on them (``new_item_examples`` of them). A scorer that ``takes_live``
+    gets each item's live interactions before each event: its events in ``live_events`` (events
+    the scorer has not trained on; default ``events``) earlier in time. ``beyond_accuracy`` adds
     ``coverage@K``, ``diversity@K``, ``novelty@K`` and ``avg_popularity@K`` for each K of ``ks``
     (the module docstring), the training data being ``history`` as given; ``item_vectors``
     (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with.
@@ -312,13 +319,18 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     (novelty: ``(-log2(3/4) - 2 log2(1/4)) / 3``; popularity: ``(1 + 0 + 0) / 3``.)
     """
     training = events_frame(history)
+    live = None
+    if getattr(scorer, "takes_live", False):
+        untrained = events if live_events is None else events_frame(live_events)
+        live = LiveCounts(scorer.vocab.items.index(untrained["item_id"]), untrained["ts"].to_numpy(),
+                          len(scorer.vocab.items))
     if max_events is not None and len(events) > max_events:
         keep = np.zeros(len(events), dtype=bool)
         keep[np.random.default_rng(seed).choice(len(events), size=max_events, replace=False)] = True
         history, events = pd.concat([events_frame(history), events[~keep]], ignore_index=True), events[keep]
     examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
-    loss, scored, new_slots = 0.0, 0, 0.0
+    loss, scored, new_slots, new_hits, new_examples = 0.0, 0, 0.0, 0.0, 0
     if new_items is not None:
         is_new = torch.zeros(len(scorer.vocab.items), dtype=torch.bool)
         is_new[torch.from_numpy(scorer.vocab.items.index(new_items))] = True
@@ -327,7 +339,9 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     batch_size = max(1, min(batch_size, SCORES_PER_BATCH // len(scorer.vocab.items)))
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
-        scores = scorer.scores(examples.inputs.select(slice(lo, hi))).float()
+        inputs = examples.inputs.select(slice(lo, hi))
+        scores = (scorer.scores(inputs) if live is None else scorer.scores(inputs, live.before(examples.times[lo:hi])))
+        scores = scores.float()
         targets = examples.targets[lo:hi].to(scores.device)
         scores[:, :UNKNOWN + 1] = float("-inf")
         if with_loss:
@@ -348,10 +362,15 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         scores.scatter_(1, targets[:, None], target_scores)
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
+            if new_items is not None and name == f"recall@{max(ks)}":
+                on_new = is_new.to(targets.device)[targets]
+                new_hits, new_examples = new_hits + values[on_new].sum().item(), new_examples + int(on_new.sum())
     n = len(examples)
     result = {name: total / n if n else math.nan for name, total in totals.items()}
     if new_items is not None:
         result[f"new_item_share@{max(ks)}"] = new_slots / n if n else math.nan
+        result[f"new_item_recall@{max(ks)}"] = new_hits / new_examples if new_examples else math.nan
+        result["new_item_examples"] = new_examples
     if beyond is not None:
         result.update(beyond.result() if n else {f"{name}@{k}": math.nan for name in BEYOND_ACCURACY for k in ks})
     result["examples"] = n

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from learner.admission import IdPolicy, update_ids
-from learner.blend import GRID, Evidence, TextBlend, center_of, fit_counts, fit_weight
+from learner.blend import PAIRS, Evidence, GridScore, TextBlend, center_of, fit_counts, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
@@ -64,9 +64,9 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     ``previous`` (usually ``bundle``) is distilled from. When text tuning is due
     (``config.text``), the text encoder is tuned too (it needs ``catalog`` and ``encoder``).
     A bundle trained before (``info["trained_events"]``, which this adds to) is updated for at
-    most ``config.update_epochs``; before training, an update scores its window at every weight
-    of the text term and adds that to the lineage's :class:`learner.blend.Evidence`, which the
-    term's weight is then fitted on (:func:`fit_text_blend`). Returns the trained bundle and the
+    most ``config.update_epochs``; before training, an update scores its window at every pair of
+    weights of the text and live terms and adds that to the lineage's :class:`learner.blend.Evidence`, which the
+    terms' weights are then fitted on (:func:`fit_text_blend`). Returns the trained bundle and the
     per-epoch log.
     """
     config = config or FineTuneConfig()
@@ -79,11 +79,11 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     update = bundle.info.get("trained_events", 0) > 0
     blending = config.text_blend and student.model.config.use_text
     if blending and update and config.text_blend_evidence_events:  # before the window counts as the model's evidence
-        recalls, scored = grid_recalls(student, events_frame(window), events_frame(history), device,
-                                       config.text_blend_half_count, config.text_blend_evidence_events)
-        if scored:
+        score = grid_recalls(student, events_frame(window), events_frame(history), device,
+                             config.text_blend_half_count, config.text_blend_evidence_events)
+        if score.events:
             student.info["text_blend_evidence"] = Evidence.of(bundle.info.get("text_blend_evidence")).add(
-                recalls, scored, config.text_blend_evidence_half_life).to_dict()
+                score, config.text_blend_evidence_half_life).to_dict()
     student.info["ids"] = {**update_ids(student, events_frame(window), config.ids), "policy": config.ids.describe()}
     plugins: list[Plugin] = []
     if config.holdout:
@@ -113,15 +113,15 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
                    tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
                    half_count: float = TEXT_BLEND_HALF_COUNT, window: pd.DataFrame | None = None) -> TextBlend:
-    """The text term (:mod:`learner.blend`) for ``bundle``: the largest weight of
-    :data:`learner.blend.GRID` (in standard deviations of the model's scores) whose Recall@20 is
-    within ``tolerance`` of the model's alone, on the lineage's evidence (``info["text_blend_evidence"]``,
-    :class:`learner.blend.Evidence`) once it holds ``max_events`` events, else on a seeded sample of
-    at most ``max_events`` of the ``held_out`` events it was not trained on (``history``: what
-    precedes them). With fewer than ``min_events`` of those either, the bundle keeps the term it
-    has (its parent's; none for a new model): too few to tell a 1% change.
+    """The text and live terms (:mod:`learner.blend`) for ``bundle``: the pair of weights
+    (standard deviations of the model's scores) :func:`learner.blend.fit_weight` chooses, on the
+    lineage's evidence (``info["text_blend_evidence"]``, :class:`learner.blend.Evidence`) once it
+    holds ``max_events`` events, else on a seeded sample of at most ``max_events`` of the
+    ``held_out`` events it was not trained on (``history``: what precedes them). With fewer than
+    ``min_events`` of those either, the bundle keeps the terms it has (its parent's; none for a
+    new model): too few to tell a 1% change.
 
-    New items get the whole term. Items first seen in ``held_out`` are new, as they will be when
+    New items get the whole terms. Items first seen in ``held_out`` are new, as they will be when
     the version serves; so are, given an update's ``window`` (``held_out`` is its tail), the
     items whose every interaction is in it (:func:`learner.blend.fit_counts`): a window brings
     about as many new items as the next one will, its held-out tail only a tenth of them, and
@@ -134,17 +134,21 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     if not spread:
         return TextBlend()
     if evidence.events >= max_events:
-        recalls, source = evidence.recalls(), f"{evidence.events:.0f} events of the lineage's updates"
+        score, source = evidence.score(), f"{evidence.events:.0f} events of the lineage's updates"
     else:
         rows = bundle.vocab.items.index
         counts = fit_counts(bundle.model.item_counts, rows(held_out["item_id"]),
                             None if window is None else rows(window["item_id"]))
-        recalls, scored = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread)
-        source = f"{scored} held-out events"
-    chosen = fit_weight(recalls, tolerance)
-    log.info("text blend: weight %.2f sd (%.4f) of %s, Recall@20 by weight %s on %s", chosen, chosen * spread, GRID,
-             {m: round(r, 4) for m, r in recalls.items()}, source)
-    return TextBlend(weight=chosen * spread, half_count=half_count, center=center_of(bundle.model.item_text))
+        score = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread)
+        source = f"{score.events} held-out events"
+    weight, live = fit_weight(score, tolerance)
+    log.info("text blend: text weight %.2f sd (%.4f), live weight %.2f sd (%.4f), on %s (%d on new items); "
+             "Recall@20 %.4f, on new items %.4f, against %.4f and %.4f without", weight, weight * spread, live,
+             live * spread, source, score.new_events, score.recalls[weight, live],
+             score.new_recalls.get((weight, live), float("nan")), score.recalls[0.0, 0.0],
+             score.new_recalls.get((0.0, 0.0), float("nan")))
+    return TextBlend(weight=weight * spread, half_count=half_count, center=center_of(bundle.model.item_text),
+                     live=live * spread)
 
 
 def score_spread(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame,
@@ -159,20 +163,23 @@ def score_spread(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFram
 
 
 def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame, device: Device | None,
-                 half_count: float, max_events: int, counts=None, spread: float | None = None,
-                 ) -> tuple[dict[float, float], int]:
-    """Recall@20 of ``bundle`` on a seeded sample of at most ``max_events`` of ``events`` at each
-    weight of :data:`learner.blend.GRID` (multiples of ``spread``, by default
-    :func:`score_spread`'s), items' interactions ``counts`` (default: the model's), and how many
-    events it scored (0, and no recalls, when the scores have no spread)."""
+                 half_count: float, max_events: int, counts=None, spread: float | None = None) -> GridScore:
+    """Recall@20 of ``bundle`` on a seeded sample of at most ``max_events`` of ``events``, overall
+    and on new items (no interactions in ``counts``), at each pair of :data:`learner.blend.PAIRS`
+    (multiples of ``spread``, by default :func:`score_spread`'s), items' interactions ``counts``
+    (default: the model's) and live interactions those of ``events`` before each; no events
+    scored when the scores have no spread."""
     spread = score_spread(bundle, events, history, device) if spread is None else spread
     if not spread:
-        return {}, 0
+        return GridScore({}, {}, 0, 0)
     center = center_of(bundle.model.item_text)
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
-    recalls, scored = {}, 0
-    for multiple in GRID:
-        scorer = model_alone.with_blend(TextBlend(weight=multiple * spread, half_count=half_count, center=center))
-        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events)
-        recalls[multiple], scored = result["recall@20"], result["examples"]
-    return recalls, scored
+    known = model_alone.counts.cpu()
+    new_items = [item for item, n in zip(bundle.vocab.items.keys(), known[UNKNOWN + 1:].tolist()) if n == 0]
+    recalls, new_recalls, result = {}, {}, {}
+    for weight, live in PAIRS:
+        scorer = model_alone.with_blend(TextBlend(weight=weight * spread, half_count=half_count, center=center,
+                                                  live=live * spread))
+        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events, new_items=new_items)
+        recalls[weight, live], new_recalls[weight, live] = result["recall@20"], result["new_item_recall@20"]
+    return GridScore(recalls, new_recalls, result["examples"], result["new_item_examples"])

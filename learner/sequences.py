@@ -54,6 +54,7 @@ class _Timelines:
     storefronts: np.ndarray
     users: np.ndarray
     is_target: np.ndarray
+    ts: np.ndarray
     starts: np.ndarray  # start offset of each user's run; ends are the next start
 
     def runs(self) -> Iterator[tuple[int, int]]:
@@ -77,6 +78,7 @@ def _timelines(context: pd.DataFrame, targets: pd.DataFrame, vocab: Vocabulary) 
         storefronts=vocab.storefronts.index(frame["storefront"]),
         users=users,
         is_target=frame["is_target"].to_numpy(dtype=bool),
+        ts=frame["ts"].to_numpy(dtype=np.int64),
         starts=starts,
     )
 
@@ -146,13 +148,14 @@ class NextItemExamples:
     """One example per evaluated event: the history before it, its item, and items seen before.
 
     ``seen_items[seen_offsets[i]:seen_offsets[i + 1]]`` are all items of example i's user before
-    the event (not only the last ``max_len``).
+    the event (not only the last ``max_len``); ``times`` the events' ``ts``.
     """
 
     inputs: SequenceBatch
     targets: torch.Tensor
     seen_offsets: np.ndarray
     seen_items: np.ndarray
+    times: np.ndarray
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -184,7 +187,8 @@ def next_item_examples(history: pd.DataFrame | None, events: pd.DataFrame, vocab
                   if len(positions) else np.zeros(0, np.int64))
     inputs = SequenceBatch(windows["items"], windows["types"], windows["storefronts"],
                            torch.from_numpy(tl.users[positions]))
-    return NextItemExamples(inputs, torch.from_numpy(tl.items[positions]), seen_offsets, seen_items.astype(np.int64))
+    return NextItemExamples(inputs, torch.from_numpy(tl.items[positions]), seen_offsets, seen_items.astype(np.int64),
+                            tl.ts[positions])
 
 
 def history_batch(history: pd.DataFrame, vocab: Vocabulary, max_len: int) -> tuple[list[str], SequenceBatch]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from learner.blend import GRID, Evidence, TextBlend, fit_weight
+from learner.blend import LIVE_GRID, PAIRS, Evidence, TextBlend, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
@@ -96,8 +96,13 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     updated, _ = fine_tune(bundle, first, history=events[:6_000], catalog=catalog, previous=bundle, device=CPU,
                            config=config)
     evidence = Evidence.of(updated.info["text_blend_evidence"])
-    assert evidence.events == len(first) and evidence.grid == GRID
-    assert evidence.recalls()[0.0] == pytest.approx(parent_alone["recall@20"])  # scored by the parent, untrained
+    assert evidence.events == len(first) and evidence.grid == PAIRS
+    score = evidence.score()
+    assert score.recalls[0.0, 0.0] == pytest.approx(parent_alone["recall@20"])  # scored by the parent, untrained
+    trained_counts = dict(zip(bundle.vocab.items.keys(), bundle.model.item_counts[2:].tolist()))
+    assert evidence.new_events == sum(trained_counts.get(item, 0) == 0 for item in first["item_id"])
+    # new items shoppers have started to click since are found more often with the live term
+    assert score.new_recalls[0.0, max(LIVE_GRID)] > score.new_recalls[0.0, 0.0]
     assert "text_blend_evidence" not in bundle.info
 
     caplog.clear()  # the first update's fit too may be logged
@@ -107,4 +112,6 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     evidence = Evidence.of(again.info["text_blend_evidence"])
     assert evidence.events == pytest.approx(len(first) * 0.5 ** (len(second) / 25_000) + len(second))
     [fit] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text blend")]
-    assert f"weight {fit_weight(evidence.recalls(), 0.01):.2f} sd" in fit and "of the lineage's updates" in fit
+    weight, live = fit_weight(evidence.score(), 0.01)
+    assert f"text weight {weight:.2f} sd" in fit and f"live weight {live:.2f} sd" in fit
+    assert "of the lineage's updates" in fit
