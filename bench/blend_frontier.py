@@ -104,9 +104,10 @@ def run(windows: int, out: Path) -> list[dict]:
         spreads.append(score_spread(*args, **kwargs))
         return spreads[-1]
 
-    def seen_fit_weight(recalls, tolerance):
-        fits.append({"fit_recall": {str(m): r for m, r in recalls.items()}})
-        return fit_weight(recalls, tolerance)
+    def seen_fit_weight(score, tolerance):
+        fits.append({"fit_recall": {f"{w:g}/{live:g}": r for (w, live), r in score.recalls.items()},
+                     "fit_new_recall": {f"{w:g}/{live:g}": r for (w, live), r in score.new_recalls.items()}})
+        return fit_weight(score, tolerance)
 
     def seen_fit_text_blend(*args, **kwargs):
         spreads.clear()
@@ -131,7 +132,8 @@ def run(windows: int, out: Path) -> list[dict]:
 
         def recalls(ranked) -> tuple[float, float | None]:
             return (evaluate(ranked, events, history, ks=(20,))["recall@20"],
-                    evaluate(ranked, cold, pd.concat([history, events]), ks=(20,))["recall@20"] if len(cold) else None)
+                    evaluate(ranked, cold, pd.concat([history, events]), ks=(20,), live_events=events)["recall@20"]
+                    if len(cold) else None)
 
         by = {"fitted": recalls(scorer)}  # the default, with the weight it fitted
         for name, (similarity, cap) in VARIANTS.items():
@@ -142,8 +144,9 @@ def run(windows: int, out: Path) -> list[dict]:
                 ranked = Variant(model_alone, model_alone.with_blend(weighted), similarity, cap)
                 by["no term" if multiple == 0 else f"{name}:{multiple}"] = recalls(ranked)
         rows.append({"window": len(ranked_windows), "events": len(events), "cold_events": len(cold),
-                     "fit": {"fit_recall": fit["fit_recall"],
-                             "weight_sd": blend.weight / fit["spread"] if fit["spread"] else 0.0},
+                     "fit": {"fit_recall": fit["fit_recall"], "fit_new_recall": fit["fit_new_recall"],
+                             "weight_sd": blend.weight / fit["spread"] if fit["spread"] else 0.0,
+                             "live_sd": blend.live / fit["spread"] if fit["spread"] else 0.0},
                      "by": by})
         (out / "frontier.json").write_text(json.dumps(rows, indent=1))
         return result

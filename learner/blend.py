@@ -245,21 +245,20 @@ def center_of(item_text: torch.Tensor) -> tuple[float, ...]:
 
 def fit_weight(score: GridScore, tolerance: float) -> tuple[float, float]:
     """The (text, live) pair whose Recall@20 is within ``tolerance`` (relative) of the model's alone
-    (the pair ``(0, 0)``) and finds new items best (ties: the better overall, then the earlier
-    pair); without events on new items, the best overall: nothing says what the terms would gain.
+    (the pair ``(0, 0)``) and finds new items best; of pairs that find them equally well (as all
+    do when the events hold none), the one that gives them most: the larger text weight, then
+    the larger live weight. New items gain what warm items can spare and no more.
 
     >>> recalls = {(0.0, 0.0): 0.200, (1.0, 0.0): 0.199, (2.0, 0.0): 0.190, (0.0, 1.0): 0.201}
-    >>> fit_weight(GridScore(recalls, {(0.0, 0.0): 0.0, (1.0, 0.0): 0.2, (2.0, 0.0): 0.4, (0.0, 1.0): 0.2},
+    >>> fit_weight(GridScore(recalls, {(0.0, 0.0): 0.0, (1.0, 0.0): 0.2, (2.0, 0.0): 0.4, (0.0, 1.0): 0.3},
     ...                      events=1000, new_events=20), tolerance=0.01)
     (0.0, 1.0)
     >>> fit_weight(GridScore(recalls, {}, events=1000, new_events=0), tolerance=0.01)
-    (0.0, 1.0)
+    (1.0, 0.0)
     """
     floor = score.recalls[(0.0, 0.0)] * (1 - tolerance)
     within = [pair for pair, recall in score.recalls.items() if recall >= floor]
-    if not score.new_events:
-        return max(within, key=lambda pair: score.recalls[pair])
-    return max(within, key=lambda pair: (_finite(score.new_recalls[pair]), score.recalls[pair]))
+    return max(within, key=lambda pair: (_finite(score.new_recalls.get(pair, math.nan)), pair))
 
 
 def fit_counts(counts: torch.Tensor, held_out: np.ndarray, window: np.ndarray | None = None) -> torch.Tensor:

@@ -106,7 +106,7 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
         student.info["text_blend"] = fit_text_blend(student, stopping.validation, stopping.history, device,
                                                     config.text_blend_tolerance,
                                                     half_count=config.text_blend_half_count,
-                                                    window=window if update else None).to_dict()
+                                                    window=window if update else newest_half(window)).to_dict()
     return student, epoch_log
 
 
@@ -122,11 +122,11 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     new model): too few to tell a 1% change.
 
     New items get the whole terms. Items first seen in ``held_out`` are new, as they will be when
-    the version serves; so are, given an update's ``window`` (``held_out`` is its tail), the
-    items whose every interaction is in it (:func:`learner.blend.fit_counts`): a window brings
-    about as many new items as the next one will, its held-out tail only a tenth of them, and
-    without the rest the fit would not see how many warm items the next window's new items
-    displace."""
+    the version serves; so are, given ``window`` (``held_out`` is its tail: an update's window, a
+    new model's newest half of it), the items whose every interaction is in it
+    (:func:`learner.blend.fit_counts`): a window brings about as many new items as the next one
+    will, its held-out tail only a tenth of them, and without the rest the fit would not see
+    what the terms gain on new items nor how many warm items they displace."""
     evidence = Evidence.of(bundle.info.get("text_blend_evidence"))
     if evidence.events < max_events and len(held_out) < min_events:
         return bundle.text_blend
@@ -149,6 +149,12 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
              score.new_recalls.get((0.0, 0.0), float("nan")))
     return TextBlend(weight=weight * spread, half_count=half_count, center=center_of(bundle.model.item_text),
                      live=live * spread)
+
+
+def newest_half(events: pd.DataFrame) -> pd.DataFrame:
+    """The newer half of ``events`` in time: what stands in for a new model's window in its fit
+    (the items it introduced count as new)."""
+    return events.sort_values("ts", kind="stable").iloc[len(events) // 2:]
 
 
 def score_spread(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame,

@@ -1,4 +1,5 @@
-"""What the worker remembers of shoppers for serving: recent histories and trending items.
+"""What the worker remembers of shoppers for serving: recent histories, trending items and items'
+live interactions.
 
 Both are fed Arrow tables of accepted events (:mod:`replay.codec`) read back from the store,
 so every worker knows every user, whichever partitions it consumes.
@@ -160,3 +161,57 @@ class Trending:
     def weights(self, storefront: str) -> dict[str, float]:
         """Every item's weight in ``storefront`` (relative: only shares between items mean something)."""
         return self._weights.get(storefront, {}).copy()
+
+
+class LiveInteractions:
+    """Each item's events in the newest sealed windows and in open segments, so the version
+    serving gets its items' live interactions (:mod:`learner.blend`): the events of the windows
+    after the last one it trained on, and of the segments not sealed yet.
+
+    Adding is idempotent: an open event counts once, and no more once its window is added.
+
+    Examples
+    --------
+    >>> from replay.codec import to_table
+    >>> def events(ids, item):
+    ...     return to_table([{"event_id": i, "type": "click", "user_id": "u", "item_id": item,
+    ...                       "storefront": "shop", "ts": 1} for i in ids])
+    >>> live = LiveInteractions(keep_windows=3)
+    >>> live.add_window(1, events(["a", "b"], "old"))
+    >>> live.add_open(events(["c", "d"], "new")); live.add_open(events(["d"], "new"))
+    >>> live.counts(after_window=0), live.counts(after_window=1)
+    ({'old': 2, 'new': 2}, {'new': 2})
+    >>> live.add_window(2, events(["c", "d", "e"], "new"))
+    >>> live.counts(after_window=1)
+    {'new': 3}
+    """
+
+    def __init__(self, keep_windows: int):
+        self.keep_windows = keep_windows
+        self._windows: dict[int, dict[str, int]] = {}
+        self._open: dict[str, str] = {}  # event id -> item id, until its window is sealed
+        self.generation = 0  # tables added so far
+
+    def add_window(self, window_id: int, events: pa.Table) -> None:
+        counts = events.group_by("item_id").aggregate([("item_id", "count")]).to_pydict()
+        self._windows[window_id] = dict(zip(counts["item_id"], counts["item_id_count"]))
+        for event_id in events.column("event_id").to_pylist():
+            self._open.pop(event_id, None)
+        for old in sorted(self._windows)[:-self.keep_windows]:
+            del self._windows[old]
+        self.generation += 1
+
+    def add_open(self, events: pa.Table) -> None:
+        self._open.update(zip(events.column("event_id").to_pylist(), events.column("item_id").to_pylist()))
+        self.generation += 1
+
+    def counts(self, after_window: int) -> dict[str, int]:
+        """Events of each item in the windows after ``after_window`` and in open segments."""
+        total: dict[str, int] = {}
+        for window_id, counts in list(self._windows.items()):
+            if window_id > after_window:
+                for item, n in counts.items():
+                    total[item] = total.get(item, 0) + n
+        for item in list(self._open.values()):
+            total[item] = total.get(item, 0) + 1
+        return total

@@ -101,24 +101,28 @@ def item_rows(vocab: Vocabulary) -> np.ndarray:
 
 
 class Recommender:
-    """One model version ready to answer (built by :func:`serving.snapshot.build_snapshot`), then read-only.
+    """One model version ready to answer (built by :func:`serving.snapshot.build_snapshot`), then
+    read-only but for items' live interactions (:meth:`set_live` swaps them in whole).
 
     It holds the version's model and vocabulary (``model``, ``vocab``), its text encoder, its
-    text term (``blend``, with the weight of each item row in ``text_weights``, None without a
-    term), three :class:`~serving.index.ItemIndex`: model vectors by inner product
+    text and live terms (``blend``, with each item row's ``evidence`` factor, None without
+    either term), three :class:`~serving.index.ItemIndex`: model vectors by inner product
     (``recommend_index``), by cosine (``similar_index``) and text vectors by cosine
     (``search_index``), the item ids by row, the catalog titles, which rows belong to each
     storefront and which rows have text.
     """
 
     def __init__(self, version: dict, device: Device, model: SASRec, vocab: Vocabulary, text_encoder: TextEncoder,
-                 text_encoder_name: str, blend: TextBlend, text_weights: np.ndarray | None, recommend_index: ItemIndex,
+                 text_encoder_name: str, blend: TextBlend, evidence: np.ndarray | None, recommend_index: ItemIndex,
                  similar_index: ItemIndex, search_index: ItemIndex, titles: dict[str, str],
                  storefront_masks: dict[str, np.ndarray], has_text: np.ndarray):
         self.version, self.device, self.model, self.vocab = version, device, model, vocab
         self.max_len = model.config.max_len
         self.text_encoder, self.text_encoder_name = text_encoder, text_encoder_name
-        self.blend, self._text_weights = blend, text_weights
+        self.blend = blend
+        self._text_weights = None if evidence is None or not blend.weight else blend.weight * evidence
+        self._live_weights = None if evidence is None or not blend.live else blend.live * evidence
+        self._live_term: np.ndarray | None = None  # per item row, from set_live; swapped in whole
         self.recommend_index, self.similar_index, self.search_index = recommend_index, similar_index, search_index
         self.item_ids = item_rows(vocab)
         self.titles = titles
@@ -193,7 +197,7 @@ class Recommender:
         if exclude:
             allowed[self.vocab.items.index(exclude)] = False
         user = self.user_vector(history).cpu().numpy()
-        if self._text_weights is None:
+        if self._text_weights is None and self._live_term is None:
             rows, scores = self.recommend_index.search(user, k, allowed)
         else:
             rows, scores = self._blended(user, history, k, allowed)
@@ -208,22 +212,35 @@ class Recommender:
         return [Scored(self.item_ids[row], score, (self.item_ids[int(seen[a])], float(b)))
                 for (row, score), a, b in zip(top, at.tolist(), best.tolist())]
 
+    def set_live(self, counts: dict[str, int]) -> None:
+        """Items' live interactions (events the version has not trained on,
+        :class:`serving.history.LiveInteractions`), for the live term of the next answers."""
+        if self._live_weights is None:
+            return
+        live = np.zeros(len(self.item_ids), dtype=np.float32)
+        rows = self.vocab.items.index(counts.keys())
+        np.add.at(live, rows, np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
+        term = (self._live_weights * np.log1p(live)).astype(np.float32)
+        term[:UNKNOWN + 1] = 0.0
+        self._live_term = term if term.any() else None
+
     def _blended(self, user: np.ndarray, history: Sequence, k: int,
                  allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the top ``k`` by the version's score plus its text term
+        """(rows, scores) of the top ``k`` by the version's score plus its text and live terms
         (:mod:`learner.blend`), as the gate scores: every item exactly with exact indexes; with
-        inverted-file indexes, the model's :data:`BLEND_CANDIDATES` best and the text's best
-        among new items (at most ``half_count`` interactions), rescored."""
-        recent = self.vocab.items.index(e.item_id for e in history[-self.blend.recent:])
-        known = recent[(recent > UNKNOWN) & self._has_text[recent]]
-        if not len(known):
+        inverted-file indexes, the model's :data:`BLEND_CANDIDATES` best, the text's best among
+        new items (at most ``half_count`` interactions) and every item with a live term, rescored."""
+        live = self._live_term
+        profile, offset = self._profile(history) if self._text_weights is not None else (None, 0.0)
+        if profile is None and live is None:
             return self.recommend_index.search(user, k, allowed)
-        center = np.asarray(self.blend.center or np.zeros(TEXT_DIM), dtype=np.float32)
-        profile = (self.search_index.rows(known) - center).sum(0) / len(recent)
-        offset = float(profile @ center)  # text(i) . profile = unit(i) . profile - center . profile
         if not self.recommend_index.approximate and not self.search_index.approximate:
-            text = np.where(self._has_text, self.search_index.dot(profile) - offset, 0.0)
-            scores = self.recommend_index.dot(user) + self._text_weights * text
+            scores = self.recommend_index.dot(user)
+            if profile is not None:
+                scores = scores + self._text_weights * np.where(self._has_text, self.search_index.dot(profile) - offset,
+                                                                0.0)
+            if live is not None:
+                scores = scores + live
             scores[~allowed] = -np.inf
             scores[:UNKNOWN + 1] = -np.inf
             k = min(k, int(np.isfinite(scores).sum()))
@@ -231,13 +248,31 @@ class Recommender:
             top = top[np.argsort(-scores[top], kind="stable")]
             return top, scores[top]
         pool = max(k, BLEND_CANDIDATES)
-        new = allowed & self._has_text & (self._text_weights >= self.blend.weight / 2)
-        rows = np.union1d(self.recommend_index.search(user, pool, allowed)[0],
-                          self.search_index.search(profile, pool, new)[0])
-        text = np.where(self._has_text[rows], self.search_index.rows(rows) @ profile - offset, 0.0)
-        scores = self.recommend_index.rows(rows) @ user + self._text_weights[rows] * text
+        rows = self.recommend_index.search(user, pool, allowed)[0]
+        if profile is not None:
+            new = allowed & self._has_text & (self._text_weights >= self.blend.weight / 2)
+            rows = np.union1d(rows, self.search_index.search(profile, pool, new)[0])
+        if live is not None:
+            rows = np.union1d(rows, np.flatnonzero(allowed & (live > 0)))
+        scores = self.recommend_index.rows(rows) @ user
+        if profile is not None:
+            scores = scores + self._text_weights[rows] * np.where(
+                self._has_text[rows], self.search_index.rows(rows) @ profile - offset, 0.0)
+        if live is not None:
+            scores = scores + live[rows]
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top].astype(np.float32)
+
+    def _profile(self, history: Sequence) -> tuple[np.ndarray | None, float]:
+        """(The text term's user profile over the search index's rows, ``center . profile``), or
+        (None, 0) when none of the user's recent items has text."""
+        recent = self.vocab.items.index(e.item_id for e in history[-self.blend.recent:])
+        known = recent[(recent > UNKNOWN) & self._has_text[recent]]
+        if not len(known):
+            return None, 0.0
+        center = np.asarray(self.blend.center or np.zeros(TEXT_DIM), dtype=np.float32)
+        profile = (self.search_index.rows(known) - center).sum(0) / len(recent)
+        return profile, float(profile @ center)  # text(i) . profile = unit(i) . profile - center . profile
 
     @torch.inference_mode()
     def similar(self, item_id: str, k: int) -> list[Scored]:

@@ -3,8 +3,8 @@
 Every ``STREAMREC_SERVING_POLL_S`` a store thread
 
 * reads events accepted since the last look (new open segments, newly sealed windows) into
-  :class:`~serving.history.UserHistories` and, from sealed windows, into
-  :class:`~serving.history.Trending`;
+  :class:`~serving.history.UserHistories` and :class:`~serving.history.LiveInteractions` and,
+  from sealed windows, into :class:`~serving.history.Trending`;
 * checks which version serves (promotion or rollback) and whether the catalog changed; if
   either did, it builds a new snapshot (:func:`~serving.snapshot.build_snapshot`, weights
   checksum verified) and swaps it in with one assignment: requests keep the snapshot they started with.
@@ -44,7 +44,7 @@ from learner.text import TextEncoder
 from runtime.blocking import StoreThread
 from runtime.config import Config
 from runtime.memory import freeze_long_lived, release_free_heap
-from serving.history import Trending, UserHistories
+from serving.history import LiveInteractions, Trending, UserHistories
 from serving.queries import QueryEncoder
 from serving.rankers import Recommender, TextRanker
 from serving.snapshot import TUNING_USERS, build_snapshot, build_text_ranker
@@ -104,6 +104,8 @@ class ServingService(mode.Service):
         self.text_ranker: TextRanker | None = None
         self.histories = UserHistories(config.max_history)
         self.trending = Trending(config.trending_half_life_s)
+        self.live = LiveInteractions(max(2, config.history_windows))
+        self._live_given: tuple | None = None  # (live generation, snapshots) last given their counts
         self.storefront_items: dict[str, set[str]] = {}
         self.loaded_at: int | None = None
         self.load_error: str | None = None
@@ -158,12 +160,26 @@ class ServingService(mode.Service):
         for window_id, events in store.windows_after(self._window_cursor):
             self._take(events)
             self.trending.add(events)
+            self.live.add_window(window_id, events)
             self._window_cursor = window_id
         self._segment_keys, fresh = store.new_segments(self._segment_keys)
         for events in fresh:
             self._take(events)
+            self.live.add_open(events)
         self._swap_if_changed()
         self._arms_if_changed()
+        self._give_live()
+
+    def _give_live(self) -> None:
+        """Each snapshot's items' live interactions, when events or snapshots changed since the last look."""
+        snapshots = [r for r in (self.recommender, *(self.experiment.arms.values() if self.experiment else ()))
+                     if r is not None]
+        mark = (self.live.generation, tuple(id(r) for r in snapshots))
+        if mark == self._live_given:
+            return
+        for recommender in snapshots:
+            recommender.set_live(self.live.counts(after_window=max(recommender.version.get("windows") or [0])))
+        self._live_given = mark
 
     def _take(self, events: pa.Table) -> None:
         self.histories.add(events)

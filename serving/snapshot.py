@@ -84,7 +84,7 @@ def build_snapshot(version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
         bundle.extend(catalog=catalog, encoder=encoder, cache=cache)
     model = bundle.model.to(device.torch_device).eval()
     blend = bundle.text_blend
-    text_weights = blend.item_weights(model.item_counts.cpu()).numpy() if blend.weight else None
+    evidence = blend.evidence(model.item_counts.cpu()).numpy() if blend else None
     with torch.inference_mode(), device.autocast():
         vectors = model.item_vectors().float().cpu().numpy()
     same_items = previous is not None and previous.recommend_index.precision == (
@@ -114,7 +114,7 @@ def build_snapshot(version: dict, bundle: ModelBundle, catalog: pd.DataFrame,
     if owned:
         _release(model)
     return Recommender(version, device, model, bundle.vocab, text_encoder, bundle.text_encoder_name, blend,
-                       text_weights, recommend_index, similar_index, search_index,
+                       evidence, recommend_index, similar_index, search_index,
                        dict(zip(catalog["item_id"].astype(str), catalog["title"])),
                        _storefront_masks(bundle.vocab, catalog, storefront_items or {}), has_text)
 

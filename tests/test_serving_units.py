@@ -260,6 +260,39 @@ def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movie
     assert sum(overlaps) / len(overlaps) >= 0.95, overlaps
 
 
+def test_new_items_shoppers_click_since_the_version_rise_in_every_shoppers_list(indexed, movielens_data, encoder,
+                                                                              text_cache):
+    """A version with a live term: a new catalog item nobody had clicked when it was trained enters
+    the top 20 once shoppers click it (exactly and through the indexes); clicks on a warm item,
+    which the model has evidence for, change nothing."""
+    from dataclasses import replace
+
+    exact, _ = indexed
+    events, catalog = movielens_data
+    train = events.iloc[:20_000]
+    bundle = _bundle_of(exact)
+    blend = replace(exact.blend, live=2.0 * max(exact.blend.weight, 1.0))
+    bundle.info["text_blend"] = blend.to_dict()
+    shops = _shops(catalog)
+    live_exact, live_indexed = (build_snapshot({"id": 8}, bundle, shops, {}, encoder, text_cache, ann_above=above)
+                                for above in (None, 0))
+    user = train["user_id"].value_counts().index[5]
+    history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
+               for r in train[train["user_id"] == user].itertuples()]
+    new = next(i for i in catalog["item_id"] if i not in set(train["item_id"])
+               and i not in {s.item_id for s in live_exact.recommend(history, 200)})
+    warm = live_exact.recommend(history, 40)[-1].item_id  # ranked 40th, no live term can lift it
+    for snapshot in (live_exact, live_indexed):
+        before = [s.item_id for s in snapshot.recommend(history, 20)]
+        snapshot.set_live({warm: 1_000})
+        assert [s.item_id for s in snapshot.recommend(history, 20)] == before
+        snapshot.set_live({new: 1_000, warm: 1_000})
+        after = [s.item_id for s in snapshot.recommend(history, 20)]
+        assert new in after and new not in before and warm not in after
+    exact.set_live({new: 1_000})  # a version without a live term takes none
+    assert new not in {s.item_id for s in exact.recommend(history, 20)}
+
+
 def test_catalog_additions_extend_the_indexes_of_the_same_version(indexed, movielens_data, encoder, text_cache):
     _, indexed = indexed
     shops = _shops(movielens_data[1])
