@@ -126,7 +126,10 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
     new model's newest half of it), the items whose every interaction is in it
     (:func:`learner.blend.fit_counts`): a window brings about as many new items as the next one
     will, its held-out tail only a tenth of them, and without the rest the fit would not see
-    what the terms gain on new items nor how many warm items they displace."""
+    what the terms gain on new items nor how many warm items they displace. The held-out fit
+    leaves the live term off: a held-out tail counts a tenth of the live interactions a version
+    meets serving a whole window, so a live weight fitted on it overshoots; the lineage's
+    evidence is scored over whole windows, as the version serves."""
     evidence = Evidence.of(bundle.info.get("text_blend_evidence"))
     if evidence.events < max_events and len(held_out) < min_events:
         return bundle.text_blend
@@ -139,7 +142,8 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         rows = bundle.vocab.items.index
         counts = fit_counts(bundle.model.item_counts, rows(held_out["item_id"]),
                             None if window is None else rows(window["item_id"]))
-        score = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread)
+        score = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread,
+                             pairs=tuple(pair for pair in PAIRS if not pair[1]))
         source = f"{score.events} held-out events"
     weight, live = fit_weight(score, tolerance)
     log.info("text blend: text weight %.2f sd (%.4f), live weight %.2f sd (%.4f), on %s (%d on new items); "
@@ -169,9 +173,10 @@ def score_spread(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFram
 
 
 def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFrame, device: Device | None,
-                 half_count: float, max_events: int, counts=None, spread: float | None = None) -> GridScore:
+                 half_count: float, max_events: int, counts=None, spread: float | None = None,
+                 pairs: tuple[tuple[float, float], ...] = PAIRS) -> GridScore:
     """Recall@20 of ``bundle`` on a seeded sample of at most ``max_events`` of ``events``, overall
-    and on new items (no interactions in ``counts``), at each pair of :data:`learner.blend.PAIRS`
+    and on new items (no interactions in ``counts``), at each of ``pairs`` (default :data:`learner.blend.PAIRS`)
     (multiples of ``spread``, by default :func:`score_spread`'s), items' interactions ``counts``
     (default: the model's) and live interactions those of ``events`` before each; no events
     scored when the scores have no spread."""
@@ -183,7 +188,7 @@ def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFram
     known = model_alone.counts.cpu()
     new_items = [item for item, n in zip(bundle.vocab.items.keys(), known[UNKNOWN + 1:].tolist()) if n == 0]
     recalls, new_recalls, result = {}, {}, {}
-    for weight, live in PAIRS:
+    for weight, live in pairs:
         scorer = model_alone.with_blend(TextBlend(weight=weight * spread, half_count=half_count, center=center,
                                                   live=live * spread))
         result = evaluate(scorer, events, history, ks=(20,), max_events=max_events, new_items=new_items)
