@@ -7,8 +7,9 @@ Protocol (``run_backtest``):
 2. for each window, the current model ranks every known item for every event of the window
    (:func:`learner.evaluate.evaluate`: next-item, full ranking, items the user interacted
    with before excluded; earlier events of the window are history, the weights stay as they
-   are), then the strategy trains on the window. Events whose item was first seen in this
-   window (no earlier event names it) are also scored on their own: ``cold_recall@k``;
+   are; earlier events of the window are items' live interactions, as serving counts them),
+   then the strategy trains on the window. Events whose item was first seen in this window
+   (no earlier event names it) are also scored on their own: ``cold_recall@k``;
 3. after training through window i, a fixed sample of at most ``eval_sample`` events of every
    window j <= i (drawn once per window) is ranked again: ``R[i][j]``, Recall@k. With ``T``
    the last window, forgetting is the mean over j < T of ``max(R[j..T-1][j]) - R[T][j]`` and
@@ -157,7 +158,7 @@ def run_backtest(events: pd.DataFrame, catalog: pd.DataFrame | None, strategy: s
         prequential = evaluate(scorer, window, events.iloc[:start], ks=(k,), new_items=unseen,
                                beyond_accuracy=True, item_vectors=text_vectors)
         is_cold = ~in_set(window["item_id"], seen_items)
-        cold = (evaluate(scorer, window[is_cold], events.iloc[:end], ks=(k,)) if is_cold.any()
+        cold = (evaluate(scorer, window[is_cold], events.iloc[:end], ks=(k,), live_events=window) if is_cold.any()
                 else {metric: math.nan})
         seen_items.update(window["item_id"])
         started = time.perf_counter()

@@ -178,18 +178,20 @@ class Config(BaseSettings):
                                                          "its CPU cost; raise it on a GPU).", json_schema_extra=TEXT)
     text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.",
                                         json_schema_extra=TEXT)
-    text_blend: bool = Field(True, description="Add to every score a text term for items with little evidence "
-                                               "(new products), its weight fitted on what every update scored "
-                                               "before training (a new model: on its held-out events).",
+    text_blend: bool = Field(True, description="Add to every score a text term and a live term (interactions since "
+                                               "the version) for items with little evidence (new products), their "
+                                               "weights fitted on what every update scored before training (a new "
+                                               "model: the text term alone, on its held-out events).",
                              json_schema_extra=TEXT)
-    text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text term's weight is the largest "
-                                                                           "whose Recall@20 on events the model had not "
+    text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text and live terms' weights are "
+                                                                           "those that find new items best while "
+                                                                           "Recall@20 on events the model had not "
                                                                            "trained on stays within this share of the "
                                                                            "model's alone.",
                                                    json_schema_extra=TEXT)
     text_blend_half_count: PositiveFloat = Field(
-        TEXT_BLEND_HALF_COUNT, description="Interactions after which an item gets half the text term (a new item "
-                                           "gets all of it; at 0.05 the first interaction takes 95% away).",
+        TEXT_BLEND_HALF_COUNT, description="Interactions after which an item gets half the text and live terms (a "
+                                           "new item gets all of them; at 0.05 the first takes 95% away).",
         json_schema_extra=TEXT)
     train_batch_size: PositiveInt = Field(128, description="Sequences per training step.", json_schema_extra=TRAINING)
     learning_rate: PositiveFloat = Field(0.001, description="Adam learning rate.", json_schema_extra=TRAINING)

@@ -1,5 +1,6 @@
-"""The text term for new items (:mod:`learner.blend`): fitted on held-out events, and scored the
-same way by the gate (``BundleScorer``) and by serving (``Recommender``). Real MovieLens-100k
+"""The text and live terms for new items (:mod:`learner.blend`): fitted on held-out events and on a
+lineage's evidence, and scored the same way by the gate (``BundleScorer``) and by serving
+(``Recommender``). Real MovieLens-100k
 events and catalog, the real MiniLM vectors."""
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def test_serving_ranks_with_the_text_term_as_the_gate_scores(trained, movielens_
     recommender = build_snapshot({"id": 1}, bundle, catalog, cache=dict(movielens_text_vectors), device=CPU)
     clicks = [Click(e.item_id, e.type, e.storefront) for e in history.itertuples()]
     assert [s.item_id for s in recommender.recommend(clicks, 10)] == expected
+
+    # with a live term: new items' interactions since the version, counted by serving as by the gate
+    bundle.info["text_blend"] = TextBlend(weight=4.0, live=3.0).to_dict()
+    new_items = [i for i, n in zip(bundle.vocab.items.keys(), bundle.model.item_counts[2:].tolist()) if n == 0]
+    live = {item: n for item, n in zip(new_items[:30], range(1, 31))} | {events["item_id"].iloc[0]: 50}
+    rows = torch.zeros(1, len(bundle.vocab.items))
+    rows[0, torch.from_numpy(bundle.vocab.items.index(live.keys()))] = torch.tensor([float(n) for n in live.values()])
+    scores = BundleScorer(bundle, CPU).scores(batch, live=rows)[0]
+    scores[:2] = float("-inf")
+    with_live = [bundle.vocab.items.keys()[row - 2] for row in scores.topk(10).indices.tolist()]
+    assert set(with_live) & set(new_items[:30]) and with_live != expected
+    recommender = build_snapshot({"id": 1}, bundle, catalog, cache=dict(movielens_text_vectors), device=CPU)
+    recommender.set_live(live)
+    assert [s.item_id for s in recommender.recommend(clicks, 10)] == with_live
 
 
 
