@@ -199,8 +199,9 @@ class Config(BaseSettings):
                                            json_schema_extra=TRAINING)
     distill_weight: NonNegativeFloat = Field(1.0, description="Weight of distillation from the serving version "
                                                               "(0: off).", json_schema_extra=TRAINING)
-    gate_holdout: PositiveFloat = Field(0.1, lt=1, description="Newest share of each window held out of training to "
-                                                               "judge the candidate.", json_schema_extra=GATE)
+    gate_holdout: PositiveFloat = Field(0.1, lt=1, description="Newest share of each storefront's events in a job "
+                                                               "held out of training to judge the candidate.",
+                                        json_schema_extra=GATE)
     gate_tolerance: NonNegativeFloat = Field(0.05, description="A candidate is promoted unless its Recall@20 is this "
                                                                "share below the serving one.", json_schema_extra=GATE)
     gate_min_events: PositiveInt = Field(200, description="The gate never promotes a candidate judged on fewer "
