@@ -83,6 +83,7 @@ class FineTuned(Strategy):
         facts = {"epochs": len(epochs), "rehearsal_events": 0 if rehearsal is None else len(rehearsal)}
         if "text_blend" in self.bundle.info:
             facts["text_blend_weight"] = round(self.bundle.info["text_blend"]["weight"], 4)
+            facts["text_blend_live"] = round(self.bundle.info["text_blend"].get("live", 0.0), 4)
         if self.bundle.info.get("text_tuned_jobs_ago") == 0:
             facts["text_tuning"] = self.bundle.info["text_tuning"]
         return facts
