@@ -105,8 +105,8 @@ def test_a_worker_without_a_version_answers_by_trending_and_text_then_by_the_mod
         cache = StoredTextEmbeddings(engine)
         base = ModelBundle.build(ModelConfig(dim=32), catalog=catalog_frame, events=frame, cache=cache, seed=0)
         trained, _ = fine_tune(base, frame, config=FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=3e-3)))
-        assert trained.text_blend.weight > 0  # fitted on 300 held-out events, where one lost hit is 3%; served
-        # with the weight updates fit on MovieLens windows of 10,000 events (8 sd), as a lineage's version would be
+        assert trained.text_blend.weight > 0  # fitted on 300 held-out events, where one lost hit is 3%, so small;
+        # served with 8 sd, a weight within the grid a lineage's evidence chooses from, to test serving's path
         spread = score_spread(trained, frame.iloc[-300:], frame.iloc[:-300])
         trained.info["text_blend"] = replace(trained.text_blend, weight=8 * spread).to_dict()
         version = publish(engine, trained, "published by the test")
