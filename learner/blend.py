@@ -148,6 +148,11 @@ class Evidence:
     >>> second = Evidence(**first.to_dict()).add(score, half_life=100)
     >>> second.events, second.new_events
     (150.0, 15.0)
+
+    Evidence stored over another grid (a version fitted before the live term) starts afresh:
+
+    >>> Evidence.of({"grid": [0.0, 1.0], "events": 2000.0, "hits": [300.0, 290.0]}).events
+    0.0
     """
 
     grid: tuple[tuple[float, float], ...] = PAIRS
