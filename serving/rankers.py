@@ -122,7 +122,7 @@ class Recommender:
         self.blend = blend
         self._text_weights = None if evidence is None or not blend.weight else blend.weight * evidence
         self._live_weights = None if evidence is None or not blend.live else blend.live * evidence
-        self._live_term: np.ndarray | None = None  # per item row, from set_live; swapped in whole
+        self._live: tuple[np.ndarray, np.ndarray] | None = None  # (term per item row, new rows with one): set_live
         self.recommend_index, self.similar_index, self.search_index = recommend_index, similar_index, search_index
         self.item_ids = item_rows(vocab)
         self.titles = titles
@@ -197,7 +197,7 @@ class Recommender:
         if exclude:
             allowed[self.vocab.items.index(exclude)] = False
         user = self.user_vector(history).cpu().numpy()
-        if self._text_weights is None and self._live_term is None:
+        if self._text_weights is None and self._live is None:
             rows, scores = self.recommend_index.search(user, k, allowed)
         else:
             rows, scores = self._blended(user, history, k, allowed)
@@ -222,15 +222,16 @@ class Recommender:
         np.add.at(live, rows, np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
         term = (self._live_weights * np.log1p(live)).astype(np.float32)
         term[:UNKNOWN + 1] = 0.0
-        self._live_term = term if term.any() else None
+        new = np.flatnonzero((term > 0) & (self._live_weights >= self.blend.live / 2))
+        self._live = (term, new) if term.any() else None  # one assignment: readers see both or neither
 
     def _blended(self, user: np.ndarray, history: Sequence, k: int,
                  allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores) of the top ``k`` by the version's score plus its text and live terms
         (:mod:`learner.blend`), as the gate scores: every item exactly with exact indexes; with
         inverted-file indexes, the model's :data:`BLEND_CANDIDATES` best, the text's best among
-        new items (at most ``half_count`` interactions) and every item with a live term, rescored."""
-        live = self._live_term
+        new items (at most ``half_count`` interactions) and every new item with live interactions, rescored."""
+        live, live_rows = self._live or (None, None)
         profile, offset = self._profile(history) if self._text_weights is not None else (None, 0.0)
         if profile is None and live is None:
             return self.recommend_index.search(user, k, allowed)
@@ -253,7 +254,7 @@ class Recommender:
             new = allowed & self._has_text & (self._text_weights >= self.blend.weight / 2)
             rows = np.union1d(rows, self.search_index.search(profile, pool, new)[0])
         if live is not None:
-            rows = np.union1d(rows, np.flatnonzero(allowed & (live > 0)))
+            rows = np.union1d(rows, live_rows[allowed[live_rows]])
         scores = self.recommend_index.rows(rows) @ user
         if profile is not None:
             scores = scores + self._text_weights[rows] * np.where(
