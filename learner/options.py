@@ -27,8 +27,9 @@ an item's first interaction takes away 95% of it. Against 0.5 and 5 (``docs/benc
 items with a few interactions were ranked better by the model alone; the term's gain is on items
 with none."""
 TEXT_BLEND_EVIDENCE_EVENTS = 2_000
-"""Events of its window an update scores, before training on it, at every weight of the text term
-(:class:`learner.blend.Evidence`): a bound on that work (about a second on 2 CPUs). Summed over
+"""Events of its window an update scores, before training on it, at every pair of weights of the
+text and live terms (:class:`learner.blend.Evidence`): a bound on that work (about 6 s on one
+CPU thread for MovieLens-100k's catalog). Summed over
 updates, the evidence holds about 37,000 events once a lineage has a dozen."""
 TEXT_BLEND_EVIDENCE_HALF_LIFE = 25_000.0
 """Scored events after which an update's evidence counts half: the last dozen or so updates choose
