@@ -129,3 +129,61 @@ def test_events_flow_through_the_worker_exactly_once(broker, database_url, topic
         engine.dispose()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_batch_skipped_for_a_conflict_is_read_again_where_nothing_was_stored(broker, database_url, topic_prefix):
+    """One partition of a batch was stored by another worker meanwhile: the batch is skipped,
+    and the other partition, from which nothing was stored, is read again from its first
+    message; nothing of it is lost."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from runtime.config import Config
+    from store.db import migrate
+    from store.models import consumer_offsets
+    from streams.ingest import IngestService
+    from streams.topics import ensure_topics
+
+    config = Config.from_env(worker_env(broker, database_url, topic_prefix, STREAMREC_TOPIC_PARTITIONS="2"))
+    ensure_topics(config)
+    engine = make_engine(database_url)
+    migrate(engine)
+    producer = KafkaProducer(bootstrap_servers=broker)
+    now = int(time.time() * 1000)
+    for partition in (0, 1):
+        for i in range(5):
+            event = {"event_id": f"e{partition}-{i}", "type": "click", "user_id": f"u{i}", "item_id": f"i{i}",
+                     "storefront": "shop", "ts": now - 1000 + i}
+            producer.send(config.events_topic, orjson.dumps(event), partition=partition)
+    producer.flush()
+    producer.close()
+
+    async def scenario() -> tuple[int, list[int]]:
+        service = IngestService(config)
+        await service.on_start()  # its consumer, without the loop that would consume meanwhile
+        try:
+            records = {}
+            while sum(len(r) for r in records.values()) < 10:
+                for tp, polled in (await service.consumer.getmany(timeout_ms=500)).items():
+                    records.setdefault(tp, []).extend(polled)
+            batch = service.build_batch(records)
+            with engine.begin() as conn:  # another worker stored partition 0 meanwhile
+                conn.execute(consumer_offsets.insert(), [{"group_id": config.ingest_group,
+                                                          "topic": config.events_topic, "partition": 0,
+                                                          "next_offset": 5}])
+            await service._commit(batch)  # skipped: partition 0 conflicts
+            again = []
+            for _ in range(20):
+                again += [m.offset for m in (await service.consumer.getmany(
+                    TopicPartition(config.events_topic, 1), timeout_ms=500)).get(
+                    TopicPartition(config.events_topic, 1), [])]
+                if len(again) >= 5:
+                    break
+            return service.positions.get(TopicPartition(config.events_topic, 1)), again
+        finally:
+            await service.on_stop()
+
+    position, again = asyncio.run(scenario())
+    assert position is None and again == [0, 1, 2, 3, 4]
