@@ -35,7 +35,7 @@ profile over its indexes' rows, so what the gate judged is what shoppers get.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -121,12 +121,15 @@ class TextBlend:
 
 @dataclass(frozen=True)
 class GridScore:
-    """Recall@20 at each pair of ``grid``, over all events and over the events on new items."""
+    """Recall@20 at each pair of ``grid``, over all events and over the events on new items, and
+    ``changed``: the share of events each pair's hit or miss differs from the model's alone on
+    (what tells a real change of recall from noise, :func:`fit_weight`)."""
 
     recalls: dict[tuple[float, float], float]
     new_recalls: dict[tuple[float, float], float]
     events: int
     new_events: int
+    changed: dict[tuple[float, float], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,15 +144,17 @@ class Evidence:
     tens of thousands of events, not on a job's held-out thousand, where a 1% change is noise.
 
     >>> grid = ((0.0, 0.0), (1.0, 0.0))
-    >>> score = GridScore({grid[0]: 0.5, grid[1]: 0.25}, {grid[0]: 0.0, grid[1]: 0.5}, events=100, new_events=10)
+    >>> score = GridScore({grid[0]: 0.5, grid[1]: 0.25}, {grid[0]: 0.0, grid[1]: 0.5}, events=100, new_events=10,
+    ...                   changed={grid[0]: 0.0, grid[1]: 0.25})
     >>> first = Evidence(grid=grid).add(score, half_life=100)
-    >>> first.score().recalls == score.recalls, first.score().new_recalls == score.new_recalls
-    (True, True)
+    >>> first.score() == score
+    True
     >>> second = Evidence(**first.to_dict()).add(score, half_life=100)
     >>> second.events, second.new_events
     (150.0, 15.0)
 
-    Evidence stored over another grid (a version fitted before the live term) starts afresh:
+    Evidence stored over another grid (a version fitted before the live term), or without the
+    changed shares, starts afresh:
 
     >>> Evidence.of({"grid": [0.0, 1.0], "events": 2000.0, "hits": [300.0, 290.0]}).events
     0.0
@@ -160,11 +165,12 @@ class Evidence:
     hits: tuple[float, ...] = ()
     new_events: float = 0.0
     new_hits: tuple[float, ...] = ()
+    changed: tuple[float, ...] = ()
 
     def __post_init__(self):  # lists when read back from a version's JSON header
         object.__setattr__(self, "grid", tuple(tuple(pair) for pair in self.grid))
-        object.__setattr__(self, "hits", tuple(self.hits))
-        object.__setattr__(self, "new_hits", tuple(self.new_hits))
+        for name in ("hits", "new_hits", "changed"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @classmethod
     def of(cls, info: dict | None) -> Evidence:
@@ -173,24 +179,30 @@ class Evidence:
             evidence = cls(**info) if info else cls()
         except TypeError:  # stored by a version of the term with other fields
             return cls()
-        return evidence if evidence.grid == PAIRS else cls()
+        kept = evidence.grid == PAIRS and (not evidence.events or len(evidence.changed) == len(PAIRS))
+        return evidence if kept else cls()
 
     def add(self, score: GridScore, half_life: float) -> Evidence:
         """This evidence, older events discounted, plus ``score``'s events."""
         keep = 0.5 ** (score.events / half_life)
-        hits = self.hits or (0.0,) * len(self.grid)
-        new_hits = self.new_hits or (0.0,) * len(self.grid)
+
+        def summed(totals: tuple[float, ...], shares: dict, events: int) -> tuple[float, ...]:
+            totals = totals or (0.0,) * len(self.grid)
+            return tuple(t * keep + _finite(shares.get(p, math.nan)) * events for t, p in zip(totals, self.grid))
+
         return replace(self, events=self.events * keep + score.events,
-                       hits=tuple(h * keep + score.recalls[p] * score.events for h, p in zip(hits, self.grid)),
+                       hits=summed(self.hits, score.recalls, score.events),
                        new_events=self.new_events * keep + score.new_events,
-                       new_hits=tuple(h * keep + _finite(score.new_recalls[p]) * score.new_events
-                                      for h, p in zip(new_hits, self.grid)))
+                       new_hits=summed(self.new_hits, score.new_recalls, score.new_events),
+                       changed=summed(self.changed, score.changed, score.events))
 
     def score(self) -> GridScore:
-        """Recall@20 by pair over the evidence's events."""
-        return GridScore({p: h / self.events for p, h in zip(self.grid, self.hits)} if self.events else {},
-                         {p: h / self.new_events for p, h in zip(self.grid, self.new_hits)} if self.new_events else {},
-                         round(self.events), round(self.new_events))
+        """Recall@20 and changed shares by pair over the evidence's events."""
+        def shares(totals: tuple[float, ...], events: float) -> dict:
+            return {p: t / events for p, t in zip(self.grid, totals)} if events else {}
+
+        return GridScore(shares(self.hits, self.events), shares(self.new_hits, self.new_events),
+                         round(self.events), round(self.new_events), shares(self.changed, self.events))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,21 +260,36 @@ def center_of(item_text: torch.Tensor) -> tuple[float, ...]:
     return tuple(with_text.mean(0).tolist()) if len(with_text) else ()
 
 
-def fit_weight(score: GridScore, tolerance: float) -> tuple[float, float]:
+def fit_weight(score: GridScore, tolerance: float, confidence: float = 0.0) -> tuple[float, float]:
     """The (text, live) pair whose Recall@20 is within ``tolerance`` (relative) of the model's alone
     (the pair ``(0, 0)``) and finds new items best; of pairs that find them equally well (as all
     do when the events hold none), the one that gives them most: the larger text weight, then
     the larger live weight. New items gain what warm items can spare and no more.
 
+    ``confidence`` asks for that with margin for noise: a pair's change of Recall@20 less
+    ``confidence`` standard errors of it (paired with the model's alone over the same events:
+    ``sqrt((changed - change**2) / events)``) must stay within ``tolerance``. Of many pairs
+    measured on a few thousand events, the largest that lands just within ``tolerance`` mostly
+    got there by luck and costs more on the next window; with margin, a pair needs evidence in
+    proportion to how many hits it moves.
+
     >>> recalls = {(0.0, 0.0): 0.200, (1.0, 0.0): 0.199, (2.0, 0.0): 0.190, (0.0, 1.0): 0.201}
-    >>> fit_weight(GridScore(recalls, {(0.0, 0.0): 0.0, (1.0, 0.0): 0.2, (2.0, 0.0): 0.4, (0.0, 1.0): 0.3},
-    ...                      events=1000, new_events=20), tolerance=0.01)
-    (0.0, 1.0)
+    >>> score = GridScore(recalls, {(0.0, 0.0): 0.0, (1.0, 0.0): 0.2, (2.0, 0.0): 0.4, (0.0, 1.0): 0.3},
+    ...                   events=4000, new_events=80,
+    ...                   changed={(0.0, 0.0): 0.0, (1.0, 0.0): 0.002, (2.0, 0.0): 0.02, (0.0, 1.0): 0.05})
+    >>> fit_weight(score, tolerance=0.01), fit_weight(score, tolerance=0.01, confidence=1.0)
+    ((0.0, 1.0), (1.0, 0.0))
     >>> fit_weight(GridScore(recalls, {}, events=1000, new_events=0), tolerance=0.01)
     (1.0, 0.0)
     """
-    floor = score.recalls[(0.0, 0.0)] * (1 - tolerance)
-    within = [pair for pair, recall in score.recalls.items() if recall >= floor]
+    base = score.recalls[(0.0, 0.0)]
+
+    def margin(pair: tuple[float, float]) -> float:
+        change = score.recalls[pair] - base
+        noise = max(score.changed.get(pair, 0.0) - change ** 2, 0.0) / max(score.events, 1)
+        return change - confidence * math.sqrt(noise)
+
+    within = [pair for pair in score.recalls if pair == (0.0, 0.0) or margin(pair) >= -tolerance * base]
     return max(within, key=lambda pair: (_finite(score.new_recalls.get(pair, math.nan)), pair))
 
 

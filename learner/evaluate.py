@@ -280,7 +280,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
              ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False,
              max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None,
              beyond_accuracy: bool = False, item_vectors: ItemVectors | None = None,
-             live_events: pd.DataFrame | None = None) -> dict[str, float]:
+             live_events: pd.DataFrame | None = None, hits: bool = False) -> dict:
     """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
@@ -293,7 +293,9 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     the scorer has not trained on; default ``events``) earlier in time. ``beyond_accuracy`` adds
     ``coverage@K``, ``diversity@K``, ``novelty@K`` and ``avg_popularity@K`` for each K of ``ks``
     (the module docstring), the training data being ``history`` as given; ``item_vectors``
-    (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with.
+    (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with. ``hits`` adds
+    ``hits@K`` (largest K of ``ks``): each example's hit, a boolean array in the examples' order,
+    so two scorers can be compared example by example.
     Examples are scored ``batch_size`` at a time, fewer in a large catalog: at most
     :data:`SCORES_PER_BATCH` scores at once, so memory stays bounded (33 examples a batch at a
     million items).
@@ -331,6 +333,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
     loss, scored, new_slots, new_hits, new_examples = 0.0, 0, 0.0, 0.0, 0
+    example_hits = []
     if new_items is not None:
         is_new = torch.zeros(len(scorer.vocab.items), dtype=torch.bool)
         is_new[torch.from_numpy(scorer.vocab.items.index(new_items))] = True
@@ -362,6 +365,8 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         scores.scatter_(1, targets[:, None], target_scores)
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
+            if hits and name == f"recall@{max(ks)}":
+                example_hits.append(values.cpu().numpy() > 0)
             if new_items is not None and name == f"recall@{max(ks)}":
                 on_new = is_new.to(targets.device)[targets]
                 new_hits, new_examples = new_hits + values[on_new].sum().item(), new_examples + int(on_new.sum())
@@ -374,6 +379,8 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     if beyond is not None:
         result.update(beyond.result() if n else {f"{name}@{k}": math.nan for name in BEYOND_ACCURACY for k in ks})
     result["examples"] = n
+    if hits:
+        result[f"hits@{max(ks)}"] = np.concatenate(example_hits) if example_hits else np.zeros(0, dtype=bool)
     if with_loss:
         result["loss"] = loss / scored if scored else math.nan
     return result

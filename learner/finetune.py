@@ -13,7 +13,12 @@ from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
-from learner.options import TEXT_BLEND_EVIDENCE_EVENTS, TEXT_BLEND_EVIDENCE_HALF_LIFE, TEXT_BLEND_HALF_COUNT
+from learner.options import (
+    TEXT_BLEND_CONFIDENCE,
+    TEXT_BLEND_EVIDENCE_EVENTS,
+    TEXT_BLEND_EVIDENCE_HALF_LIFE,
+    TEXT_BLEND_HALF_COUNT,
+)
 from learner.plugins import Distillation, EarlyStopping, Rehearsal, SequenceRehearsal
 from learner.sequences import events_frame, next_item_examples
 from learner.text import TextEmbeddingCache, TextEncoder, catalog_texts
@@ -45,6 +50,7 @@ class FineTuneConfig:
     ids: IdPolicy = field(default_factory=IdPolicy)
     text_blend: bool = True  # fit the text term for new items (learner.blend)
     text_blend_tolerance: float = 0.01
+    text_blend_confidence: float = TEXT_BLEND_CONFIDENCE  # standard errors of margin within the tolerance
     text_blend_half_count: float = TEXT_BLEND_HALF_COUNT
     text_blend_evidence_events: int = TEXT_BLEND_EVIDENCE_EVENTS  # an update scores at most this many (0: no evidence)
     text_blend_evidence_half_life: float = TEXT_BLEND_EVIDENCE_HALF_LIFE
@@ -104,14 +110,14 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
     stopping = next((p for p in plugins if isinstance(p, EarlyStopping)), None)
     if blending and stopping is not None:
         student.info["text_blend"] = fit_text_blend(student, stopping.validation, stopping.history, device,
-                                                    config.text_blend_tolerance,
+                                                    config.text_blend_tolerance, config.text_blend_confidence,
                                                     half_count=config.text_blend_half_count,
                                                     window=window if update else newest_half(window)).to_dict()
     return student, epoch_log
 
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
-                   tolerance: float = 0.01, max_events: int = 2000, min_events: int = 200,
+                   tolerance: float = 0.01, confidence: float = 0.0, max_events: int = 2000, min_events: int = 200,
                    half_count: float = TEXT_BLEND_HALF_COUNT, window: pd.DataFrame | None = None) -> TextBlend:
     """The text and live terms (:mod:`learner.blend`) for ``bundle``: the pair of weights
     (standard deviations of the model's scores) :func:`learner.blend.fit_weight` chooses, on the
@@ -145,7 +151,7 @@ def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.Data
         score = grid_recalls(bundle, held_out, history, device, half_count, max_events, counts, spread,
                              pairs=tuple(pair for pair in PAIRS if not pair[1]))
         source = f"{score.events} held-out events"
-    weight, live = fit_weight(score, tolerance)
+    weight, live = fit_weight(score, tolerance, confidence)
     log.info("text blend: text weight %.2f sd (%.4f), live weight %.2f sd (%.4f), on %s (%d on new items); "
              "Recall@20 %.4f, on new items %.4f, against %.4f and %.4f without", weight, weight * spread, live,
              live * spread, source, score.new_events, score.recalls[weight, live],
@@ -187,10 +193,12 @@ def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFram
     model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
     known = model_alone.counts.cpu()
     new_items = [item for item, n in zip(bundle.vocab.items.keys(), known[UNKNOWN + 1:].tolist()) if n == 0]
-    recalls, new_recalls, result = {}, {}, {}
-    for weight, live in pairs:
+    recalls, new_recalls, changed, result, alone = {}, {}, {}, {}, None
+    for weight, live in ((0.0, 0.0), *(pair for pair in pairs if pair != (0.0, 0.0))):
         scorer = model_alone.with_blend(TextBlend(weight=weight * spread, half_count=half_count, center=center,
                                                   live=live * spread))
-        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events, new_items=new_items)
+        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events, new_items=new_items, hits=True)
+        alone = result["hits@20"] if alone is None else alone
         recalls[weight, live], new_recalls[weight, live] = result["recall@20"], result["new_item_recall@20"]
-    return GridScore(recalls, new_recalls, result["examples"], result["new_item_examples"])
+        changed[weight, live] = float((result["hits@20"] != alone).mean()) if len(alone) else 0.0
+    return GridScore(recalls, new_recalls, result["examples"], result["new_item_examples"], changed)

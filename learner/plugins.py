@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from learner.blend import TextBlend
 from learner.bundle import ModelBundle
 from learner.evaluate import BundleScorer, evaluate
 from learner.idmap import UNKNOWN
@@ -166,7 +167,9 @@ class EarlyStopping(Plugin):
 
     The held-out events are neither targets nor context during training; they are evaluated
     with the window's training part and the trainer's context as history, the way the next
-    window will be, on the same seeded sample of at most ``max_events`` of them every epoch.
+    window will be, on the same seeded sample of at most ``max_events`` of them every epoch, by
+    the model alone: the text and live terms are fitted after training
+    (:func:`learner.finetune.fit_text_blend`) and do not change what the model learns.
     """
 
     def __init__(self, holdout: float = 0.1, patience: int = 2, metric: str = "recall@20",
@@ -185,7 +188,7 @@ class EarlyStopping(Plugin):
 
     def after_epoch(self, trainer: Trainer) -> None:
         ks = (int(self.metric.split("@")[1]),)
-        scorer = BundleScorer(trainer.bundle, trainer.device)
+        scorer = BundleScorer(trainer.bundle, trainer.device, blend=TextBlend())
         value = evaluate(scorer, self.validation, self.history, ks=ks, max_events=self.max_events)[self.metric]
         trainer.epoch_log[-1][f"validation_{self.metric}"] = value
         log.info("epoch %d validation %s %.4f (best %.4f at epoch %d)", trainer.epoch, self.metric, value,

@@ -47,6 +47,7 @@ from learner.options import (
     REHEARSAL_UNITS,
     SAMPLED_ABOVE_ITEMS,
     SERVING_PRECISIONS,
+    TEXT_BLEND_CONFIDENCE,
     TEXT_BLEND_HALF_COUNT,
     TEXT_TUNINGS,
 )
@@ -189,6 +190,11 @@ class Config(BaseSettings):
                                                                            "trained on stays within this share of the "
                                                                            "model's alone.",
                                                    json_schema_extra=TEXT)
+    text_blend_confidence: NonNegativeFloat = Field(
+        TEXT_BLEND_CONFIDENCE, description="Standard errors of margin the terms' weights need within the tolerance: "
+                                           "a fit on a few thousand events takes only the weights whose cost is "
+                                           "clear of noise (0: the measured recall alone).",
+        json_schema_extra=TEXT)
     text_blend_half_count: PositiveFloat = Field(
         TEXT_BLEND_HALF_COUNT, description="Interactions after which an item gets half the text and live terms (a "
                                            "new item gets all of them; at 0.05 the first takes 95% away).",

@@ -31,4 +31,5 @@ def config_for(config: Config) -> tuple[ModelConfig, FineTuneConfig]:
                                  rehearsal_ratio=config.rehearsal_ratio, distillation_weight=config.distill_weight,
                                  rehearsal_unit=config.rehearsal_unit, text=text, ids=ids,
                                  text_blend=config.text_blend, text_blend_tolerance=config.text_blend_tolerance,
+                                 text_blend_confidence=config.text_blend_confidence,
                                  text_blend_half_count=config.text_blend_half_count)

@@ -379,8 +379,9 @@ def __getattr__(name: str):
 @click.option("--text-tune-steps", type=click.IntRange(min=1), default=None)
 @click.option("--text-blend/--no-text-blend", default=None,
               help="Score new items with a fitted text term [default: STREAMREC_TEXT_BLEND]; likewise "
-                   "--text-blend-tolerance, --text-blend-half-count.")
+                   "--text-blend-tolerance, --text-blend-confidence, --text-blend-half-count.")
 @click.option("--text-blend-tolerance", type=click.FloatRange(min=0, max=1, max_open=True), default=None)
+@click.option("--text-blend-confidence", type=click.FloatRange(min=0), default=None)
 @click.option("--text-blend-half-count", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--text-tune-lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--serving-precision", type=click.Choice(SERVING_PRECISIONS), default=None,
@@ -421,7 +422,8 @@ def backtest(events_path: str, items_path: str | None, windows: int, strategy: s
              "rehearsal_capacity": "rehearsal_capacity", "rehearsal_policy": "rehearsal_policy",
              "history_windows": "history_windows", "text_tuning": "text_tuning",
              "text_tune_steps": "text_tune_steps", "text_tune_lr": "text_tune_lr", "text_blend": "text_blend",
-             "text_blend_tolerance": "text_blend_tolerance", "text_blend_half_count": "text_blend_half_count",
+             "text_blend_tolerance": "text_blend_tolerance",
+             "text_blend_confidence": "text_blend_confidence", "text_blend_half_count": "text_blend_half_count",
              "serving_precision": "serving_precision"}
     config = load_config(**{names[n]: v for n, v in overrides.items() if v is not None})
     try:
