@@ -46,7 +46,7 @@ from learner.options import TEXT_BLEND_HALF_COUNT
 GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 """Candidate text weights, in standard deviations of the model's scores over items."""
 
-LIVE_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+LIVE_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 """Candidate live weights, in standard deviations of the model's scores per ``log(1 + c)``."""
 
 PAIRS = tuple((weight, live) for live in LIVE_GRID for weight in GRID)

@@ -29,7 +29,7 @@ with none."""
 TEXT_BLEND_CONFIDENCE = 1.0
 """Standard errors of margin a pair of weights of the text and live terms needs within the
 tolerance (:func:`learner.blend.fit_weight`): the fit's evidence is a few thousand events at
-first, where the largest of 50 pairs that lands just within the tolerance mostly got there by
+first, where the largest of 70 pairs that lands just within the tolerance mostly got there by
 luck."""
 TEXT_BLEND_EVIDENCE_EVENTS = 2_000
 """Events of its window an update scores, before training on it, at every pair of weights of the

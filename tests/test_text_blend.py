@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from learner.blend import LIVE_GRID, PAIRS, Evidence, TextBlend, fit_weight
+from learner.blend import GRID, LIVE_GRID, PAIRS, Evidence, TextBlend, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
 from learner.evaluate import BundleScorer, evaluate
@@ -118,6 +118,9 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     assert evidence.new_events == sum(trained_counts.get(item, 0) == 0 for item in first["item_id"])
     # new items shoppers have started to click since are found more often with the live term
     assert score.new_recalls[0.0, max(LIVE_GRID)] > score.new_recalls[0.0, 0.0]
+    # each pair's changed share counts the events whose hit it turns, so it bounds its change of recall
+    assert score.changed[0.0, 0.0] == 0 and score.changed[max(GRID), max(LIVE_GRID)] > 0
+    assert all(score.changed[p] >= abs(score.recalls[p] - score.recalls[0.0, 0.0]) - 1e-9 for p in PAIRS)
     assert "text_blend_evidence" not in bundle.info
 
     caplog.clear()  # the first update's fit too may be logged
@@ -127,6 +130,25 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     evidence = Evidence.of(again.info["text_blend_evidence"])
     assert evidence.events == pytest.approx(len(first) * 0.5 ** (len(second) / 25_000) + len(second))
     [fit] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("text blend")]
-    weight, live = fit_weight(evidence.score(), 0.01)
+    weight, live = fit_weight(evidence.score(), config.text_blend_tolerance, config.text_blend_confidence)
     assert f"text weight {weight:.2f} sd" in fit and f"live weight {live:.2f} sd" in fit
     assert "of the lineage's updates" in fit
+
+
+def test_the_terms_do_not_change_what_the_model_learns(trained):
+    """Early stopping judges the model alone: a parent serving strong terms trains the same model."""
+    bundle, catalog, _ = trained
+    events = pd.DataFrame(movielens.to_events(movielens.load_ratings(), 10 ** 12)).sort_values("ts")
+    window = events[6_000:8_000]
+    config = FineTuneConfig(train=TrainConfig(epochs=2, batch_size=256, lr=0.003), text_blend_evidence_events=0)
+    trained_by = []
+    for blend in (TextBlend(), TextBlend(weight=16.0, live=4.0, center=bundle.text_blend.center)):
+        parent = bundle.copy()
+        parent.info["text_blend"] = blend.to_dict()
+        student, epochs = fine_tune(parent, window, history=events[:6_000], catalog=catalog, previous=parent,
+                                    device=CPU, config=config)
+        trained_by.append((student, [e["validation_recall@20"] for e in epochs]))
+    (first, first_log), (second, second_log) = trained_by
+    assert first_log == second_log and len(first_log) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                  second.model.state_dict().values()))
