@@ -30,7 +30,7 @@ import pandas as pd
 
 from learner.blend import PAIRS, GridScore, fit_weight
 
-TOLERANCES = (0.0025, 0.005, 0.01, 0.02)
+TOLERANCES = (0.0025, 0.005, 0.01, 0.015, 0.02)
 CONFIDENCES = (0.0, 0.5, 1.0, 2.0)
 
 
