@@ -23,11 +23,11 @@ interaction takes nearly all of them away: :data:`learner.options.TEXT_BLEND_HAL
 
 ``weight`` and ``live`` are fitted, not set by hand (:func:`fit_weight`): of the pairs of
 :data:`GRID` x :data:`LIVE_GRID` (multiples of the spread of the model's scores) whose Recall@K
-stays within ``tolerance`` of the model's alone, the one that finds new items best, so new
-items gain what warm items can spare and no more. An update fits on its lineage's
+stays within ``tolerance`` of the model's alone, with a margin for noise, the one that finds new
+items best, so new items gain what warm items can spare and no more. An update fits on its lineage's
 :class:`Evidence`, a new model on its held-out events; in the held-out fit the items an
 update's window introduced count as new (:func:`fit_counts`), as many as the next window will
-bring. The gate, the backtest and early stopping score through :meth:`TextBlend.add_to`,
+bring. The gate, the backtest and drift score through :meth:`TextBlend.add_to`,
 serving (:meth:`serving.rankers.Recommender.recommend`) with the same weights, centre and
 profile over its indexes' rows, so what the gate judged is what shoppers get.
 """
