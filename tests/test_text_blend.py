@@ -117,7 +117,7 @@ def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(tr
     trained_counts = dict(zip(bundle.vocab.items.keys(), bundle.model.item_counts[2:].tolist()))
     assert evidence.new_events == sum(trained_counts.get(item, 0) == 0 for item in first["item_id"])
     # new items shoppers have started to click since are found more often with the live term
-    assert score.new_recalls[0.0, max(LIVE_GRID)] > score.new_recalls[0.0, 0.0]
+    assert score.new_recalls[max(GRID), max(LIVE_GRID)] > score.new_recalls[max(GRID), 0.0]
     # each pair's changed share counts the events whose hit it turns, so it bounds its change of recall
     assert score.changed[0.0, 0.0] == 0 and score.changed[max(GRID), max(LIVE_GRID)] > 0
     assert all(score.changed[p] >= abs(score.recalls[p] - score.recalls[0.0, 0.0]) - 1e-9 for p in PAIRS)
