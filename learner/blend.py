@@ -6,7 +6,8 @@ nobody has touched only by its text projection, trained for warm items; its scor
 comparable with warm items'. The content-only baseline (the user's recent items' mean MiniLM
 vector against each item's) finds new items far better. So every score gets two terms:
 
-    score(u, i) = model(u, i) + evidence(n_i) * (weight * profile(u) . text(i) + live * log(1 + c_i))
+    score(u, i) = model(u, i) + evidence(n_i) * (weight * s + live * log(1 + c_i) * [s >= 0]),
+    s = profile(u) . text(i)
 
 ``text(i)`` is the item's unit MiniLM vector (the version's tuned encoder's when text is
 tuned) less ``center``, the mean of the catalog's (zero for an item without text);
@@ -16,7 +17,9 @@ centred, an unrelated new item gets no lift, or a negative one, and a related on
 one. ``c_i`` are the item's live interactions: those the version has not trained on, up to
 the moment of the ranking (:class:`LiveCounts`; serving counts them as events arrive,
 :class:`serving.history.LiveInteractions`): a new product shoppers have started to click is
-likelier to be clicked next than one nobody has. ``n_i`` the item's interactions the model
+likelier to be clicked next than one nobody has, by shoppers whose recent items its text does
+not go against (``s >= 0``; lifting it for every shopper displaced twice the warm hits for the
+same new-item hits on 20,000-event MovieLens windows). ``n_i`` the item's interactions the model
 has trained on and ``evidence(n) = 1 / (1 + n / half_count)``: a new item gets both terms
 whole, an item with ``half_count`` interactions half (by default an item's first trained
 interaction takes nearly all of them away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
@@ -70,12 +73,13 @@ class TextBlend:
     [[0.0, 0.0, 0.5, -1.0]]
 
     With a live weight, items' live interactions ``[B, n_items]`` (:meth:`LiveCounts.before`)
-    add ``live * evidence * log(1 + c)``:
+    add ``live * evidence * log(1 + c)`` to the items whose text does not go against the user's
+    recent items (row 3 does: its term is left out):
 
-    >>> live = TextBlend(live=1.0, half_count=5.0)
+    >>> live = TextBlend(live=1.0, half_count=5.0, recent=2, center=(0.5, 0.5))
     >>> live.add_to(torch.zeros(1, 4), items, texts, torch.tensor([0, 0, 5, 0]),
     ...             live=torch.tensor([[0.0, 0, 3, 3]])).tolist()
-    [[0.0, 0.0, 0.6931471824645996, 1.3862943649291992]]
+    [[0.0, 0.0, 0.6931471824645996, 0.0]]
     """
 
     weight: float = 0.0
@@ -107,12 +111,17 @@ class TextBlend:
     def add_to(self, scores: torch.Tensor, items: torch.Tensor, text: torch.Tensor | None,
                counts: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
         """``scores`` [B, n_items] plus the text term, for histories ``items`` [B, L] (0 pads;
-        ``text``: :meth:`text_rows`), and the live term, given items' live interactions ``live``."""
+        ``text``: :meth:`text_rows`), and the live term, given items' live interactions ``live``,
+        where the item's text does not go against the user's profile (``profile . text >= 0``)."""
         evidence = self.evidence(counts).to(scores.device)
+        live = live if self.live else None
+        similarity = (profiles(items, text, self.recent) @ text.T
+                      if text is not None and (self.weight or live is not None) else None)
         if self.weight:
-            scores = scores + (profiles(items, text, self.recent) @ text.T) * (self.weight * evidence)
-        if self.live and live is not None:
-            scores = scores + torch.log1p(live.to(scores.device)) * (self.live * evidence)
+            scores = scores + similarity * (self.weight * evidence)
+        if live is not None:
+            term = torch.log1p(live.to(scores.device)) * (self.live * evidence)
+            scores = scores + (term if similarity is None else term * (similarity >= 0))
         return scores
 
     def to_dict(self) -> dict:

@@ -260,11 +260,12 @@ def test_indexes_find_what_exact_search_finds_and_respect_filters(indexed, movie
     assert sum(overlaps) / len(overlaps) >= 0.95, overlaps
 
 
-def test_new_items_shoppers_click_since_the_version_rise_in_every_shoppers_list(indexed, movielens_data, encoder,
-                                                                              text_cache):
+def test_new_items_shoppers_click_since_the_version_rise_in_the_lists_their_text_fits(indexed, movielens_data,
+                                                                                   encoder, text_cache):
     """A version with a live term: a new catalog item nobody had clicked when it was trained enters
-    the top 20 once shoppers click it (exactly and through the indexes); clicks on a warm item,
-    which the model has evidence for, change nothing."""
+    the top 20 once shoppers click it (exactly and through the indexes), for a shopper whose recent
+    items its text does not go against; one whose text does go against them stays out, and clicks
+    on a warm item, which the model has evidence for, change nothing."""
     from dataclasses import replace
 
     exact, _ = indexed
@@ -279,16 +280,24 @@ def test_new_items_shoppers_click_since_the_version_rise_in_every_shoppers_list(
     user = train["user_id"].value_counts().index[5]
     history = [history_module.Interaction(r.ts, r.event_id, r.item_id, r.type, r.storefront)
                for r in train[train["user_id"] == user].itertuples()]
-    new = next(i for i in catalog["item_id"] if i not in set(train["item_id"])
-               and i not in {s.item_id for s in live_exact.recommend(history, 200)})
+    profile, offset = live_exact._profile(history)
+
+    def text_fits(item: str) -> bool:  # profile(u) . text(i) >= 0, as learner.blend.TextBlend scores it
+        row = live_exact.vocab.items.index([item])
+        return not live_exact._has_text[row[0]] or bool(live_exact.search_index.rows(row)[0] @ profile - offset >= 0)
+
+    unseen = [i for i in catalog["item_id"] if i not in set(train["item_id"])
+              and i not in {s.item_id for s in live_exact.recommend(history, 200)}]
+    new = next(i for i in unseen if text_fits(i))
+    against = next(i for i in unseen if not text_fits(i))
     warm = live_exact.recommend(history, 40)[-1].item_id  # ranked 40th, no live term can lift it
     for snapshot in (live_exact, live_indexed):
         before = [s.item_id for s in snapshot.recommend(history, 20)]
         snapshot.set_live({warm: 1_000})
         assert [s.item_id for s in snapshot.recommend(history, 20)] == before
-        snapshot.set_live({new: 1_000, warm: 1_000})
+        snapshot.set_live({new: 1_000, against: 1_000, warm: 1_000})
         after = [s.item_id for s in snapshot.recommend(history, 20)]
-        assert new in after and new not in before and warm not in after
+        assert new in after and new not in before and warm not in after and against not in after
     exact.set_live({new: 1_000})  # a version without a live term takes none
     assert new not in {s.item_id for s in exact.recommend(history, 20)}
 
