@@ -18,8 +18,9 @@ one. ``c_i`` are the item's live interactions: those the version has not trained
 the moment of the ranking (:class:`LiveCounts`; serving counts them as events arrive,
 :class:`serving.history.LiveInteractions`): a new product shoppers have started to click is
 likelier to be clicked next than one nobody has, by shoppers whose recent items its text does
-not go against (``s >= 0``; lifting it for every shopper displaced twice the warm hits for the
-same new-item hits on 20,000-event MovieLens windows). ``n_i`` the item's interactions the model
+not go against (``s >= 0``: on MovieLens, at 1% below the model's Recall@20, the best pair
+found a third more new-item events than when the live term lifted every shopper's list).
+``n_i`` the item's interactions the model
 has trained on and ``evidence(n) = 1 / (1 + n / half_count)``: a new item gets both terms
 whole, an item with ``half_count`` interactions half (by default an item's first trained
 interaction takes nearly all of them away: :data:`learner.options.TEXT_BLEND_HALF_COUNT`).
