@@ -117,7 +117,8 @@ def fine_tune(bundle: ModelBundle, window: pd.DataFrame, *, history: pd.DataFram
 
 
 def fit_text_blend(bundle: ModelBundle, held_out: pd.DataFrame, history: pd.DataFrame, device: Device | None = None,
-                   tolerance: float = 0.01, confidence: float = TEXT_BLEND_CONFIDENCE, max_events: int = 2000, min_events: int = 200,
+                   tolerance: float = 0.01, confidence: float = TEXT_BLEND_CONFIDENCE, max_events: int = 2000,
+                   min_events: int = 200,
                    half_count: float = TEXT_BLEND_HALF_COUNT, window: pd.DataFrame | None = None) -> TextBlend:
     """The text and live terms (:mod:`learner.blend`) for ``bundle``: the pair of weights
     (standard deviations of the model's scores) :func:`learner.blend.fit_weight` chooses with
