@@ -99,8 +99,10 @@ class IngestService(mode.Service):
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             self.positions[tp] = offset
-            if offset is None:  # nothing stored from it: from its first message (after a skipped batch too,
-                await self.consumer.seek_to_beginning(tp)  # whose messages the consumer has already fetched)
+            if offset is None:
+                # nothing stored from it: read it from its first message, also after a skipped batch
+                # whose messages the consumer has already fetched
+                await self.consumer.seek_to_beginning(tp)
                 continue
             if offset > 0 and ends.get(tp) == 0:  # offsets never restart at 0 in a log that was kept
                 log.warning("%s[%d]: the broker's log is empty but %d messages were stored from it: the topic was "
