@@ -49,7 +49,7 @@ def run(windows: int, out: Path) -> list[dict]:
     import learner.finetune as finetune
     from bench.backtest import DEFAULT_OPTIONS, write_movielens
     from learner.blend import TextBlend
-    from learner.evaluate import BundleScorer
+    from learner.evaluate import BundleScorer, blend_hits
     from streamrec.cli import main
 
     fits: list[dict] = []  # per fit: what it chose on, the pair chosen, the scores' spread
@@ -82,17 +82,14 @@ def run(windows: int, out: Path) -> list[dict]:
         if "new_items" not in kwargs or not isinstance(scorer, BundleScorer) or not fit or "blend" not in fit:
             return result
         blend = fit["blend"]
-        model_alone = scorer.with_blend(TextBlend())
-        model_alone._states = {}  # the model runs once per window for every pair
         cold = events[~events["item_id"].isin(set(history["item_id"]))]
-        by = {}
-        for pair in PAIRS:
-            ranked = model_alone.with_blend(TextBlend(weight=pair[0] * fit["spread"], live=pair[1] * fit["spread"],
-                                                      half_count=blend.half_count, center=blend.center))
-            by[_key(pair)] = (
-                evaluate(ranked, events, history, ks=(20,))["recall@20"],
-                evaluate(ranked, cold, pd.concat([history, events]), ks=(20,), live_events=events)["recall@20"]
-                if len(cold) else None)
+        blends = [TextBlend(weight=w * fit["spread"], live=live * fit["spread"], half_count=blend.half_count,
+                            center=blend.center) for w, live in PAIRS]
+        hits, _ = blend_hits(scorer, blends, events, history)
+        cold_hits = (blend_hits(scorer, blends, cold, pd.concat([history, events]), live_events=events)[0]
+                     if len(cold) else None)
+        by = {_key(pair): (float(hits[j].mean()), None if cold_hits is None else float(cold_hits[j].mean()))
+              for j, pair in enumerate(PAIRS)}
         rows.append({"window": len(rows) + 1, "events": len(events), "cold_events": len(cold),
                      "fit": {k: v for k, v in fit.items() if k != "blend"}, "by": by})
         (out / "frontier.json").write_text(json.dumps(rows, indent=1))

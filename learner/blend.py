@@ -58,6 +58,17 @@ PAIRS = tuple((weight, live) for live in LIVE_GRID for weight in GRID)
 
 
 @dataclass(frozen=True)
+class Terms:
+    """A batch's parts of the terms (:meth:`TextBlend.terms`): ``similarity`` [B, n_items] of each
+    profile to each item's text (None without text), ``evidence`` [n_items], ``log_live``
+    [B, n_items] ``log(1 + c)`` of items' live interactions (None without them)."""
+
+    similarity: torch.Tensor | None
+    evidence: torch.Tensor
+    log_live: torch.Tensor | None
+
+
+@dataclass(frozen=True)
 class TextBlend:
     """The text term of a version's scores (see the module docstring); ``weight`` 0 turns it off.
 
@@ -114,15 +125,26 @@ class TextBlend:
         """``scores`` [B, n_items] plus the text term, for histories ``items`` [B, L] (0 pads;
         ``text``: :meth:`text_rows`), and the live term, given items' live interactions ``live``,
         where the item's text does not go against the user's profile (``profile . text >= 0``)."""
-        evidence = self.evidence(counts).to(scores.device)
         live = live if self.live else None
-        similarity = (profiles(items, text, self.recent) @ text.T
-                      if text is not None and (self.weight or live is not None) else None)
+        return self.apply(scores, self.terms(items, text if self.weight or live is not None else None, counts, live))
+
+    def terms(self, items: torch.Tensor, text: torch.Tensor | None, counts: torch.Tensor,
+              live: torch.Tensor | None = None) -> Terms:
+        """What the terms of a batch are made of, whatever their weights (:meth:`apply`): the
+        profiles' similarity to every item's text (when ``text`` is given), each item's
+        ``evidence`` and ``log(1 + live)`` (when ``live`` is given)."""
+        similarity = profiles(items, text, self.recent) @ text.T if text is not None else None
+        return Terms(similarity, self.evidence(counts), None if live is None else torch.log1p(live))
+
+    def apply(self, scores: torch.Tensor, terms: Terms) -> torch.Tensor:
+        """``scores`` plus this blend's terms at its weights: several blends of one batch share
+        its :meth:`terms`, and each costs a few element-wise passes."""
+        evidence = terms.evidence.to(scores.device)
         if self.weight:
-            scores = scores + similarity * (self.weight * evidence)
-        if live is not None:
-            term = torch.log1p(live.to(scores.device)) * (self.live * evidence)
-            scores = scores + (term if similarity is None else term * (similarity >= 0))
+            scores = scores + terms.similarity * (self.weight * evidence)
+        if self.live and terms.log_live is not None:
+            term = terms.log_live.to(scores.device) * (self.live * evidence)
+            scores = scores + (term if terms.similarity is None else term * (terms.similarity >= 0))
         return scores
 
     def to_dict(self) -> dict:

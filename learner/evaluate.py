@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -42,7 +44,7 @@ from learner.bundle import ModelBundle
 from learner.device import Device, pick_device
 from learner.idmap import PAD, UNKNOWN, IdMap, Vocabulary
 from learner.precision import as_served
-from learner.sequences import SequenceBatch, events_frame, next_item_examples
+from learner.sequences import NextItemExamples, SequenceBatch, events_frame, next_item_examples
 
 SCORES_PER_BATCH = 2 ** 25
 """Most scores (examples x items) :func:`evaluate` holds at once: 128 MB of float32."""
@@ -74,13 +76,11 @@ class BundleScorer:
     ``precision`` scores as a worker holding the item vectors that way does
     (:data:`learner.options.SERVING_PRECISIONS`): users' states and scores both read them.
     Scores carry the bundle's text term (:mod:`learner.blend`), or ``blend``'s with ``counts``
-    as the items' interactions when given. ``remember_states`` keeps the users' states of every
-    batch scored, for scorers of :meth:`with_blend` to share (several text terms compared on the
-    same events run the model once).
+    as the items' interactions when given (:func:`blend_hits` compares several on one model run).
     """
 
     def __init__(self, bundle: ModelBundle, device: Device | None = None, precision: str = "float32",
-                 blend: TextBlend | None = None, counts: torch.Tensor | None = None, remember_states: bool = False):
+                 blend: TextBlend | None = None, counts: torch.Tensor | None = None):
         self.device = device or pick_device()
         self.model = bundle.model.to(self.device.torch_device).eval()
         self.vocab = bundle.vocab
@@ -92,29 +92,23 @@ class BundleScorer:
         if precision != "float32":
             self.item_vectors = torch.from_numpy(as_served(self.item_vectors.cpu().numpy(), precision)).to(
                 self.item_vectors.device)
-        self._states: dict[tuple[bytes, bytes], torch.Tensor] | None = {} if remember_states else None
 
     def _use(self, blend: TextBlend) -> None:
         self.blend = blend
-        self.blend_text = blend.text_rows(self.model.item_text) if blend.weight else None
+        self.blend_text = blend.text_rows(self.model.item_text) if blend else None
         self.takes_live = bool(blend.live)
 
     def with_blend(self, blend: TextBlend) -> BundleScorer:
-        """This scorer with ``blend``'s text term instead (model, item vectors and remembered states shared)."""
+        """This scorer with ``blend``'s text term instead (model and item vectors shared)."""
         other = copy.copy(self)
         other._use(blend)
         return other
 
     @torch.no_grad()
     def scores(self, inputs: SequenceBatch, live: torch.Tensor | None = None) -> torch.Tensor:
-        key = None if self._states is None else (inputs.items.numpy().tobytes(), inputs.users.numpy().tobytes())
-        states = None if key is None else self._states.get(key)
         inputs = inputs.to(self.device)
-        if states is None:
-            with self.device.autocast():
-                states = self.model(inputs, self.item_vectors)[:, -1]
-            if key is not None:
-                self._states[key] = states
+        with self.device.autocast():
+            states = self.model(inputs, self.item_vectors)[:, -1]
         scores = self.model.logits(states, self.item_vectors)
         return self.blend.add_to(scores, inputs.items, self.blend_text, self.counts, live) if self.blend else scores
 
@@ -280,7 +274,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
              ks: tuple[int, ...] = (10, 20), batch_size: int = 512, with_loss: bool = False,
              max_events: int | None = None, seed: int = 0, new_items: set[str] | None = None,
              beyond_accuracy: bool = False, item_vectors: ItemVectors | None = None,
-             live_events: pd.DataFrame | None = None, hits: bool = False) -> dict:
+             live_events: pd.DataFrame | None = None) -> dict:
     """Mean metrics over ``events`` (see the module docstring), plus ``examples``; NaN without events.
 
     ``with_loss`` adds ``loss``: the mean next-item cross-entropy (nats) of the softmax over all
@@ -293,9 +287,7 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     the scorer has not trained on; default ``events``) earlier in time. ``beyond_accuracy`` adds
     ``coverage@K``, ``diversity@K``, ``novelty@K`` and ``avg_popularity@K`` for each K of ``ks``
     (the module docstring), the training data being ``history`` as given; ``item_vectors``
-    (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with. ``hits`` adds
-    ``hits@K`` (largest K of ``ks``): each example's hit, a boolean array in the examples' order,
-    so two scorers can be compared example by example.
+    (e.g. :meth:`ItemVectors.text_of`) are what diversity is measured with.
     Examples are scored ``batch_size`` at a time, fewer in a large catalog: at most
     :data:`SCORES_PER_BATCH` scores at once, so memory stays bounded (33 examples a batch at a
     million items).
@@ -321,19 +313,10 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     (novelty: ``(-log2(3/4) - 2 log2(1/4)) / 3``; popularity: ``(1 + 0 + 0) / 3``.)
     """
     training = events_frame(history)
-    live = None
-    if getattr(scorer, "takes_live", False):
-        untrained = events if live_events is None else events_frame(live_events)
-        live = LiveCounts(scorer.vocab.items.index(untrained["item_id"]), untrained["ts"].to_numpy(),
-                          len(scorer.vocab.items))
-    if max_events is not None and len(events) > max_events:
-        keep = np.zeros(len(events), dtype=bool)
-        keep[np.random.default_rng(seed).choice(len(events), size=max_events, replace=False)] = True
-        history, events = pd.concat([events_frame(history), events[~keep]], ignore_index=True), events[keep]
-    examples = next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len)
+    examples, live = _examples(scorer, events, history, max_events, seed, getattr(scorer, "takes_live", False),
+                               live_events)
     totals = {name: 0.0 for k in ks for name in (f"recall@{k}", f"ndcg@{k}")}
     loss, scored, new_slots, new_hits, new_examples = 0.0, 0, 0.0, 0.0, 0
-    example_hits = []
     if new_items is not None:
         is_new = torch.zeros(len(scorer.vocab.items), dtype=torch.bool)
         is_new[torch.from_numpy(scorer.vocab.items.index(new_items))] = True
@@ -365,8 +348,6 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
         scores.scatter_(1, targets[:, None], target_scores)
         for name, values in metrics_at(ranks(scores, targets), ks).items():
             totals[name] += values.sum().item()
-            if hits and name == f"recall@{max(ks)}":
-                example_hits.append(values.cpu().numpy() > 0)
             if new_items is not None and name == f"recall@{max(ks)}":
                 on_new = is_new.to(targets.device)[targets]
                 new_hits, new_examples = new_hits + values[on_new].sum().item(), new_examples + int(on_new.sum())
@@ -379,8 +360,72 @@ def evaluate(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None 
     if beyond is not None:
         result.update(beyond.result() if n else {f"{name}@{k}": math.nan for name in BEYOND_ACCURACY for k in ks})
     result["examples"] = n
-    if hits:
-        result[f"hits@{max(ks)}"] = np.concatenate(example_hits) if example_hits else np.zeros(0, dtype=bool)
     if with_loss:
         result["loss"] = loss / scored if scored else math.nan
     return result
+
+
+def _examples(scorer: Scorer, events: pd.DataFrame, history: pd.DataFrame | None, max_events: int | None,
+              seed: int, with_live: bool, live_events: pd.DataFrame | None
+              ) -> tuple[NextItemExamples, LiveCounts | None]:
+    """:func:`evaluate`'s examples (a seeded sample of ``max_events`` of ``events``, the others
+    history) and, ``with_live``, the live interactions of ``live_events`` (default ``events``)."""
+    live = None
+    if with_live:
+        untrained = events if live_events is None else events_frame(live_events)
+        live = LiveCounts(scorer.vocab.items.index(untrained["item_id"]), untrained["ts"].to_numpy(),
+                          len(scorer.vocab.items))
+    if max_events is not None and len(events) > max_events:
+        keep = np.zeros(len(events), dtype=bool)
+        keep[np.random.default_rng(seed).choice(len(events), size=max_events, replace=False)] = True
+        history, events = pd.concat([events_frame(history), events[~keep]], ignore_index=True), events[keep]
+    return next_item_examples(events_frame(history), events, scorer.vocab, scorer.max_len), live
+
+
+def blend_hits(scorer: BundleScorer, blends: Sequence[TextBlend], events: pd.DataFrame,
+               history: pd.DataFrame | None = None, k: int = 20, max_events: int | None = None,
+               seed: int = 0, live_events: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's hit at ``k`` under each of ``blends`` ([len(blends), examples] bool, the
+    examples :func:`evaluate` scores with these arguments, hit as it counts them) and each
+    example's target item row: one pass of the model and of the terms' parts
+    (:meth:`learner.blend.TextBlend.terms`) for every blend, which must differ in their weights only.
+
+    >>> from learner.bundle import ModelBundle
+    >>> from learner.model import ModelConfig
+    >>> ev = pd.DataFrame({"event_id": [f"e{i}" for i in range(30)], "type": "click",
+    ...     "user_id": [f"u{i % 3}" for i in range(30)], "item_id": [f"i{i % 7}" for i in range(30)],
+    ...     "storefront": "s", "ts": range(30), "session_id": None})
+    >>> scorer = BundleScorer(ModelBundle.build(ModelConfig(dim=8, heads=1), events=ev, seed=0),
+    ...                       blend=TextBlend())
+    >>> blends = [TextBlend(), TextBlend(live=1.0)]
+    >>> hits, targets = blend_hits(scorer, blends, ev.iloc[20:], ev.iloc[:20], k=2)
+    >>> [round(float(h.mean()), 4) for h in hits] == [evaluate(scorer.with_blend(b), ev.iloc[20:], ev.iloc[:20],
+    ...                                                ks=(2,))["recall@2"] for b in blends]
+    True
+    """
+    widest = blends[0]
+    if any(replace(b, weight=0.0, live=0.0) != replace(widest, weight=0.0, live=0.0) for b in blends):
+        raise ValueError("blend_hits compares blends that differ in their weights only")
+    takes_live = any(b.live for b in blends)
+    examples, live = _examples(scorer, events, history, max_events, seed, takes_live, live_events)
+    model_alone = scorer.with_blend(TextBlend())
+    text = widest.text_rows(scorer.model.item_text) if any(blends) else None
+    hits = np.zeros((len(blends), len(examples)), dtype=bool)
+    batch_size = max(1, min(512, SCORES_PER_BATCH // len(scorer.vocab.items)))
+    for lo in range(0, len(examples), batch_size):
+        hi = min(lo + batch_size, len(examples))
+        inputs = examples.inputs.select(slice(lo, hi))
+        base = model_alone.scores(inputs).float()
+        terms = widest.terms(inputs.items.to(base.device), text, scorer.counts,
+                             None if live is None else live.before(examples.times[lo:hi]))
+        targets = examples.targets[lo:hi].to(base.device)
+        rows, items = examples.seen_pairs(lo, hi)
+        rows, items = rows.to(base.device), items.to(base.device)
+        for j, blend in enumerate(blends):
+            scores = blend.apply(base, terms) if blend else base.clone()
+            scores[:, :UNKNOWN + 1] = float("-inf")
+            target_scores = scores.gather(1, targets[:, None])
+            scores[rows, items] = float("-inf")
+            scores.scatter_(1, targets[:, None], target_scores)
+            hits[j, lo:hi] = (ranks(scores, targets) < k).cpu().numpy()
+    return hits, examples.targets.numpy()

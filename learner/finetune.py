@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 
 from learner.admission import IdPolicy, update_ids
 from learner.blend import PAIRS, Evidence, GridScore, TextBlend, center_of, fit_counts, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
-from learner.evaluate import BundleScorer, evaluate
+from learner.evaluate import BundleScorer, blend_hits
 from learner.idmap import UNKNOWN
 from learner.options import (
     TEXT_BLEND_CONFIDENCE,
@@ -192,15 +194,16 @@ def grid_recalls(bundle: ModelBundle, events: pd.DataFrame, history: pd.DataFram
     if not spread:
         return GridScore({}, {}, 0, 0)
     center = center_of(bundle.model.item_text)
-    model_alone = BundleScorer(bundle, device, blend=TextBlend(), counts=counts, remember_states=True)
-    known = model_alone.counts.cpu()
-    new_items = [item for item, n in zip(bundle.vocab.items.keys(), known[UNKNOWN + 1:].tolist()) if n == 0]
-    recalls, new_recalls, changed, result, alone = {}, {}, {}, {}, None
-    for weight, live in ((0.0, 0.0), *(pair for pair in pairs if pair != (0.0, 0.0))):
-        scorer = model_alone.with_blend(TextBlend(weight=weight * spread, half_count=half_count, center=center,
-                                                  live=live * spread))
-        result = evaluate(scorer, events, history, ks=(20,), max_events=max_events, new_items=new_items, hits=True)
-        alone = result["hits@20"] if alone is None else alone
-        recalls[weight, live], new_recalls[weight, live] = result["recall@20"], result["new_item_recall@20"]
-        changed[weight, live] = float((result["hits@20"] != alone).mean()) if len(alone) else 0.0
-    return GridScore(recalls, new_recalls, result["examples"], result["new_item_examples"], changed)
+    scorer = BundleScorer(bundle, device, blend=TextBlend(), counts=counts)
+    pairs = ((0.0, 0.0), *(pair for pair in pairs if pair != (0.0, 0.0)))
+    blends = [TextBlend(weight=weight * spread, half_count=half_count, center=center, live=live * spread)
+              for weight, live in pairs]
+    hits, targets = blend_hits(scorer, blends, events, history, k=20, max_events=max_events)
+    on_new = (scorer.counts.cpu().numpy()[targets] == 0) & (targets > UNKNOWN)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else math.nan
+
+    return GridScore({pair: mean(h) for pair, h in zip(pairs, hits)},
+                     {pair: mean(h[on_new]) for pair, h in zip(pairs, hits)}, hits.shape[1], int(on_new.sum()),
+                     {pair: mean(h != hits[0]) if hits.shape[1] else 0.0 for pair, h in zip(pairs, hits)})

@@ -35,8 +35,8 @@ tolerance cost 1.6% and 2.0% of the next windows' Recall@20, with one standard e
 1.5%, with two 0.85% and 0.67%."""
 TEXT_BLEND_EVIDENCE_EVENTS = 2_000
 """Events of its window an update scores, before training on it, at every pair of weights of the
-text and live terms (:class:`learner.blend.Evidence`): a bound on that work (7.0 s for the 70
-pairs on one CPU thread for MovieLens-100k's catalog, 17.2 s for 5,000 events: ``bench.blend_cost``). Summed over
+text and live terms (:class:`learner.blend.Evidence`): a bound on that work (1.3 s for the 70
+pairs on one CPU thread for MovieLens-100k's catalog, 3.2 s for 5,000 events: ``bench.blend_cost``). Summed over
 updates, the evidence holds about 37,000 events once a lineage has a dozen."""
 TEXT_BLEND_EVIDENCE_HALF_LIFE = 25_000.0
 """Scored events after which an update's evidence counts half: the last dozen or so updates choose

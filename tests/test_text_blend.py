@@ -15,7 +15,7 @@ import torch
 from learner.blend import GRID, LIVE_GRID, PAIRS, Evidence, TextBlend, fit_weight
 from learner.bundle import ModelBundle
 from learner.device import Device
-from learner.evaluate import BundleScorer, evaluate
+from learner.evaluate import BundleScorer, blend_hits, evaluate
 from learner.finetune import FineTuneConfig, fine_tune
 from learner.model import ModelConfig
 from learner.sequences import history_batch
@@ -83,22 +83,29 @@ def test_serving_ranks_with_the_text_term_as_the_gate_scores(trained, movielens_
 
 
 
-def test_text_terms_compared_on_the_same_events_share_one_model_run(trained):
+def test_blends_compared_on_the_same_events_rank_as_evaluate_does_with_one_model_run(trained):
     bundle, _, events = trained
-    users = events["user_id"].value_counts().index[:40]
-    _, batch = history_batch(events[events["user_id"].isin(users)], bundle.vocab, bundle.model.config.max_len)
+    later = pd.DataFrame(movielens.to_events(movielens.load_ratings(), 10 ** 12)).sort_values("ts")[6_000:7_000]
+    spread, center = 0.5, bundle.text_blend.center
+    blends = [TextBlend(center=center), TextBlend(weight=4 * spread, center=center), TextBlend(live=spread, center=center),
+              TextBlend(weight=16 * spread, live=2 * spread, center=center)]
+    scorer = BundleScorer(bundle, CPU, blend=TextBlend())
     runs = []
     hook = bundle.model.register_forward_hook(lambda *_: runs.append(1))
     try:
-        alone = BundleScorer(bundle, CPU, blend=TextBlend(), remember_states=True)
-        strong = TextBlend(weight=4.0, center=bundle.text_blend.center)
-        shared = [scorer.scores(batch) for scorer in (alone, alone.with_blend(strong), alone.with_blend(TextBlend()))]
-        assert len(runs) == 1  # the model ran once for three scorings
-        fresh = [BundleScorer(bundle, CPU, blend=blend).scores(batch) for blend in (TextBlend(), strong)]
+        hits, targets = blend_hits(scorer, blends, later, events, k=20)
     finally:
         hook.remove()
-    assert torch.equal(shared[0], fresh[0]) and torch.equal(shared[2], fresh[0]) and torch.equal(shared[1], fresh[1])
-    assert not torch.equal(shared[0], shared[1])
+    assert len(runs) == 2  # 1,000 events: two batches of 512, the model run once a batch for every blend
+    new = (bundle.model.item_counts[targets] == 0).numpy() & (targets > 1)
+    new_items = [i for i, n in zip(bundle.vocab.items.keys(), bundle.model.item_counts[2:].tolist()) if n == 0]
+    for blend, blend_hit in zip(blends, hits):
+        result = evaluate(scorer.with_blend(blend), later, events, ks=(20,), new_items=new_items)
+        assert blend_hit.mean() == pytest.approx(result["recall@20"], abs=1e-12)
+        assert blend_hit[new].mean() == pytest.approx(result["new_item_recall@20"], abs=1e-12)
+    assert hits[3][new].mean() > hits[0][new].mean()  # the terms find new items the model alone misses
+    with pytest.raises(ValueError, match="weights only"):
+        blend_hits(scorer, [TextBlend(), TextBlend(half_count=5.0)], later, events)
 
 
 def test_updates_fit_the_term_on_the_lineages_evidence_scored_before_training(trained, caplog):
