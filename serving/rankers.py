@@ -33,6 +33,9 @@ SEARCH_CANDIDATES = 100
 """Search: how many text matches are re-ranked for a user."""
 BLEND_CANDIDATES = 100
 """Recommend with a text term: how many of the model's best and of the text's best are rescored."""
+MOMENT_ROWS = 65_536
+"""Most items whose text vectors the live term's spread of similarities is measured on (a seeded
+sample beyond): 0.1 GB of float32 vectors, a fraction of a second at a version's swap."""
 
 
 class UnknownItem(KeyError):
@@ -128,6 +131,7 @@ class Recommender:
         self.titles = titles
         self._storefront_masks = storefront_masks
         self._has_text = has_text
+        self._text_moment = self._second_moment() if self._live_weights is not None else None
         self._state_module, self._state = UserState(model).eval(), None
 
     def describe_indexes(self) -> dict[str, dict]:
@@ -236,6 +240,8 @@ class Recommender:
         profile, offset = (self._profile(history) if text_weights is not None or live is not None else (None, 0.0))
         if (profile is None or text_weights is None) and live is None:
             return self.recommend_index.search(user, k, allowed)
+        spread = (max(float(np.sqrt(max(profile @ self._text_moment @ profile, 0.0))), 1e-12)
+                  if profile is not None and live is not None else 1.0)
 
         def terms(rows: np.ndarray | slice, text_scores: np.ndarray | None) -> np.ndarray:
             """The text and live terms of ``rows``, given their text vectors' scores against the profile."""
@@ -243,7 +249,7 @@ class Recommender:
                 return live[rows]
             similarity = np.where(self._has_text[rows], text_scores - offset, 0.0)
             term = 0.0 if text_weights is None else text_weights[rows] * similarity
-            return term if live is None else term + live[rows] * (similarity >= 0)
+            return term if live is None else term + live[rows] * np.maximum(similarity, 0.0) / spread
 
         if not self.recommend_index.approximate and not self.search_index.approximate:
             scores = self.recommend_index.dot(user) + terms(slice(None), None if profile is None
@@ -265,6 +271,17 @@ class Recommender:
                                                                  else self.search_index.rows(rows) @ profile)
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top].astype(np.float32)
+
+    def _second_moment(self) -> np.ndarray:
+        """``mean text(i) text(i)^T`` over the items with text (a seeded sample of
+        :data:`MOMENT_ROWS` of them in a larger catalog): ``spread(u)^2 = profile^T M profile``,
+        the mean of ``s^2`` over those items (:mod:`learner.blend`), without scoring every item."""
+        rows = np.flatnonzero(self._has_text)
+        if len(rows) > MOMENT_ROWS:
+            rows = np.sort(np.random.default_rng(0).choice(rows, MOMENT_ROWS, replace=False))
+        center = np.asarray(self.blend.center or np.zeros(TEXT_DIM), dtype=np.float32)
+        texts = self.search_index.rows(rows).astype(np.float32) - center
+        return texts.T @ texts / max(len(rows), 1)
 
     def _profile(self, history: Sequence) -> tuple[np.ndarray | None, float]:
         """(The text term's user profile over the search index's rows, ``center . profile``), or
