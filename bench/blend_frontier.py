@@ -9,7 +9,7 @@ Recall@20 and changed share of every pair it scored). The model does not depend 
 each rule (tolerance x confidence, :func:`learner.blend.fit_weight`) would have chosen from what
 its job saw, and what that pair scored on the next window:
 
-    python -m bench.blend_frontier --windows 10   # about 12 minutes on 2 CPUs
+    python -m bench.blend_frontier --windows 10   # about 5 minutes on 2 CPUs
     python -m bench.blend_frontier --windows 5
 
 Writes ``bench/results/blend_frontier/<date>-<commit>-<host>-w<windows>/frontier.json`` and

@@ -403,20 +403,20 @@ def blend_hits(scorer: BundleScorer, blends: Sequence[TextBlend], events: pd.Dat
     ...                                                ks=(2,))["recall@2"] for b in blends]
     True
     """
-    widest = blends[0]
-    if any(replace(b, weight=0.0, live=0.0) != replace(widest, weight=0.0, live=0.0) for b in blends):
+    first = blends[0]
+    if any(replace(b, weight=0.0, live=0.0) != replace(first, weight=0.0, live=0.0) for b in blends):
         raise ValueError("blend_hits compares blends that differ in their weights only")
     takes_live = any(b.live for b in blends)
     examples, live = _examples(scorer, events, history, max_events, seed, takes_live, live_events)
     model_alone = scorer.with_blend(TextBlend())
-    text = widest.text_rows(scorer.model.item_text) if any(blends) else None
+    text = first.text_rows(scorer.model.item_text) if any(blends) else None
     hits = np.zeros((len(blends), len(examples)), dtype=bool)
     batch_size = max(1, min(512, SCORES_PER_BATCH // len(scorer.vocab.items)))
     for lo in range(0, len(examples), batch_size):
         hi = min(lo + batch_size, len(examples))
         inputs = examples.inputs.select(slice(lo, hi))
         base = model_alone.scores(inputs).float()
-        terms = widest.terms(inputs.items.to(base.device), text, scorer.counts,
+        terms = first.terms(inputs.items.to(base.device), text, scorer.counts,
                              None if live is None else live.before(examples.times[lo:hi]))
         targets = examples.targets[lo:hi].to(base.device)
         rows, items = examples.seen_pairs(lo, hi)
