@@ -147,8 +147,9 @@ def test_workers_killed_during_training_leave_no_half_version_and_training_resum
             os.kill(worker.proc.pid, signal.SIGKILL)  # the training process dies with it
             worker.proc.wait()
             killed.append(run["windows"])
+            # the next run is looked for from the restart on: it may end before the worker answers HTTP
             worker = Worker(env, tmp_path / f"worker-{kill + 1}.log")
-            worker.wait_ready(120)
+        worker.wait_ready(120)
         def both_trained():  # window ids need not be 1 and 2: a sealing killed mid-way spends an id on Postgres
             sealed = {w["id"] for w in ReplayStore(engine).list_windows()}
             runs = _runs(engine)
