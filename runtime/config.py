@@ -180,10 +180,10 @@ class Config(BaseSettings):
     text_tune_lr: PositiveFloat = Field(3e-4, description="AdamW learning rate of the tuned text weights.",
                                         json_schema_extra=TEXT)
     text_blend: bool = Field(True, description="Add to every score a text term and a live term (interactions since "
-                                               "the version, for shoppers the item's text does not go against) for "
-                                               "items with little evidence (new products), their weights fitted "
-                                               "on what every update scored before training (a new model: the text "
-                                               "term alone, on its held-out events).",
+                                               "the version, in proportion to how well the item's text fits the "
+                                               "shopper) for items with little evidence (new products), their "
+                                               "weights fitted on what every update scored before training (a new "
+                                               "model: the text term alone, on its held-out events).",
                              json_schema_extra=TEXT)
     text_blend_tolerance: NonNegativeFloat = Field(0.01, lt=1, description="The text and live terms' weights are "
                                                                            "those that find new items best while "

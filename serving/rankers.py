@@ -237,23 +237,19 @@ class Recommender:
         new items (at most ``half_count`` interactions) and every new item with live interactions, rescored."""
         live, live_rows = self._live or (None, None)
         text_weights = self._text_weights
-        profile, offset = (self._profile(history) if text_weights is not None or live is not None else (None, 0.0))
-        if (profile is None or text_weights is None) and live is None:
+        profile, offset = self._profile(history) if text_weights is not None or live is not None else (None, 0.0)
+        if profile is None:  # neither term, or no recent item with text: the gate's terms are 0 then too
             return self.recommend_index.search(user, k, allowed)
-        spread = (max(float(np.sqrt(max(profile @ self._text_moment @ profile, 0.0))), 1e-12)
-                  if profile is not None and live is not None else 1.0)
+        spread = 1.0 if live is None else max(float(np.sqrt(max(profile @ self._text_moment @ profile, 0.0))), 1e-12)
 
-        def terms(rows: np.ndarray | slice, text_scores: np.ndarray | None) -> np.ndarray:
+        def terms(rows: np.ndarray | slice, text_scores: np.ndarray) -> np.ndarray:
             """The text and live terms of ``rows``, given their text vectors' scores against the profile."""
-            if profile is None:
-                return live[rows]
             similarity = np.where(self._has_text[rows], text_scores - offset, 0.0)
             term = 0.0 if text_weights is None else text_weights[rows] * similarity
             return term if live is None else term + live[rows] * np.maximum(similarity, 0.0) / spread
 
         if not self.recommend_index.approximate and not self.search_index.approximate:
-            scores = self.recommend_index.dot(user) + terms(slice(None), None if profile is None
-                                                           else self.search_index.dot(profile))
+            scores = self.recommend_index.dot(user) + terms(slice(None), self.search_index.dot(profile))
             scores[~allowed] = -np.inf
             scores[:UNKNOWN + 1] = -np.inf
             k = min(k, int(np.isfinite(scores).sum()))
@@ -262,13 +258,12 @@ class Recommender:
             return top, scores[top]
         pool = max(k, BLEND_CANDIDATES)
         rows = self.recommend_index.search(user, pool, allowed)[0]
-        if profile is not None and text_weights is not None:
+        if text_weights is not None:
             new = allowed & self._has_text & (text_weights >= self.blend.weight / 2)
             rows = np.union1d(rows, self.search_index.search(profile, pool, new)[0])
         if live is not None:
             rows = np.union1d(rows, live_rows[allowed[live_rows]])
-        scores = self.recommend_index.rows(rows) @ user + terms(rows, None if profile is None
-                                                                 else self.search_index.rows(rows) @ profile)
+        scores = self.recommend_index.rows(rows) @ user + terms(rows, self.search_index.rows(rows) @ profile)
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top].astype(np.float32)
 
